@@ -1,0 +1,46 @@
+# adfactory: `make demo` and `make test` do all set-up on a fresh machine with Python 3.11.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATE ?= $(shell date +%F)
+MODELS := data/models
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-all lint format models validate clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors: | $(VENV)/.installed
+	$(BIN)/adfactory models init-tiny $(MODELS)
+
+models: $(VENV)/.installed $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors
+
+# The nightly job for today on a local Ray cluster, with the embedded tiny model at demo-scale buckets.
+demo: models
+	$(BIN)/adfactory demo-skus --date $(DATE)
+	$(BIN)/adfactory run --date $(DATE) --config data/demo.toml
+
+validate: models
+	$(BIN)/adfactory demo-skus --date $(DATE)
+	$(BIN)/adfactory validate --date $(DATE) --config data/demo.toml
+
+test: models
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: models
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check factory tests jobs
+	$(BIN)/ruff format --check factory tests jobs
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format factory tests jobs
+	$(BIN)/ruff check --fix factory tests jobs
+
+clean:
+	rm -rf data/output $(MODELS)

@@ -1,0 +1,154 @@
+"""`adfactory` command line: a thin layer that builds a config and calls `factory.run.run()` / `plan()`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from factory.errors import EXIT_FAILED, FactoryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
+models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
+app.add_typer(models_app, name="models")
+
+DateOpt = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD (default: today).")]
+SkusOpt = Annotated[
+    Optional[Path], typer.Option("--skus", help="SKU parquet file or directory (default: <paths.skus>/<date>.parquet).")
+]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: ./factory.toml).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")]
+
+
+def _today() -> str:
+    return dt.date.today().isoformat()
+
+
+def _guard(verbose: bool, fn: Callable[[], Any]) -> Any:
+    """Run `fn`; user errors become one line on stderr and a documented exit code."""
+    # Libraries (open_clip logs to the root logger) stay at WARNING; the factory's own progress is INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("factory").setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        return fn()
+    except FactoryError as exc:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --verbose
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"error: run failed: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@app.command()
+def run(
+    date: DateOpt = "",
+    skus: SkusOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    config: ConfigOpt = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Generate the day's ad images and write approved/review/rejected manifests."""
+    from factory.config import load_config
+    from factory.run import run as run_factory
+
+    def go() -> None:
+        cfg = load_config(
+            config,
+            {
+                "paths": {"output": str(output) if output else None},
+                "run": {"executor": executor, "workers": workers, "batch_size": batch_size, "ray_address": ray_address},
+            },
+        )
+        s = run_factory(cfg, date or _today(), skus)
+        c = s.counts
+        typer.echo(
+            f"\nadfactory {s.date} (run {s.run_id})\n"
+            f"  input rows     {c['input_rows']}\n"
+            f"  approved SKUs  {c['approved_skus']}  ({c['approved_images']} images)\n"
+            f"  review SKUs    {c['review_skus']}  ({c['review_images']} images)\n"
+            f"  rejected rows  {c['rejected_rows']}\n"
+            f"  throughput     {s.images_per_s:.2f} images/s "
+            f"({c['images_planned']} images in {s.timings['total_s']:.1f}s)\n"
+            f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
+        )
+
+    _guard(verbose, go)
+
+
+@app.command()
+def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+    """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
+    from factory.config import load_config
+    from factory.run import plan
+
+    def go() -> None:
+        p = plan(load_config(config), date or _today(), skus)
+        buckets: dict[str, int] = {}
+        for t in p.tasks:
+            buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
+        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {len(p.batches)} batches")
+        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
+        typer.echo(f"  rejected rows: {len(p.rejected)}")
+        for r in p.rejected:
+            typer.echo(
+                f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
+            )
+
+    _guard(verbose, go)
+
+
+@app.command("demo-skus")
+def demo_skus(
+    date: DateOpt = "",
+    skus_dir: Annotated[Path, typer.Option("--skus-dir", help="Directory for <date>.parquet.")] = Path("data/skus"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the demo SKU file for a date (if absent): mixed categories, keyword buckets and a few bad rows."""
+    from factory.demo import write_demo_skus
+
+    path = skus_dir / f"{date or _today()}.parquet"
+    if path.exists() and not force:
+        typer.echo(f"{path} exists; keeping it")
+        return
+    typer.echo(f"wrote {write_demo_skus(path)}")
+
+
+@models_app.command("init-tiny")
+def init_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write tiny-sd/ and tiny-clip/.")] = Path("data/models"),
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if present.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build the embedded tiny models (random weights, fixed seed) in standard diffusers/open_clip formats."""
+    from factory.models import init_tiny as build
+
+    def go() -> None:
+        paths = build(directory, force=force)
+        typer.echo(f"tiny pipeline: {paths['pipeline']}\ntiny open_clip: {paths['clip']}")
+
+    _guard(verbose, go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

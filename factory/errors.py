@@ -1,0 +1,33 @@
+"""User-facing errors. Each carries one clear sentence and the process exit code the CLI uses."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run itself failed (a bug, a crashed cluster, a model that won't load)
+EXIT_BAD_INPUT = 2  # bad input or config: fix the file named in the message and rerun
+
+
+class FactoryError(Exception):
+    """An error whose message is meant for the user, without a traceback."""
+
+    exit_code = EXIT_FAILED
+
+
+class InputError(FactoryError):
+    """The day's SKU input cannot be used (missing, unreadable, wrong schema)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(FactoryError):
+    """A config or template file is invalid."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TemplateError(ConfigError):
+    """A prompt-template file is invalid."""
+
+
+class ModelError(FactoryError):
+    """A model directory or checkpoint cannot be loaded."""

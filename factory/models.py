@@ -1,0 +1,318 @@
+"""Model loading (real checkpoints and the embedded tiny model alike) and the tiny-model builder.
+
+The factory only ever loads models through `load_pipeline` / `load_clip`, which use the standard entry points
+(`DiffusionPipeline.from_pretrained(dir, local_files_only=True)`,
+`open_clip.create_model_and_transforms(name, pretrained=path)`). `init_tiny` writes random-weight models of the
+real architectures in those same on-disk formats, so the whole factory runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory.config import ModelConfig, resolve_path
+from factory.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+TINY_SEED = 0  # fixed: `models init-tiny` always writes the same weights
+TINY_CLIP_NAME = "tiny-clip"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(cfg: ModelConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but no CUDA device is visible to this process")
+    return cfg.device
+
+
+def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
+    """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler."""
+    from diffusers import DiffusionPipeline, LCMScheduler
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # per-component load bars would flood cron logs
+    transformers_logging.disable_progress_bar()
+    path = resolve_path(cfg.pipeline)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path}: not a diffusers pipeline directory (no model_index.json); run 'make models'")
+    kwargs: dict[str, Any] = {}
+    if "safety_checker" in json.loads(index.read_text()):
+        # The factory has its own quality/brand-safety gate; the SD1.5 NSFW checker would cost a model load.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
+    except Exception as exc:  # diffusers raises many types; the user needs the path and the cause
+        raise ModelError(f"{path}: cannot load the diffusers pipeline ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
+        raise ModelError(f"{path}: {type(pipe).__name__} is not an SD1.5-family or SDXL text-to-image pipeline")
+    if not isinstance(pipe.scheduler, LCMScheduler):
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    if cfg.lora:
+        lora = resolve_path(cfg.lora)
+        try:
+            pipe.load_lora_weights(str(lora))
+        except Exception as exc:
+            raise ModelError(f"{lora}: cannot load LoRA weights ({type(exc).__name__}: {exc})") from exc
+        # Fused weights run at base-model speed and can be quantized afterwards.
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class Clip:
+    model: Any
+    preprocess: Any  # PIL image -> tensor
+    tokenizer: Any
+    device: str
+
+
+def load_clip(cfg: ModelConfig, device: str) -> Clip:
+    """Load an open_clip model from a local checkpoint (never from a hub)."""
+    import open_clip
+
+    if cfg.clip_config_dir:
+        config_dir = resolve_path(cfg.clip_config_dir)
+        if not config_dir.is_dir():
+            raise ModelError(f"{config_dir}: open_clip config directory not found; run 'make models'")
+        open_clip.add_model_config(config_dir)
+    checkpoint = resolve_path(cfg.clip_pretrained)
+    if not checkpoint.is_file():
+        raise ModelError(f"{checkpoint}: open_clip checkpoint not found; run 'make models'")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.clip_model, pretrained=str(checkpoint), device=device
+        )
+    except Exception as exc:
+        raise ModelError(f"{checkpoint}: cannot load open_clip model {cfg.clip_model!r} ({exc})") from exc
+    model.eval()
+    return Clip(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(cfg.clip_model), device=device)
+
+
+def model_fingerprint(cfg: ModelConfig) -> str:
+    """A short id of the generation weights (path contents, not names), recorded in manifests."""
+    h = hashlib.sha256()
+    for root in [resolve_path(cfg.pipeline)] + ([resolve_path(cfg.lora)] if cfg.lora else []):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            # Size + mtime is cheap for multi-GB checkpoints; config files are hashed fully.
+            h.update(str(f.relative_to(root.parent)).encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+            else:
+                h.update(f"{st.st_size}".encode())
+                with f.open("rb") as fh:
+                    h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The embedded tiny model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_clip_tokenizer() -> Any:
+    """A CLIPTokenizer (model_max_length=77) built offline from open_clip's shipped BPE vocabulary.
+
+    The vocabulary construction mirrors open_clip.tokenizer.SimpleTokenizer, which is the same as OpenAI CLIP's.
+    """
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    pairs = [tuple(m.split()) for m in merges]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs, model_max_length=77)
+
+
+def _tiny_text_encoder_config() -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        projection_dim=32,
+    )
+
+
+def _tiny_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    # Four blocks -> the real SD latent factor of 8, so the tiny model's cost scales with resolution like SD's.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def _lcm_scheduler() -> Any:
+    from diffusers import LCMScheduler
+
+    # The scheduler config of the published LCM SD1.5 checkpoints.
+    return LCMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        original_inference_steps=50,
+        set_alpha_to_one=True,
+        steps_offset=1,
+        timestep_spacing="leading",
+        clip_sample=False,
+    )
+
+
+def build_tiny_sd() -> Any:
+    """A tiny SD1.5-architecture LCM pipeline: UNet with `time_cond_proj_dim` (LCM's guidance embedding)."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        time_cond_proj_dim=32,
+    )
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_tiny_text_encoder_config())
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=_lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sdxl() -> Any:
+    """A tiny SDXL-architecture pipeline (two text encoders, text_time conditioning) with the LCM scheduler."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids x 8 + pooled text_encoder_2 embedding
+        cross_attention_dim=64,  # text_encoder (32) + text_encoder_2 (32) hidden states, concatenated
+        norm_num_groups=8,
+        time_cond_proj_dim=32,
+    )
+    vae = _tiny_vae()
+    tokenizer = build_clip_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(_tiny_text_encoder_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_text_encoder_config()),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=_lcm_scheduler(),
+    )
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def init_tiny(root: str | Path = "data/models", force: bool = False) -> dict[str, Path]:
+    """Build the embedded tiny models under `root` (deterministic: same bytes every time). Skips existing ones."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    sd_dir, clip_dir = root / "tiny-sd", root / "tiny-clip"
+    if force or not (sd_dir / "model_index.json").is_file():
+        build_tiny_sd().save_pretrained(_fresh_dir(sd_dir), safe_serialization=True)
+    ckpt = clip_dir / "open_clip_model.safetensors"
+    if force or not ckpt.is_file():
+        _fresh_dir(clip_dir)
+        (clip_dir / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n")
+        open_clip.add_model_config(clip_dir)
+        torch.manual_seed(TINY_SEED)
+        model = open_clip.create_model(TINY_CLIP_NAME)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    return {"pipeline": sd_dir, "clip": clip_dir}
+
+
+def _fresh_dir(path: Path) -> Path:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path

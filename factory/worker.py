@@ -1,0 +1,95 @@
+"""The worker: holds one pipeline and one CLIP model, and turns a planned Batch into images and manifest rows.
+
+The same class runs in-process (`--executor local`) and as a Ray actor (`--executor ray`). Writes are idempotent
+(deterministic bytes, atomic rename to a name derived from the task), so a batch re-run by a restarted actor
+produces exactly the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from factory.config import FactoryConfig
+from factory.planner import Batch
+from factory.quality import clip_scores, decide
+from factory.writer import atomic_write_bytes, png_bytes, safe_join
+
+
+@dataclasses.dataclass
+class BatchResult:
+    batch_id: str
+    rows: list[dict[str, Any]]  # one per task: task fields + clip_score + reasons + error
+    timings: dict[str, float]
+
+
+class Worker:
+    def __init__(self, cfg: FactoryConfig, date_dir: str):
+        import torch
+
+        from factory.models import load_clip, load_pipeline, resolve_device, resolve_dtype
+
+        torch.set_num_threads(cfg.run.cpus_per_worker)
+        self.cfg = cfg
+        self.date_dir = Path(date_dir)
+        self.device = resolve_device(cfg.model)
+        self.dtype = resolve_dtype(cfg.model, self.device)
+        self.pipe = load_pipeline(cfg.model, self.device, self.dtype)
+        self.clip = load_clip(cfg.model, self.device)
+        mode = cfg.model.determinism
+        self.batch_invariant = mode == "batch-invariant" or (mode == "auto" and self.device == "cpu")
+
+    def _numerics(self) -> contextlib.AbstractContextManager:
+        from factory.invariance import BatchInvariantMode
+
+        return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
+
+    def generate(self, batch: Batch) -> list[Any]:
+        """PIL images for the batch's tasks; one seeded CPU generator per sample, so the noise is per-SKU."""
+        import torch
+
+        tasks = batch.tasks
+        generators = [torch.Generator("cpu").manual_seed(t.seed) for t in tasks]
+        with torch.inference_mode(), self._numerics():
+            out = self.pipe(
+                prompt=[t.prompt for t in tasks],
+                negative_prompt=[t.negative_prompt for t in tasks],
+                width=batch.width,
+                height=batch.height,
+                num_inference_steps=batch.steps,
+                guidance_scale=self.cfg.model.guidance_scale,
+                generator=generators,
+                output_type="pil",
+            )
+        return out.images
+
+    def process(self, batch: Batch) -> BatchResult:
+        timings: dict[str, float] = {}
+
+        # 1. generate
+        t0 = time.perf_counter()
+        images = self.generate(batch)
+        timings["generate_s"] = time.perf_counter() - t0
+
+        # 2. score: one CLIP forward for the batch; in batch-invariant mode one per image, because open_clip's
+        #    attention runs fused/sequence-first kernels whose row results depend on the batch size.
+        t0 = time.perf_counter()
+        prompts = [t.prompt for t in batch.tasks]
+        if self.batch_invariant:
+            scores = [s for im, p in zip(images, prompts) for s in clip_scores(self.clip, [im], [p])]
+        else:
+            scores = clip_scores(self.clip, images, prompts)
+        timings["score_s"] = time.perf_counter() - t0
+
+        # 3. decide and write
+        t0 = time.perf_counter()
+        rows = []
+        for task, image, score in zip(batch.tasks, images, scores):
+            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image))
+            reasons = decide(score, self.cfg.quality.clip_threshold)
+            rows.append({**dataclasses.asdict(task), "clip_score": score, "reasons": reasons, "error": None})
+        timings["write_s"] = time.perf_counter() - t0
+        return BatchResult(batch.batch_id, rows, timings)

@@ -1,0 +1,108 @@
+"""Shared fixtures: the embedded tiny models, a small-scale config, SKU files, and one Ray cluster per session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from factory.config import Bucket, FactoryConfig, load_config
+from factory.models import init_tiny
+
+REPO = Path(__file__).resolve().parent.parent
+DATE = "2026-11-21"
+
+# Quarter-scale buckets and 2 steps: the tiny model stays fast on 2 CPU cores.
+TEST_BUCKETS = [
+    Bucket("small", 64, 64, 2),
+    Bucket("medium", 96, 96, 2),
+    Bucket("large", 128, 128, 2),
+    Bucket("poster", 128, 64, 2),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    return init_tiny(REPO / "data" / "models")  # built once; `make test` has usually built it already
+
+
+@pytest.fixture
+def cfg(tiny_models, tmp_path) -> FactoryConfig:
+    return make_cfg(tiny_models, tmp_path)
+
+
+def make_cfg(tiny_models: dict[str, Path], tmp_path: Path) -> FactoryConfig:
+    base = load_config(REPO / "factory.toml")
+    return dataclasses.replace(
+        base,
+        paths=dataclasses.replace(
+            base.paths, skus=str(tmp_path / "skus"), output=str(tmp_path / "out"), templates=str(REPO / "templates")
+        ),
+        model=dataclasses.replace(
+            base.model,
+            pipeline=str(tiny_models["pipeline"]),
+            clip_pretrained=str(tiny_models["clip"] / "open_clip_model.safetensors"),
+            clip_config_dir=str(tiny_models["clip"]),
+        ),
+        planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS)),
+        quality=dataclasses.replace(base.quality, clip_threshold=-0.15),
+        run=dataclasses.replace(base.run, workers=2, batch_size=4),
+    )
+
+
+def with_run(cfg: FactoryConfig, **kw) -> FactoryConfig:
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **kw))
+
+
+def write_skus(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def sample_rows() -> list[dict]:
+    """Mixed categories and buckets (incl. a poster and an upscaled SKU), 2 variants on one SKU, 4 bad rows."""
+    a = lambda **kw: json.dumps(kw)  # noqa: E731
+    return [
+        {"sku_id": "S1", "category": "shoes", "attrs": a(brand="Peak", color="red"), "variants": 2},
+        {"sku_id": "S2", "category": "dress", "attrs": a(style="linen", color="navy"), "variants": 1},
+        {
+            "sku_id": "S3",
+            "category": "electronics",
+            "attrs": a(product="earbuds", background="launch poster"),
+            "variants": 1,
+        },
+        {"sku_id": "S4", "category": "furniture", "attrs": a(product="armchair"), "variants": 1},
+        {"sku_id": "S5", "category": "toys", "attrs": a(product="blocks"), "variants": 1},
+        {"sku_id": "S6", "category": "food", "attrs": a(product="dumplings"), "variants": 1},
+        {"sku_id": "S7", "category": "bags", "attrs": a(brand="Urban", color="tan"), "variants": 1},
+        {"sku_id": "../../etc/passwd", "category": "jewelry", "attrs": a(product="ring", metal="gold"), "variants": 1},
+        {"sku_id": None, "category": "shoes", "attrs": a(brand="x", color="y"), "variants": 1},
+        {"sku_id": "S9", "category": "garden", "attrs": "{}", "variants": 1},
+        {"sku_id": "S10", "category": "shoes", "attrs": a(color="blue"), "variants": 1},
+        {"sku_id": "S1", "category": "shoes", "attrs": a(brand="Dup", color="red"), "variants": 1},
+    ]
+
+
+SAMPLE_SCHEMA = pa.schema(
+    [("sku_id", pa.string()), ("category", pa.string()), ("attrs", pa.string()), ("variants", pa.int32())]
+)
+
+
+@pytest.fixture
+def day_file(cfg) -> Path:
+    return write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", sample_rows(), SAMPLE_SCHEMA)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session; `run()` joins it instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

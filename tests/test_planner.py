@@ -1,0 +1,54 @@
+import random
+
+from factory.config import PlannerConfig
+from factory.planner import Planner, derive_seed, make_batches
+from factory.prompts import load_templates
+from factory.skus import Sku
+from tests.conftest import REPO, TEST_BUCKETS
+
+TEMPLATES = load_templates(REPO / "templates", {b.name for b in TEST_BUCKETS})
+PLANNER = Planner(PlannerConfig(buckets=list(TEST_BUCKETS)), TEMPLATES)
+
+
+def sku(i, category="toys", variants=1, **attrs):
+    return Sku(f"SKU-{i}", category, {"product": "car", **attrs}, variants, "f.parquet", i)
+
+
+def test_seed_is_stable_and_distinct():
+    assert derive_seed("A", "2026-11-21", 0) == derive_seed("A", "2026-11-21", 0)
+    seeds = {derive_seed(s, d, v) for s in ("A", "B") for d in ("2026-11-21", "2026-11-22") for v in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_keyword_rules():
+    assert PLANNER.choose_bucket("small", "a plain toy").name == "small"
+    assert PLANNER.choose_bucket("small", "a toy, HD").name == "medium"
+    assert PLANNER.choose_bucket("small", "a toy, hdr").name == "small"  # whole words only
+    assert PLANNER.choose_bucket("large", "very detailed").name == "large"  # capped at the largest square
+    assert PLANNER.choose_bucket("small", "Big BANNER for a toy").name == "poster"
+    assert PLANNER.choose_bucket("small", "中秋海报").name == "poster"
+    assert PLANNER.choose_bucket("medium", "高清 toy").name == "large"
+
+
+def test_plan_is_deterministic_and_batches_homogeneous():
+    skus = [sku(i, color="red" if i % 3 else "blue HD") for i in range(23)] + [sku(99, variants=3, age="banner")]
+    tasks = PLANNER.plan_tasks(skus, "2026-11-21")
+    assert len(tasks) == 26
+    assert tasks == PLANNER.plan_tasks(skus, "2026-11-21")
+    batches = make_batches(tasks, 4, [b.name for b in TEST_BUCKETS])
+    assert sum(len(b.tasks) for b in batches) == len(tasks)
+    for b in batches:
+        assert 1 <= len(b.tasks) <= 4
+        assert {(t.width, t.height, t.steps) for t in b.tasks} == {(b.width, b.height, b.steps)}
+    assert {t.bucket for t in tasks} == {"small", "medium", "poster"}
+    assert len({b.batch_id for b in batches}) == len(batches)
+
+
+def test_task_identity_does_not_depend_on_input_order():
+    skus = [sku(i) for i in range(10)]
+    shuffled = skus[:]
+    random.Random(1).shuffle(shuffled)
+    key = lambda t: (t.sku_id, t.variant)  # noqa: E731
+    a = sorted(PLANNER.plan_tasks(skus, "2026-11-21"), key=key)
+    b = sorted(PLANNER.plan_tasks(shuffled, "2026-11-21"), key=key)
+    assert [(t.seed, t.prompt, t.image_path) for t in a] == [(t.seed, t.prompt, t.image_path) for t in b]
