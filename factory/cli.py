@@ -62,6 +62,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate everything, even for a completed date.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate the day's ad images and write approved/review/rejected manifests."""
@@ -76,7 +77,10 @@ def run(
                 "run": {"executor": executor, "workers": workers, "batch_size": batch_size, "ray_address": ray_address},
             },
         )
-        s = run_factory(cfg, date or _today(), skus)
+        s = run_factory(cfg, date or _today(), skus, force=force)
+        if s.already_done:
+            typer.echo(f"{s.date} already completed (run {s.run_id}); nothing to do. Use --force to regenerate.")
+            return
         c = s.counts
         typer.echo(
             f"\nadfactory {s.date} (run {s.run_id})\n"
@@ -84,8 +88,10 @@ def run(
             f"  approved SKUs  {c['approved_skus']}  ({c['approved_images']} images)\n"
             f"  review SKUs    {c['review_skus']}  ({c['review_images']} images)\n"
             f"  rejected rows  {c['rejected_rows']}\n"
+            f"  images         {c['images_generated']} generated, {c['images_resumed']} resumed, "
+            f"{c['cache_hits']} from cache\n"
             f"  throughput     {s.images_per_s:.2f} images/s "
-            f"({c['images_planned']} images in {s.timings['total_s']:.1f}s)\n"
+            f"({c['images_generated']} generated in {s.timings['total_s']:.1f}s)\n"
             f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
         )
 

@@ -63,11 +63,18 @@ class PlannerConfig:
     landscape_keywords: list[str] = field(default_factory=lambda: ["poster", "banner", "海报", "横版"])
     upscale_keywords: list[str] = field(default_factory=lambda: ["detailed", "hd", "高清", "细节", "精修"])
     max_variants: int = 8  # a row asking for more variants is rejected (protects the nightly budget)
+    seed_scope: str = "date"  # date: seed from (sku_id, date, variant), a fresh image daily | sku: (sku_id, variant)
 
 
 @dataclass
 class QualityConfig:
     clip_threshold: float = 0.20  # image-prompt cosine similarity at/above which an image is approved
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True  # reuse a previous day's approved image when its cache key is unchanged
+    lookback_days: int = 14  # how many earlier completed dates under the output root are searched
 
 
 @dataclass
@@ -78,6 +85,7 @@ class RunConfig:
     ray_address: str = ""  # join this cluster; "" = $RAY_ADDRESS if set, else start a local one
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
     max_restarts: int = 2  # a crashed worker process is restarted and its batch retried this many times
+    fault_injection: str = ""  # testing only: "die_once:<sku_id>", "raise:<sku_id>", "oom:<sku_id>"
 
 
 @dataclass
@@ -86,6 +94,7 @@ class FactoryConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +117,10 @@ class FactoryConfig:
                 raise ConfigError(f"bucket {b.name!r}: width and height must be positive multiples of 8")
             if not 1 <= b.steps <= 50:
                 raise ConfigError(f"bucket {b.name!r}: steps must be between 1 and 50, got {b.steps}")
+        if planner.seed_scope not in ("date", "sku"):
+            raise ConfigError(f"planner.seed_scope must be 'date' or 'sku', got {planner.seed_scope!r}")
+        if self.cache.lookback_days < 0:
+            raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
         if planner.landscape_bucket not in names:
             raise ConfigError(f"planner.landscape_bucket {planner.landscape_bucket!r} is not a bucket name")
         if self.model.device not in ("auto", "cpu", "cuda"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run itself failed (a bug, a crashed cluster, a model that won't load)
 EXIT_BAD_INPUT = 2  # bad input or config: fix the file named in the message and rerun
+EXIT_LOCKED = 3  # another run holds the lock for this date and output root
 
 
 class FactoryError(Exception):
@@ -31,3 +32,9 @@ class TemplateError(ConfigError):
 
 class ModelError(FactoryError):
     """A model directory or checkpoint cannot be loaded."""
+
+
+class LockError(FactoryError):
+    """Another live run holds the lock for this date and output root."""
+
+    exit_code = EXIT_LOCKED

@@ -21,7 +21,7 @@ from typing import Any
 from factory.config import FactoryConfig
 from factory.errors import ConfigError, FactoryError
 from factory.planner import Batch
-from factory.worker import BatchResult, Worker
+from factory.worker import BatchResult, Worker, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,27 @@ def failed_batch(batch: Batch, error: str) -> BatchResult:
 
 def run_local(batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: OnResult) -> dict[str, Any]:
     worker = Worker(cfg, date_dir)
-    for batch in batches:
+    queue = deque(batches)
+    while queue:
+        batch = queue.popleft()
         try:
             result = worker.process(batch)
-        except Exception as exc:  # one bad batch must not lose the rest of the night
-            log.warning("batch %s failed: %s", batch.batch_id, exc)
-            result = failed_batch(batch, f"{type(exc).__name__}: {exc}")
-        on_result(result)
+        except Exception as exc:  # one bad SKU must not lose the rest of the night
+            result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
+        if result is not None:
+            on_result(result)
     return {"executor": "local", "workers": 1}
+
+
+def _on_failure(batch: Batch, error: str, queue: deque[Batch]) -> BatchResult | None:
+    """A failed batch is split in halves and both are retried, until the failing (poison) SKU is alone: that one
+    becomes a `generation_error` row and every other SKU of the batch still gets its image."""
+    if len(batch.tasks) > 1:
+        log.warning("batch %s failed (%s); splitting it to isolate the failing SKU", batch.batch_id, error)
+        queue.extendleft(reversed(split_batch(batch, len(batch.tasks) // 2)))
+        return None
+    log.warning("sku %r failed: %s", batch.tasks[0].sku_id, error)
+    return failed_batch(batch, error)
 
 
 def _init_ray(cfg: FactoryConfig) -> bool:
@@ -105,19 +118,24 @@ def run_ray(batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: 
         while inflight:
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             actor, batch = inflight.pop(ref)
+            result: BatchResult | None
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:  # the batch raised inside the worker
-                result = failed_batch(batch, _ray_error_line(exc))
+                result = _on_failure(batch, _ray_error_line(exc), queue)
             except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
                 if _is_init_failure(exc):
                     raise FactoryError(f"a Ray worker could not start: {_ray_error_line(exc)}") from exc
-                log.warning("worker died on batch %s; replacing it", batch.batch_id)
-                result = failed_batch(batch, f"worker died: {_ray_error_line(exc)}")
+                log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
+                result = _on_failure(batch, f"worker died: {_ray_error_line(exc)}", queue)
+                actors.remove(actor)
                 actor = remote.remote(cfg, date_dir)
                 actors.append(actor)
-            on_result(result)
+            if result is not None:
+                on_result(result)
             submit(actor)
+            for idle in [a for a in actors if a not in {v[0] for v in inflight.values()}]:
+                submit(idle)  # split halves may have refilled the queue after other actors went idle
         return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}
     finally:
         for actor in actors:

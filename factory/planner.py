@@ -4,7 +4,9 @@ Bucket choice (documented in README):
   1. start from the template's `bucket` hint;
   2. a landscape keyword in the rendered prompt ("poster", "banner", ...) -> the landscape bucket;
   3. otherwise an upscale keyword ("detailed", "HD", ...) -> the next larger non-landscape bucket (capped).
-Seeds come from sha256(sku_id, date, variant): stable across runs, machines, batch sizes and worker counts.
+Seeds come from sha256(sku_id, date, variant) (`seed_scope = "date"`, default) or sha256(sku_id, variant)
+(`seed_scope = "sku"`, which lets unchanged SKUs hit the cross-day cache): stable across runs, machines, batch
+sizes and worker counts.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
 class Planner:
     def __init__(self, cfg: PlannerConfig, templates: dict[str, Template]):
         self.templates = templates
+        self.seed_scope = cfg.seed_scope
         self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
         self.landscape = cfg.landscape_bucket
         # "Up" follows the configured order of the non-landscape buckets (list them small to large).
@@ -94,7 +97,7 @@ class Planner:
                         variant=variant,
                         prompt=prompt,
                         negative_prompt=negative,
-                        seed=derive_seed(sku.sku_id, date, variant),
+                        seed=derive_seed(sku.sku_id, date if self.seed_scope == "date" else "", variant),
                         bucket=bucket.name,
                         width=bucket.width,
                         height=bucket.height,

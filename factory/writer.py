@@ -57,6 +57,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Place `src` at `dst` atomically: a hardlink when on the same filesystem (no extra bytes), else a copy."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def png_bytes(image: Any) -> bytes:
     """PIL image -> PNG bytes. PIL writes no timestamps, so equal pixels give equal bytes."""
     buf = io.BytesIO()
@@ -89,6 +103,11 @@ _IMAGE_FIELDS = [
     pa.field("image_path", pa.string(), nullable=True),
     pa.field("model", pa.string(), nullable=False),
     pa.field("template_version", pa.string(), nullable=False),
+    pa.field("prompt_tokens", pa.int32(), nullable=True),
+    pa.field("prompt_truncated", pa.bool_(), nullable=True),
+    pa.field("cache_key", pa.string(), nullable=False),
+    pa.field("cached", pa.bool_(), nullable=False),
+    pa.field("cache_source_date", pa.date32(), nullable=True),
     pa.field("source_file", pa.string(), nullable=False),
     pa.field("source_row", pa.int64(), nullable=False),
 ]
