@@ -94,6 +94,18 @@ def run(
             f"({c['images_generated']} generated in {s.timings['total_s']:.1f}s)\n"
             f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
         )
+        o = s.outcomes.get("all")
+        if o:
+            typer.echo(
+                f"  quality gate   {o['first_pass_share']:.0%} approved first pass, {o['repaired_share']:.0%} "
+                f"approved after repair, {o['review_share']:.0%} to review (images)"
+            )
+            for cat, c in s.outcomes.items():
+                if cat != "all":
+                    typer.echo(
+                        f"    {cat:<12} {c['first_pass']:>4} first pass {c['repaired']:>4} repaired "
+                        f"{c['review']:>4} review"
+                    )
 
     _guard(verbose, go)
 
@@ -116,6 +128,31 @@ def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None,
             typer.echo(
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )
+
+    _guard(verbose, go)
+
+
+@app.command()
+def calibrate(
+    date: DateOpt = "",
+    skus: SkusOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    sample: Annotated[int, typer.Option("--sample", help="Images to generate and score.")] = 64,
+    percentile: Annotated[float, typer.Option("--percentile", help="Share (%) of the sample each check fails.")] = 5.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a sample of the day's images and suggest per-category quality thresholds (a TOML snippet)."""
+    from factory.calibrate import calibrate as run_calibration
+    from factory.config import load_config
+
+    def go() -> None:
+        cfg = load_config(config, {"paths": {"output": str(output) if output else None}})
+        r = run_calibration(cfg, date or _today(), skus, sample=sample, percentile=percentile)
+        typer.echo(f"scored {r.samples} images; suggested global thresholds:")
+        for k, v in r.thresholds.get("all", {}).items():
+            typer.echo(f"  {k} = {v}")
+        typer.echo(f"report: {r.report_path}\nsnippet: {r.toml_path}")
 
     _guard(verbose, go)
 

@@ -66,9 +66,65 @@ class PlannerConfig:
     seed_scope: str = "date"  # date: seed from (sku_id, date, variant), a fresh image daily | sku: (sku_id, variant)
 
 
+_IQA_PAIRS = [
+    ["a sharp photo", "a blurry photo"],
+    ["a clean product photo", "a distorted, deformed product photo"],
+    ["a photo with natural colors", "an oversaturated photo"],
+    ["a well-exposed photo", "an overexposed or underexposed photo"],
+]
+_UNSAFE_CONCEPTS = [
+    "violent or gory content",
+    "nudity",
+    "sexually explicit content",
+    "a weapon",
+    "a competitor's logo",
+    "hate symbols",
+    "a cigarette or vaping product",
+    "alcohol",
+    "drugs or drug paraphernalia",
+]
+
+
 @dataclass
 class QualityConfig:
-    clip_threshold: float = 0.20  # image-prompt cosine similarity at/above which an image is approved
+    """Quality-gate thresholds. CLIP cosines are model-specific: calibrate them (`adfactory calibrate`)."""
+
+    clip_threshold: float = 0.20  # image-prompt cosine below this -> low_clip_score
+    iqa_threshold: float = 0.40  # mean CLIP-IQA positive probability below this -> low_quality
+    unsafe_threshold: float = 0.27  # max cosine to an unsafe concept at/above this -> unsafe_content
+    blank_std: float = 0.02  # grayscale std below this -> blank
+    overexposed_frac: float = 0.90  # fraction of pixels >= 250 above this -> overexposed
+    underexposed_frac: float = 0.90  # fraction of pixels <= 5 above this -> underexposed
+    blur_laplacian_var: float = 100.0  # variance of the Laplacian below this -> blurry
+    saturation_mean: float = 0.80  # mean HSV saturation above this -> oversaturated
+    iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in _IQA_PAIRS])  # [positive, negative]
+    unsafe_concepts: list[str] = field(default_factory=lambda: list(_UNSAFE_CONCEPTS))  # brand-safety concepts
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
+
+    def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
+        """Effective thresholds: global, then the template's [quality] table, then [quality.categories.<name>]."""
+        cfg = dataclasses.replace(self, categories={})
+        if template_overrides:
+            cfg = _merge(cfg, template_overrides, f"template {category!r} [quality]")
+        if category in self.categories:
+            cfg = _merge(cfg, self.categories[category], f"[quality.categories.{category}]")
+        for pair in cfg.iqa_pairs:
+            if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
+                raise ConfigError(f"{category}: each quality.iqa_pairs entry must be [positive, negative] prompts")
+        return cfg
+
+
+@dataclass
+class RepairConfig:
+    mode: str = "inpaint"  # inpaint | off: fix repairable defects locally, then re-score
+    max_attempts: int = 1  # inpaint tries per image; the best of original and attempts is kept
+    strength: float = 0.4  # denoising strength inside the mask (ADetailer's default)
+    dilate: int = 4  # px the defect box grows before feathering
+    blur: int = 4  # px Gaussian feather of the mask edge
+    padding: int = 32  # px of context around the mask the inpaint pipeline sees (padding_mask_crop)
+    tile: int = 0  # px tile of the defect map; 0 = a quarter of the shorter image side
+    top_k: int = 1  # worst tiles repaired per attempt
+    inpaint_unet: str = ""  # optional dedicated 9-channel inpainting UNet dir (e.g. SD1.5-inpainting)
 
 
 @dataclass
@@ -94,6 +150,7 @@ class FactoryConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -119,6 +176,12 @@ class FactoryConfig:
                 raise ConfigError(f"bucket {b.name!r}: steps must be between 1 and 50, got {b.steps}")
         if planner.seed_scope not in ("date", "sku"):
             raise ConfigError(f"planner.seed_scope must be 'date' or 'sku', got {planner.seed_scope!r}")
+        if self.repair.mode not in ("inpaint", "off"):
+            raise ConfigError(f"repair.mode must be 'inpaint' or 'off', got {self.repair.mode!r}")
+        if not 0 < self.repair.strength <= 1 or self.repair.max_attempts < 0:
+            raise ConfigError("repair.strength must be in (0, 1] and repair.max_attempts >= 0")
+        for category in self.quality.categories:
+            self.quality.for_category(category)  # unknown keys or bad types fail at load time
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
         if planner.landscape_bucket not in names:
@@ -154,6 +217,9 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
                 ) from None
         else:
             expected = type(current)
+            if expected is dict and isinstance(value, dict):
+                updates[key] = value
+                continue
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

@@ -34,7 +34,14 @@ def failed_batch(batch: Batch, error: str) -> BatchResult:
     import dataclasses
 
     rows = [
-        {**dataclasses.asdict(t), "clip_score": None, "reasons": [GENERATION_ERROR], "error": error}
+        {
+            **dataclasses.asdict(t),
+            "reasons": [GENERATION_ERROR],
+            "initial_reasons": [GENERATION_ERROR],
+            "repaired": False,
+            "attempts": 0,
+            "error": error,
+        }
         for t in batch.tasks
     ]
     return BatchResult(batch.batch_id, rows, {})

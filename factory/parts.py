@@ -27,7 +27,6 @@ PARTS = "_parts"
 PART_SCHEMA = pa.schema(
     [f for f in MANIFEST_SCHEMAS["review"] if f.name not in ("reason", "detail")]
     + [
-        pa.field("reasons", pa.list_(pa.string()), nullable=False),
         pa.field("error", pa.string(), nullable=True),
         pa.field("task_key", pa.string(), nullable=False),
     ]

@@ -13,12 +13,13 @@ import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from factory.errors import TemplateError
 
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # categories become directory names
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
-_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description"}
+_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Template:
     required: tuple[str, ...]
     optional: dict[str, str] = field(hash=False)
     bucket: str  # resolution hint: a bucket name from config
+    quality: dict[str, Any] = field(hash=False)  # [quality] overrides for this category (validated by config)
     version: str  # sha256 of the file, prefix: changes whenever the template changes
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
@@ -92,6 +94,9 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
     optional = data.get("optional", {})
     if not isinstance(optional, dict) or not all(isinstance(v, str) for v in optional.values()):
         raise TemplateError(f"{path}: [optional] must map attribute names to default strings")
+    quality = data.get("quality", {})
+    if not isinstance(quality, dict):
+        raise TemplateError(f"{path}: [quality] must be a table of threshold overrides")
     if set(required) & set(optional):
         raise TemplateError(f"{path}: {sorted(set(required) & set(optional))} are both required and optional")
     if data["bucket"] not in bucket_names:
@@ -105,6 +110,7 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
         required=tuple(required),
         optional=dict(optional),
         bucket=data["bucket"],
+        quality=quality,
         version=hashlib.sha256(raw).hexdigest()[:12],
     )
 

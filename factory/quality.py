@@ -1,32 +1,110 @@
-"""Quality gate (basic): open_clip image-prompt cosine similarity, computed for a whole batch in one forward pass.
+"""The quality gate: every check for a batch of images, from one CLIP image forward pass plus pixel heuristics.
 
-Reason codes written to review.parquet:
-  low_clip_score     the image-prompt cosine similarity is below `quality.clip_threshold`
-  sibling_in_review  this variant passed, but another variant of the same SKU did not (a SKU has one outcome)
+Checks (reason codes; thresholds in `[quality]`, per category overridable):
+  low_clip_score   image-prompt cosine < clip_threshold                 (global mismatch: not repairable)
+  low_quality      mean CLIP-IQA positive probability < iqa_threshold   (repairable)
+  unsafe_content   max cosine to an unsafe concept >= unsafe_threshold  (never approved, never repaired)
+  blank            near-uniform image                                   (not repairable: nothing to fix)
+  overexposed / underexposed   too many clipped pixels                  (repairable)
+  blurry           variance of the Laplacian < blur_laplacian_var       (repairable)
+  oversaturated    mean HSV saturation > saturation_mean                (not repairable: a global colour shift)
+An image is approved when no check fails. The scorer lives in factory/checks.py; this module applies config.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from factory import checks
+from factory.config import QualityConfig
 from factory.models import Clip
 
-LOW_CLIP_SCORE = "low_clip_score"
-SIBLING_IN_REVIEW = "sibling_in_review"
+LOW_CLIP_SCORE = checks.LOW_CLIP_SCORE
+SIBLING_IN_REVIEW = "sibling_in_review"  # this variant passed, but another variant of the same SKU did not
 
 
-@torch.inference_mode()
-def clip_scores(clip: Clip, images: list[Any], prompts: list[str]) -> list[float]:
-    """Cosine similarity of each image with its own prompt (one image and one text forward for the batch)."""
-    pixels = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
-    tokens = clip.tokenizer(prompts).to(clip.device)
-    image_features = torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
-    text_features = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
-    return (image_features * text_features).sum(dim=-1).tolist()
+@dataclass
+class Assessment:
+    """All scores of one image and the checks it fails."""
+
+    clip_score: float  # image-prompt cosine
+    clip_score_100: float  # torchmetrics-style 100 * max(cos, 0)
+    iqa_mean: float
+    iqa: dict[str, float]  # per antonym pair: probability of the positive prompt
+    unsafe_score: float  # max cosine to an unsafe concept
+    pixels: dict[str, float]  # pixel_std, overexposed_frac, underexposed_frac, laplacian_var, saturation_mean
+    reasons: list[str] = field(default_factory=list)
+
+    def badness(self) -> tuple[int, float]:
+        """Lower is better: fewer failing checks, then higher alignment (to keep the better of two images)."""
+        return len(self.reasons), -self.clip_score
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "clip_score": self.clip_score,
+            "clip_score_100": self.clip_score_100,
+            "iqa_mean": self.iqa_mean,
+            "iqa": self.iqa,
+            "unsafe_score": self.unsafe_score,
+            **self.pixels,
+            "reasons": self.reasons,
+        }
 
 
-def decide(score: float, threshold: float) -> list[str]:
-    """The failing reasons of one image; empty means approved."""
-    return [] if score >= threshold else [LOW_CLIP_SCORE]
+class Gate:
+    """Per worker: holds the CLIP model and a cache of constant text features (IQA pairs, unsafe concepts)."""
+
+    def __init__(self, clip: Clip, cfg: QualityConfig, template_quality: dict[str, dict[str, Any]], per_image: bool):
+        self.clip = clip
+        self.texts = checks.TextFeatureCache(clip)
+        self.per_image = per_image  # batch-invariant mode: one CLIP forward per image (see worker.py)
+        self._cfg = cfg
+        self._template_quality = template_quality
+        self._by_category: dict[str, QualityConfig] = {}
+
+    def config(self, category: str) -> QualityConfig:
+        if category not in self._by_category:
+            self._by_category[category] = self._cfg.for_category(category, self._template_quality.get(category))
+        return self._by_category[category]
+
+    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+        if self.per_image and len(images) > 1:
+            return [
+                a
+                for i in range(len(images))
+                for a in self.assess(images[i : i + 1], prompts[i : i + 1], categories[i : i + 1])
+            ]
+        feats = checks.encode_images(self.clip, images)  # one image forward for every CLIP check
+        aligned = checks.alignment(feats, checks.encode_texts(self.clip, prompts))
+        out = []
+        for i, (image, category) in enumerate(zip(images, categories)):
+            q = self.config(category)
+            pairs = [tuple(p) for p in q.iqa_pairs]
+            iqa = checks.iqa_scores(feats[i : i + 1], self.texts.pairs(pairs), checks.pair_slugs(pairs))[0]
+            unsafe = checks.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
+            pixels = checks.pixel_metrics(image)
+            iqa_mean = iqa.pop("iqa_mean")
+            reasons = checks.pixel_reasons(
+                pixels,
+                checks.PixelThresholds(
+                    q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
+                ),
+            ) + checks.clip_reasons(
+                aligned[i],
+                iqa_mean,
+                unsafe,
+                checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold),
+            )
+            out.append(
+                Assessment(
+                    clip_score=aligned[i],
+                    clip_score_100=checks.clip_score_100(aligned[i]),
+                    iqa_mean=iqa_mean,
+                    iqa=iqa,
+                    unsafe_score=unsafe,
+                    pixels=pixels,
+                    reasons=checks.sort_reasons(reasons),
+                )
+            )
+        return out

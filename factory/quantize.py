@@ -147,13 +147,17 @@ def default_quantization(device: str | torch.device) -> str:
     CUDA: "fp8" on compute capability >= 8.9 (Ada/Hopper float8 tensor cores), else "int8-weight" (halves fp16
     Linear weight memory on any GPU).
 
-    CPU: "none". Measured with the embedded tiny model (tiny-sd, 128x128, 4 LCM steps, batch 4, 2 cores, fp32,
-    torch 2.15.0 + torchao 0.18.0, median of 5 runs, plain and inside BatchInvariantMode), int8-dynamic was
-    *slower* than float: per-token activation quantization plus int8 GEMM costs more than the fp32 GEMMs it
-    replaces at these layer sizes (32-512 features), and the UNet's time is dominated by convolutions and the VAE,
-    which stay float. See the numbers in `CPU_BENCHMARK`. With real SD weights on CPU the Linear share is larger,
-    but a nightly CPU run is a test/demo setting, not the production path, so float (and exact batch-invariant
-    numerics) wins.
+    CPU: "none", because int8 measured slower on CPU. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
+    2 shared cores, torch 2.15.0 + torchao 0.18.0, the 4 pipelines loaded side by side and timed round-robin, best
+    of 10; medians were noisy from other load on the machine):
+        mode                     pipeline   same, in BatchInvariantMode   UNet forward
+        none                      99 ms      132 ms                         19.2 ms
+        int8-weight              105 ms      140 ms                         20.4 ms
+        int8-dynamic             166 ms      205 ms                         34.7 ms
+        torch.ao quantize_dynamic 109 ms     148 ms                         21.3 ms   (not used, for comparison)
+    Per-token activation quantization plus an int8 GEMM costs more than the fp32 GEMMs it replaces at these layer
+    sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float. With real SD weights the
+    Linear share is larger, but CPU runs are the test/demo setting, so exact float numerics win there.
     """
     dev = torch.device(device)
     if dev.type == "cuda":

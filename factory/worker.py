@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from factory import checks
 from factory.config import FactoryConfig
 from factory.planner import Batch, Task
-from factory.quality import clip_scores, decide
+from factory.prompts import load_templates
+from factory.quality import Assessment, Gate
 from factory.writer import atomic_write_bytes, png_bytes, safe_join
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,16 @@ class Worker:
         self.clip = load_clip(cfg.model, self.device)
         mode = cfg.model.determinism
         self.batch_invariant = mode == "batch-invariant" or (mode == "auto" and self.device == "cpu")
+        # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
+        # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
+        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+        self.gate = Gate(self.clip, cfg.quality, {c: t.quality for c, t in templates.items()}, self.batch_invariant)
+        self.repairer = None
+        if cfg.repair.mode == "inpaint" and cfg.repair.max_attempts > 0:
+            from factory.repair import Repairer
+
+            # from_pipe: the inpaint pipeline shares the generation weights (no second copy in memory).
+            self.repairer = Repairer(self.pipe, cfg.repair.inpaint_unet or None, self.batch_invariant)
 
     def _numerics(self) -> contextlib.AbstractContextManager:
         from factory.invariance import BatchInvariantMode
@@ -128,35 +140,35 @@ class Worker:
 
     def process(self, batch: Batch) -> BatchResult:
         timings: dict[str, float] = {}
+        tasks = batch.tasks
+        prompts = [t.prompt for t in tasks]
 
         # 1. generate
         t0 = time.perf_counter()
         images = self.generate(batch)
         timings["generate_s"] = time.perf_counter() - t0
 
-        # 2. score: one CLIP forward for the batch; in batch-invariant mode one per image, because open_clip's
-        #    attention runs fused/sequence-first kernels whose row results depend on the batch size.
+        # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
         t0 = time.perf_counter()
-        prompts = [t.prompt for t in batch.tasks]
-        if self.batch_invariant:
-            scores = [s for im, p in zip(images, prompts) for s in clip_scores(self.clip, [im], [p])]
-        else:
-            scores = clip_scores(self.clip, images, prompts)
+        assessments = self.gate.assess(images, prompts, [t.category for t in tasks])
         timings["score_s"] = time.perf_counter() - t0
 
-        # 3. decide and write
+        # 3. repair what is repairable (inpaint the worst region, re-score, keep the better image)
+        t0 = time.perf_counter()
+        outcomes = [self.repair(t, im, a) for t, im, a in zip(tasks, images, assessments)]
+        timings["repair_s"] = time.perf_counter() - t0
+
+        # 4. write images and rows
         t0 = time.perf_counter()
         rows = []
-        tokens = self.prompt_tokens(prompts)
         limit = self.pipe.tokenizer.model_max_length
-        for task, image, score, n_tokens in zip(batch.tasks, images, scores, tokens):
+        for task, (image, a, repair), n_tokens in zip(tasks, outcomes, self.prompt_tokens(prompts)):
             atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image))
-            reasons = decide(score, self.cfg.quality.clip_threshold)
             rows.append(
                 {
                     **dataclasses.asdict(task),
-                    "clip_score": score,
-                    "reasons": reasons,
+                    **a.columns(),
+                    **repair,
                     "error": None,
                     "prompt_tokens": n_tokens,
                     "prompt_truncated": n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
@@ -164,3 +176,42 @@ class Worker:
             )
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, rows, timings)
+
+    def repair(self, task: Task, image: Any, a: Assessment) -> tuple[Any, Assessment, dict[str, Any]]:
+        """ADetailer-style: mask the worst region for the failing checks, inpaint it (same seed lineage, LCM,
+        moderate strength), re-score, keep the better image; up to `repair.max_attempts` times."""
+        info: dict[str, Any] = {"initial_reasons": a.reasons, "repaired": False, "attempts": 0, "repair_box": None}
+        r = self.cfg.repair
+        if self.repairer is None or not checks.is_repairable(a.reasons):
+            return image, a, info
+        box: tuple[int, int, int, int] | None = None
+        for attempt in range(r.max_attempts):
+            tile = r.tile or max(8, min(image.size) // 4)
+            defect = checks.defect_mask(image, a.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur)
+            candidate = self.repairer.repair(
+                image,
+                task.prompt,
+                task.negative_prompt,
+                task.seed,
+                defect.mask,
+                strength=r.strength,
+                steps=task.steps,
+                padding=r.padding,
+                guidance_scale=self.cfg.model.guidance_scale,
+                attempt=attempt,
+            )
+            scored = self.gate.assess([candidate], [task.prompt], [task.category])[0]
+            info["attempts"] = attempt + 1
+            if scored.badness() < a.badness():
+                image, a = candidate, scored
+                box = _union(box, defect.changed)
+                info.update(repaired=True, repair_box=list(box))
+            if not a.reasons or not checks.is_repairable(a.reasons):
+                break
+        return image, a, info
+
+
+def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    if a is None:
+        return b
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
