@@ -86,7 +86,8 @@ def _config(mode: str, weight_dtype: torch.dtype) -> Any:
 
 def _stored_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor really holds: tensor subclasses (torchao Int8Tensor/Float8Tensor) are unpacked into their
-    inner tensors (int8/fp8 data + scales), the same way `torchao.utils.get_model_size_in_bytes` counts them."""
+    inner tensors (int8/fp8 data, scales, zero points), as `torchao.utils.get_model_size_in_bytes` counts them
+    (that helper itself only walks child modules, so it reports 0 for a bare Linear)."""
     if is_traceable_wrapper_subclass(t):
         names, _ = t.__tensor_flatten__()
         return sum(_stored_bytes(getattr(t, n)) for n in names)
@@ -95,7 +96,7 @@ def _stored_bytes(t: torch.Tensor) -> int:
 
 def linear_weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of the weights (not biases) of every `nn.Linear` in `module`, as stored: quantized weights count
-    their int8/fp8 data plus their scales."""
+    their int8/fp8 data plus their scales (and zero points: torchao's Int8Tensor keeps an int8 one per row)."""
     return sum(_stored_bytes(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
