@@ -84,7 +84,7 @@ def calibrate(
     with tempfile.TemporaryDirectory() as scratch:  # the worker writes nothing here: we only generate and score
         no_repair = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
         worker = Worker(no_repair, scratch)
-        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, [b.name for b in cfg.planner.buckets])
+        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
         for batch in batches:
             images = worker.generate(batch)
             for t, a in zip(

@@ -138,6 +138,7 @@ class RunConfig:
     executor: str = "ray"  # ray | local
     workers: int = 2  # pipeline replicas (Ray actors); one GPU each when CUDA is present
     batch_size: int = 4  # images per pipeline call; batches never mix resolutions
+    padding: str = "auto"  # partial batches: auto (count on cuda, none on cpu) | count | size | none
     ray_address: str = ""  # join this cluster; "" = $RAY_ADDRESS if set, else start a local one
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
     max_restarts: int = 2  # a crashed worker process is restarted and its batch retried this many times
@@ -159,6 +160,8 @@ class FactoryConfig:
 
     def validate(self) -> None:
         run, planner = self.run, self.planner
+        if run.padding not in ("auto", "count", "size", "none"):
+            raise ConfigError(f"run.padding must be auto, count, size or none, got {run.padding!r}")
         if run.executor not in ("ray", "local"):
             raise ConfigError(f"run.executor must be 'ray' or 'local', got {run.executor!r}")
         for name in ("workers", "batch_size", "cpus_per_worker"):

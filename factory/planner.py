@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from itertools import groupby
 
 from factory.config import Bucket, PlannerConfig
 from factory.prompts import Template
@@ -45,7 +44,7 @@ class Task:
 @dataclass(frozen=True)
 class Batch:
     batch_id: str
-    width: int
+    width: int  # render size: equal to the tasks' target size, or larger for tasks promoted by padding = "size"
     height: int
     steps: int
     tasks: tuple[Task, ...]
@@ -111,21 +110,36 @@ class Planner:
         return tasks
 
 
-def make_batches(tasks: list[Task], batch_size: int, bucket_order: list[str]) -> list[Batch]:
-    """Group tasks by (width, height, steps) and cut each group into batches of at most `batch_size`.
+def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
+    """Group tasks by bucket (same width, height, steps) and cut each group into batches of `batch_size`.
 
-    Input order is kept inside a group, so the plan is a pure function of the input and config.
+    With padding = "size", a bucket's remainder (its last, partial batch) moves up into the next larger bucket of
+    the same aspect ratio when rendering it larger (then resizing down) wastes fewer pixels than padding the partial
+    batch in count; the remainder that is left is padded in count by the worker. Input order is kept inside a
+    group, so the plan is a pure function of the input and config.
     """
-    rank = {name: i for i, name in enumerate(bucket_order)}
-
-    def key(t: Task) -> tuple[int, int, int, int]:
-        return (rank.get(t.bucket, len(rank)), t.width, t.height, t.steps)
-
+    order = {b.name: i for i, b in enumerate(buckets)}
+    groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
+    for t in tasks:
+        groups[t.bucket].append(t)
+    render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
+    if padding == "size":
+        by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
+        for i, small in enumerate(by_pixels):
+            rest = len(groups[small.name]) % batch_size
+            bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+            if not rest or bigger is None:
+                continue
+            promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
+            pad_cost = (batch_size - rest) * small.width * small.height
+            if promote_cost < pad_cost:
+                groups[bigger.name] += groups[small.name][-rest:]
+                del groups[small.name][-rest:]
     batches = []
-    for (_, width, height, steps), group in groupby(sorted(tasks, key=key), key=key):
-        items = list(group)
-        bucket = items[0].bucket
+    for b in buckets:
+        items = groups[b.name]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])
-            batches.append(Batch(f"{bucket}-{width}x{height}-{start // batch_size:05d}", width, height, steps, chunk))
+            batch_id = f"{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
+            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk))
     return batches

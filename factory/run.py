@@ -112,7 +112,7 @@ def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> 
 
     t0 = time.perf_counter()
     tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
-    batches = make_batches(tasks, cfg.run.batch_size, [b.name for b in cfg.planner.buckets])
+    batches = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     timings["plan_s"] = time.perf_counter() - t0
     input_rows = sum(t.num_rows for _, t in tables)
     return Plan(date, path, input_rows, tasks, batches, rejected, templates, timings)
@@ -190,7 +190,7 @@ def _run_locked(
     todo = [t for t in todo if (t.sku_id, t.variant) not in {(r["sku_id"], r["variant"]) for r in cached_rows}]
     if cached_rows:
         parts.write_part(date_dir, f"{run_id}-cache", cached_rows)
-    batches = make_batches(todo, cfg.run.batch_size, [b.name for b in cfg.planner.buckets])
+    batches = make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
         "in %d batches",
@@ -275,6 +275,11 @@ def _run_locked(
         "write_manifests_s": manifest_s,
         "total_s": total_s,
     }
+    pixels = {
+        "pixels_computed": int(stage["pixels_computed"]),  # padding slots and promoted sizes included
+        "pixels_needed": int(stage["pixels_needed"]),
+        "pixel_waste": round(stage["pixels_computed"] / stage["pixels_needed"], 4) if stage["pixels_needed"] else 1.0,
+    }
     summary = RunSummary(
         run_id=run_id,
         date=p.date,
@@ -297,6 +302,7 @@ def _run_locked(
         "by_category": summary.by_category,
         "outcomes": outcomes,
         "timings": timings,
+        "pixels": pixels,
         "images_per_s": summary.images_per_s,
         "config": cfg.to_dict(),
     }

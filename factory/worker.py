@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from factory import checks
 from factory.config import FactoryConfig
 from factory.planner import Batch, Task
@@ -79,6 +81,10 @@ class Worker:
         self.dtype = resolve_dtype(cfg.model, self.device)
         self.pipe = load_pipeline(cfg.model, self.device, self.dtype)
         self.clip = load_clip(cfg.model, self.device)
+        self.batch_size = cfg.run.batch_size
+        padding = cfg.run.padding
+        self.pad_in_count = padding in ("count", "size") or (padding == "auto" and self.device == "cuda")
+        self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
         mode = cfg.model.determinism
         self.batch_invariant = mode == "batch-invariant" or (mode == "auto" and self.device == "cpu")
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
@@ -120,11 +126,14 @@ class Worker:
 
         tasks = batch.tasks
         inject_fault(self.cfg.run.fault_injection, tasks, self.date_dir)
-        generators = [torch.Generator("cpu").manual_seed(t.seed) for t in tasks]
+        # Padding slots keep the batch shape static (compile/CUDA-graph friendly); their images are dropped.
+        pad = self.batch_size - len(tasks) if self.pad_in_count else 0
+        seeds = [t.seed for t in tasks] + list(range(pad))
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode(), self._numerics():
             out = self.pipe(
-                prompt=[t.prompt for t in tasks],
-                negative_prompt=[t.negative_prompt for t in tasks],
+                prompt=[t.prompt for t in tasks] + [""] * pad,
+                negative_prompt=[t.negative_prompt for t in tasks] + [""] * pad,
                 width=batch.width,
                 height=batch.height,
                 num_inference_steps=batch.steps,
@@ -132,7 +141,13 @@ class Worker:
                 generator=generators,
                 output_type="pil",
             )
-        return out.images
+        self.pixels_computed += len(seeds) * batch.width * batch.height
+        images = out.images[: len(tasks)]
+        # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size.
+        return [
+            im if im.size == (t.width, t.height) else im.resize((t.width, t.height), Image.Resampling.LANCZOS)
+            for im, t in zip(images, tasks)
+        ]
 
     def prompt_tokens(self, prompts: list[str]) -> list[int]:
         """Token counts (with BOS/EOS) under the pipeline's tokenizer, so truncation is reported, not silent."""
@@ -145,8 +160,11 @@ class Worker:
 
         # 1. generate
         t0 = time.perf_counter()
+        computed_before = self.pixels_computed
         images = self.generate(batch)
         timings["generate_s"] = time.perf_counter() - t0
+        timings["pixels_computed"] = self.pixels_computed - computed_before
+        timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
 
         # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
         t0 = time.perf_counter()

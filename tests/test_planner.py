@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 from factory.config import PlannerConfig
@@ -35,7 +36,7 @@ def test_plan_is_deterministic_and_batches_homogeneous():
     tasks = PLANNER.plan_tasks(skus, "2026-11-21")
     assert len(tasks) == 26
     assert tasks == PLANNER.plan_tasks(skus, "2026-11-21")
-    batches = make_batches(tasks, 4, [b.name for b in TEST_BUCKETS])
+    batches = make_batches(tasks, 4, TEST_BUCKETS)
     assert sum(len(b.tasks) for b in batches) == len(tasks)
     for b in batches:
         assert 1 <= len(b.tasks) <= 4
@@ -52,3 +53,33 @@ def test_task_identity_does_not_depend_on_input_order():
     a = sorted(PLANNER.plan_tasks(skus, "2026-11-21"), key=key)
     b = sorted(PLANNER.plan_tasks(shuffled, "2026-11-21"), key=key)
     assert [(t.seed, t.prompt, t.image_path) for t in a] == [(t.seed, t.prompt, t.image_path) for t in b]
+
+
+def _tasks_in(bucket, n, start=0):
+    b = next(b for b in TEST_BUCKETS if b.name == bucket)
+    return [
+        dataclasses.replace(t, bucket=b.name, width=b.width, height=b.height, steps=b.steps)
+        for t in PLANNER.plan_tasks([sku(start + i) for i in range(n)], "2026-11-21")
+    ]
+
+
+def test_padding_none_and_count_keep_buckets_apart():
+    tasks = _tasks_in("small", 5) + _tasks_in("large", 3, start=100)
+    for padding in ("none", "count", "auto"):
+        batches = make_batches(tasks, 4, TEST_BUCKETS, padding)
+        assert [(b.width, len(b.tasks)) for b in batches] == [(64, 4), (64, 1), (128, 3)]
+
+
+def test_padding_in_size_promotes_a_remainder_only_when_it_wastes_less():
+    # 1 small task left over: padding it in count wastes 3 x 64^2; rendering it at 96^2 wastes 96^2 - 64^2 (less)
+    tasks = _tasks_in("small", 5) + _tasks_in("medium", 2, start=100)
+    batches = make_batches(tasks, 4, TEST_BUCKETS, "size")
+    assert [(b.width, len(b.tasks)) for b in batches] == [(64, 4), (96, 3)]
+    promoted = batches[1].tasks[-1]
+    assert (promoted.width, promoted.bucket) == (64, "small")  # keeps its target size: resized after rendering
+    # 3 small tasks left over: padding 1 slot (64^2) beats promoting 3 of them to 96^2
+    tasks = _tasks_in("small", 7) + _tasks_in("medium", 2, start=100)
+    assert [len(b.tasks) for b in make_batches(tasks, 4, TEST_BUCKETS, "size")] == [4, 3, 2]
+    # never across aspect ratios: the square "large" remainder does not go to the landscape poster bucket
+    tasks = _tasks_in("large", 1) + _tasks_in("poster", 1, start=100)
+    assert [(b.width, b.height) for b in make_batches(tasks, 4, TEST_BUCKETS, "size")] == [(128, 128), (128, 64)]

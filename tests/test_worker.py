@@ -92,3 +92,26 @@ def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
     assert not np.array_equal(pixels(base, tasks)[0], pixels(lora, tasks)[0])
     whole, single = pixels(lora, tasks), [pixels(lora, [t])[0] for t in tasks]
     assert all(np.array_equal(a, b) for a, b in zip(whole, single))
+
+
+def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_path):
+    padded_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, padding="count", batch_size=4))
+    worker = Worker(padded_cfg, str(tmp_path / "padded"))
+    tasks = tasks_for(3)
+    calls = []
+    original_call = worker.pipe.__call__
+
+    def spy(*args, **kwargs):
+        calls.append(len(kwargs["prompt"]))
+        return original_call(*args, **kwargs)
+
+    worker.pipe.__class__ = type("Spy", (type(worker.pipe),), {"__call__": lambda self, *a, **k: spy(*a, **k)})
+    result = worker.process(batch(tasks))
+    assert calls == [4]  # 3 tasks + 1 padding slot
+    assert result.timings["pixels_computed"] == 4 * 64 * 64 and result.timings["pixels_needed"] == 3 * 64 * 64
+    assert len(list((tmp_path / "padded").rglob("*.png"))) == 3 and len(result.rows) == 3
+    plain = Worker(cfg, str(tmp_path / "plain"))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(pixels(plain, tasks), [np.asarray(r) for r in worker.generate(batch(tasks))])
+    )
