@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all lint format models validate clean
+.PHONY: demo test test-all bench lint format models validate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: models
 
 test-all: models
 	$(BIN)/pytest -q
+
+# Speed, pixel waste, quantization and memory, side by side in one process (the demo's scaled buckets).
+bench: models
+	$(BIN)/adfactory bench --config data/demo.toml --skus 48 --repeats 2 --soak 200 --json data/output/bench.json
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check factory tests jobs

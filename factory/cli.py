@@ -157,6 +157,34 @@ def calibrate(
     _guard(verbose, go)
 
 
+@app.command()
+def bench(
+    skus: Annotated[int, typer.Option("--skus", help="SKUs in the generated mixed-bucket day.")] = 48,
+    config: ConfigOpt = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions per configuration (best kept).")] = 1,
+    soak: Annotated[int, typer.Option("--soak", help="Also process N batches in one worker; report RSS drift.")] = 0,
+    quantization: Annotated[str, typer.Option("--quantization", help="Mode compared with float.")] = "int8-dynamic",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Benchmark: naive loop vs seed-000 batching vs bucketed batches vs the full worker; quantization; memory."""
+    import json
+
+    from factory.bench import bench as run_bench
+    from factory.bench import format_table
+    from factory.config import load_config
+
+    def go() -> None:
+        r = run_bench(load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization)
+        typer.echo(format_table(r))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(r, indent=2) + "\n")
+            typer.echo(f"json: {json_out}")
+
+    _guard(verbose, go)
+
+
 @app.command("demo-skus")
 def demo_skus(
     date: DateOpt = "",

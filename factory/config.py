@@ -53,6 +53,9 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | float32 | float16 | bfloat16
     determinism: str = "auto"  # auto (batch-invariant on cpu, fast on cuda) | batch-invariant | fast
+    quantization: str = "auto"  # auto (cpu: none, cuda: fp8 on sm89+ else int8-weight) | none | int8-weight |
+    #                             int8-dynamic | fp8 -- UNet Linear layers only, cross-attention q/k/v kept float
+    compile: str = "none"  # none | regional (compile_repeated_blocks) | full: torch.compile on CUDA, warmed per bucket
     guidance_scale: float = 1.0  # LCM: 1.0 (no CFG); >1 enables CFG and the negative prompt for non-distilled UNets
 
 
@@ -191,6 +194,17 @@ class FactoryConfig:
             raise ConfigError(f"planner.landscape_bucket {planner.landscape_bucket!r} is not a bucket name")
         if self.model.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"model.device must be auto, cpu or cuda, got {self.model.device!r}")
+        if self.model.quantization not in ("auto", "none", "int8-weight", "int8-dynamic", "fp8"):
+            raise ConfigError(
+                "model.quantization must be auto, none, int8-weight, int8-dynamic or fp8, "
+                f"got {self.model.quantization!r}"
+            )
+        if self.model.quantization == "int8-weight" and self.model.determinism == "batch-invariant":
+            raise ConfigError(
+                "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"
+            )
+        if self.model.compile not in ("none", "regional", "full"):
+            raise ConfigError(f"model.compile must be none, regional or full, got {self.model.compile!r}")
         if self.model.determinism not in ("auto", "batch-invariant", "fast"):
             raise ConfigError(
                 f"model.determinism must be auto, batch-invariant or fast, got {self.model.determinism!r}"

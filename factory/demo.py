@@ -30,7 +30,7 @@ _CHOICES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def demo_rows(n: int = 48, seed: int = 7) -> list[dict]:
+def demo_rows(n: int = 48, seed: int = 7, bad_rows: bool = True) -> list[dict]:
     rng = random.Random(seed)
     categories = sorted(_CHOICES)
     rows = []
@@ -52,6 +52,8 @@ def demo_rows(n: int = 48, seed: int = 7) -> list[dict]:
                 **extra,
             }
         )
+    if not bad_rows:
+        return rows
     # A few rows a real feed contains, to show rejected.parquet in the demo:
     rows.append({"sku_id": None, "category": "shoes", "attrs": "{}", "variants": 1, "background": None})
     rows.append({"sku_id": "SKU-GARDEN-1", "category": "garden", "attrs": "{}", "variants": 1, "background": None})
@@ -68,7 +70,7 @@ def demo_rows(n: int = 48, seed: int = 7) -> list[dict]:
     return rows
 
 
-def write_demo_skus(path: str | Path, n: int = 48) -> Path:
+def write_demo_skus(path: str | Path, n: int = 48, bad_rows: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema(
@@ -80,5 +82,5 @@ def write_demo_skus(path: str | Path, n: int = 48) -> Path:
             ("background", pa.string()),
         ]
     )
-    pq.write_table(pa.Table.from_pylist(demo_rows(n), schema=schema), path)
+    pq.write_table(pa.Table.from_pylist(demo_rows(n, bad_rows=bad_rows), schema=schema), path)
     return path

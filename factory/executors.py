@@ -16,6 +16,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from factory.config import FactoryConfig
@@ -47,8 +48,13 @@ def failed_batch(batch: Batch, error: str) -> BatchResult:
     return BatchResult(batch.batch_id, rows, {})
 
 
-def run_local(batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: OnResult) -> dict[str, Any]:
-    worker = Worker(cfg, date_dir)
+def run_local(
+    batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: OnResult, worker: Worker | None = None
+) -> dict[str, Any]:
+    """In-process. `worker` lets a caller that runs many days (the bench, a notebook) reuse loaded models."""
+    if worker is None:
+        worker = Worker(cfg, date_dir)
+    worker.date_dir = Path(date_dir)
     queue = deque(batches)
     while queue:
         batch = queue.popleft()

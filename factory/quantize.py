@@ -23,6 +23,16 @@ unloads the adapter *before* this module runs, so `quantize_unet` sees plain Lin
 folded in. The order matters: a LoRA cannot be fused into int8/fp8 weights, and PEFT's LoRA wrappers are not
 `nn.Linear`, so quantizing before fusing would silently skip every adapted layer. Call order in a worker:
 `load_pipeline` (moves to the device, fuses LoRA) -> `quantize_unet(pipe.unet, mode)` -> `accel.optimize_pipeline`.
+
+Batch invariance on CPU (`factory.invariance.BatchInvariantMode`): "int8-dynamic" keeps it (integer GEMMs are
+exact and activation scales are per token), "int8-weight" does not (its float matmul runs on the whole flattened
+batch; measured: pixels differ by 1 level between a batch of one and a batch of five).
+
+Backend: torchao (0.18.0 works with torch 2.15 on CPU for both int8 configs). torch's own
+`torch.ao.quantization.quantize_dynamic` is deprecated in favour of torchao and warns that it will be removed.
+Importing diffusers with torchao >= 0.15 installed logs "Unable to import `torchao` Tensor objects": diffusers
+looks for torchao tensor classes that 0.18 removed, needed only to load torchao-*serialized* checkpoints, which
+the factory never does (it quantizes in process).
 """
 
 from __future__ import annotations
@@ -149,13 +159,13 @@ def default_quantization(device: str | torch.device) -> str:
     Linear weight memory on any GPU).
 
     CPU: "none", because int8 measured slower on CPU. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
-    2 shared cores, torch 2.15.0 + torchao 0.18.0, the 4 pipelines loaded side by side and timed round-robin, best
-    of 10; medians were noisy from other load on the machine):
-        mode                     pipeline   same, in BatchInvariantMode   UNet forward
-        none                      99 ms      132 ms                         19.2 ms
-        int8-weight              105 ms      140 ms                         20.4 ms
-        int8-dynamic             166 ms      205 ms                         34.7 ms
-        torch.ao quantize_dynamic 109 ms     148 ms                         21.3 ms   (not used, for comparison)
+    2 cores, torch 2.15.0 + torchao 0.18.0; the 4 pipelines loaded side by side and timed round-robin, 10 rounds,
+    best / median; PSNR = worst image vs "none" on the same seeds):
+        mode                        pipeline      in BatchInvariantMode   UNet forward   PSNR
+        none                        103 / 106 ms  139 / 166 ms            19.8 ms        inf
+        int8-weight                 108 / 112 ms  144 / 168 ms            21.4 ms        65.8 dB
+        int8-dynamic                169 / 172 ms  205 / 238 ms            36.3 ms        62.1 dB
+        torch.ao quantize_dynamic   112 / 115 ms  148 / 174 ms            21.8 ms        58.2 dB  (not used; compared)
     Per-token activation quantization plus an int8 GEMM costs more than the fp32 GEMMs it replaces at these layer
     sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float. With real SD weights the
     Linear share is larger, but CPU runs are the test/demo setting, so exact float numerics win there.

@@ -22,13 +22,13 @@ from factory import checks, parts
 from factory.cache import cache_key, load_previous
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, InputError, TemplateError
-from factory.executors import EXECUTORS
+from factory.executors import EXECUTORS, run_local
 from factory.lock import RunLock
 from factory.planner import Batch, Planner, Task, make_batches
 from factory.prompts import Template, load_templates
 from factory.quality import SIBLING_IN_REVIEW
 from factory.skus import Rejected, day_input_path, read_tables, validate_rows
-from factory.worker import BatchResult
+from factory.worker import BatchResult, Worker
 from factory.writer import MANIFEST_SCHEMAS, link_or_copy, safe_join, write_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,18 @@ def model_key(cfg: FactoryConfig) -> str:
     )
 
 
-def run(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None, force: bool = False) -> RunSummary:
+def run(
+    cfg: FactoryConfig,
+    date: str,
+    skus_path: str | Path | None = None,
+    force: bool = False,
+    worker: Worker | None = None,
+) -> RunSummary:
     """Run the nightly job for `date`; returns the summary also written to `<output>/<date>/run.json`.
 
     Resumable: a rerun after a crash keeps finished images (see parts.py). A date that already completed
-    (`_SUCCESS`) is a no-op unless `force`, which regenerates everything.
+    (`_SUCCESS`) is a no-op unless `force`, which regenerates everything. `worker` (local executor only) reuses
+    an already loaded Worker built from the same config.
     """
     cfg = resolve_paths(cfg)
     started = time.perf_counter()
@@ -165,11 +172,17 @@ def run(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None, forc
             )
         if force:
             parts.clear_outputs(date_dir)
-        return _run_locked(cfg, p, date_dir, run_id, started, started_at)
+        return _run_locked(cfg, p, date_dir, run_id, started, started_at, worker)
 
 
 def _run_locked(
-    cfg: FactoryConfig, p: Plan, date_dir: Path, run_id: str, started: float, started_at: dt.datetime
+    cfg: FactoryConfig,
+    p: Plan,
+    date_dir: Path,
+    run_id: str,
+    started: float,
+    started_at: dt.datetime,
+    worker: Worker | None,
 ) -> RunSummary:
     mkey = model_key(cfg)
     common = {"run_date": dt.date.fromisoformat(p.date), "model": mkey.split("|")[0]}
@@ -228,7 +241,11 @@ def _run_locked(
         progress.update(len(rows))
 
     t0 = time.perf_counter()
-    executor_info = EXECUTORS[cfg.run.executor](batches, cfg, str(date_dir), on_result) if batches else {}
+    executor_info: dict[str, Any] = {}
+    if batches and cfg.run.executor == "local":
+        executor_info = run_local(batches, cfg, str(date_dir), on_result, worker)
+    elif batches:
+        executor_info = EXECUTORS[cfg.run.executor](batches, cfg, str(date_dir), on_result)
     execute_s = time.perf_counter() - t0
 
     # 5. finalize: merge everything into the three manifests, then run.json, then _SUCCESS (last)

@@ -79,9 +79,11 @@ class Worker:
         self.date_dir = Path(date_dir)
         self.device = resolve_device(cfg.model)
         self.dtype = resolve_dtype(cfg.model, self.device)
-        self.pipe = load_pipeline(cfg.model, self.device, self.dtype)
-        self.clip = load_clip(cfg.model, self.device)
         self.batch_size = cfg.run.batch_size
+        self.pipe = load_pipeline(cfg.model, self.device, self.dtype)  # LoRA is fused before quantizing
+        self.quantization = self._quantize()
+        self.accel = self._accelerate()
+        self.clip = load_clip(cfg.model, self.device)
         padding = cfg.run.padding
         self.pad_in_count = padding in ("count", "size") or (padding == "auto" and self.device == "cuda")
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
@@ -97,6 +99,25 @@ class Worker:
 
             # from_pipe: the inpaint pipeline shares the generation weights (no second copy in memory).
             self.repairer = Repairer(self.pipe, cfg.repair.inpaint_unet or None, self.batch_invariant)
+
+    def _quantize(self) -> dict[str, Any]:
+        from factory.quantize import default_quantization, quantize_unet
+
+        mode = self.cfg.model.quantization
+        mode = default_quantization(self.device) if mode == "auto" else mode
+        return quantize_unet(self.pipe.unet, mode)  # the VAE and text encoders stay in float
+
+    def _accelerate(self) -> dict[str, Any]:
+        """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
+        if self.device != "cuda":
+            return {}
+        from factory.accel import optimize_pipeline, warmup
+
+        applied = optimize_pipeline(self.pipe, self.device, self.cfg.model.compile)
+        if self.cfg.model.compile != "none":
+            sizes = [(b.width, b.height, b.steps) for b in self.cfg.planner.buckets]
+            applied["warmup_s"] = warmup(self.pipe, sizes, self.batch_size, self.cfg.model.guidance_scale)
+        return applied
 
     def _numerics(self) -> contextlib.AbstractContextManager:
         from factory.invariance import BatchInvariantMode

@@ -14,7 +14,7 @@ def test_factory_toml_documents_the_defaults():
 
 def test_demo_config_loads():
     cfg = load_config(REPO / "data" / "demo.toml")
-    assert [b.width for b in cfg.planner.buckets] == [128, 192, 256, 384]
+    assert [b.width for b in cfg.planner.buckets] == [64, 96, 128, 192]
 
 
 def test_overrides_win_and_none_is_ignored(tmp_path):
