@@ -65,7 +65,10 @@ def is_finished(row: dict[str, Any], task_key: str, date_dir: Path) -> bool:
     """A part row still counts on resume if its task is unchanged, it did not error, and its image exists."""
     if row["task_key"] != task_key or row["error"]:
         return False
-    return row["image_path"] is None or (date_dir / row["image_path"]).is_file()
+    if row["image_path"] is None:
+        return True
+    image = date_dir / row["image_path"]
+    return image.is_file() and image.stat().st_size > 0  # an image lost to a power cut is regenerated
 
 
 def success_path(date_dir: Path) -> Path:

@@ -202,7 +202,7 @@ class Worker:
         rows = []
         limit = self.pipe.tokenizer.model_max_length
         for task, (image, a, repair), n_tokens in zip(tasks, outcomes, self.prompt_tokens(prompts)):
-            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image))
+            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image), durable=False)
             rows.append(
                 {
                     **dataclasses.asdict(task),

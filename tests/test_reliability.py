@@ -88,7 +88,6 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
         (REPO / "data" / "demo.toml").read_text()
         + f'\n[model]\npipeline = "{m["pipeline"]}"\nclip_pretrained = "{m["clip"] / "open_clip_model.safetensors"}"'
         f'\nclip_config_dir = "{m["clip"]}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
-        f"[run]\nbatch_size = 2\nworkers = 2\n"
     )
     out = tmp_path / "out"
     args = [
@@ -104,6 +103,10 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
         str(out),
         "--config",
         str(config),
+        "--batch-size",
+        "2",
+        "--workers",
+        "2",
     ]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
