@@ -217,6 +217,23 @@ def init_tiny(
     _guard(verbose, go)
 
 
+@models_app.command("init-random-sd15")
+def init_random_sd15(
+    directory: Annotated[Path, typer.Argument(help="Where to write the pipeline directory.")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build a full-size SD1.5-architecture LCM pipeline with random weights (fp16), for GPU benchmarks."""
+    import torch
+
+    from factory.models import build_random_sd15
+
+    def go() -> None:
+        build_random_sd15(torch.float16).save_pretrained(directory, safe_serialization=True)
+        typer.echo(f"random-weight SD1.5 pipeline: {directory}")
+
+    _guard(verbose, go)
+
+
 def main() -> None:
     app()
 
