@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from factory.config import IQA_PAIRS, UNSAFE_CONCEPTS
+
 # --------------------------------------------------------------------------------------------------------------
 # Reason codes
 # --------------------------------------------------------------------------------------------------------------
@@ -149,24 +151,8 @@ def pixel_reasons(metrics: dict[str, float], thresholds: PixelThresholds = Pixel
 # CLIP features and scores
 # --------------------------------------------------------------------------------------------------------------
 
-DEFAULT_IQA_PAIRS: list[tuple[str, str]] = [
-    ("a sharp photo", "a blurry photo"),
-    ("a clean product photo", "a distorted, deformed product photo"),
-    ("a photo with natural colors", "an oversaturated photo"),
-    ("a well-exposed photo", "an overexposed or underexposed photo"),
-]
-
-DEFAULT_UNSAFE_CONCEPTS: list[str] = [
-    "violent or gory content",
-    "nudity",
-    "sexually explicit content",
-    "a weapon",
-    "a competitor's logo",
-    "hate symbols",
-    "a cigarette or vaping product",
-    "alcohol",
-    "drugs or drug paraphernalia",
-]
+DEFAULT_IQA_PAIRS: list[tuple[str, str]] = [(p[0], p[1]) for p in IQA_PAIRS]  # (positive, negative)
+DEFAULT_UNSAFE_CONCEPTS: list[str] = list(UNSAFE_CONCEPTS)
 
 
 @dataclass(frozen=True)

@@ -69,13 +69,14 @@ class PlannerConfig:
     seed_scope: str = "date"  # date: seed from (sku_id, date, variant), a fresh image daily | sku: (sku_id, variant)
 
 
-_IQA_PAIRS = [
+# Defaults of the quality gate (factory/checks.py uses the same lists).
+IQA_PAIRS = [
     ["a sharp photo", "a blurry photo"],
     ["a clean product photo", "a distorted, deformed product photo"],
     ["a photo with natural colors", "an oversaturated photo"],
     ["a well-exposed photo", "an overexposed or underexposed photo"],
 ]
-_UNSAFE_CONCEPTS = [
+UNSAFE_CONCEPTS = [
     "violent or gory content",
     "nudity",
     "sexually explicit content",
@@ -100,8 +101,8 @@ class QualityConfig:
     underexposed_frac: float = 0.90  # fraction of pixels <= 5 above this -> underexposed
     blur_laplacian_var: float = 100.0  # variance of the Laplacian below this -> blurry
     saturation_mean: float = 0.80  # mean HSV saturation above this -> oversaturated
-    iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in _IQA_PAIRS])  # [positive, negative]
-    unsafe_concepts: list[str] = field(default_factory=lambda: list(_UNSAFE_CONCEPTS))  # brand-safety concepts
+    iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in IQA_PAIRS])  # [positive, negative]
+    unsafe_concepts: list[str] = field(default_factory=lambda: list(UNSAFE_CONCEPTS))  # brand-safety concepts
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:

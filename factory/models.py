@@ -209,10 +209,26 @@ def _lcm_scheduler() -> Any:
     )
 
 
+def _sd_pipeline(unet: Any, vae: Any, text_encoder: Any) -> Any:
+    """An SD1.5-family pipeline with the CLIP tokenizer and LCM scheduler (no safety checker: the gate does it)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=_lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_tiny_sd() -> Any:
     """A tiny SD1.5-architecture LCM pipeline: UNet with `time_cond_proj_dim` (LCM's guidance embedding)."""
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(TINY_SEED)
@@ -229,18 +245,7 @@ def build_tiny_sd() -> Any:
         norm_num_groups=8,
         time_cond_proj_dim=32,
     )
-    vae = _tiny_vae()
-    text_encoder = CLIPTextModel(_tiny_text_encoder_config())
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
-        unet=unet,
-        scheduler=_lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _sd_pipeline(unet, _tiny_vae(), CLIPTextModel(_tiny_text_encoder_config()))
 
 
 def build_tiny_sdxl() -> Any:
@@ -285,7 +290,7 @@ def build_random_sd15(dtype: Any = None) -> Any:
     """A full-size SD1.5-architecture LCM pipeline with random weights (GPU benchmarking: timing does not depend
     on weight values). Published SD1.5 shapes; the UNet has LCM's `time_cond_proj_dim`."""
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(TINY_SEED)
@@ -312,16 +317,7 @@ def build_random_sd15(dtype: Any = None) -> Any:
             pad_token_id=49407,
         )
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=build_clip_tokenizer(),
-        unet=unet,
-        scheduler=_lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _sd_pipeline(unet, vae, text)
     return pipe.to(dtype=dtype) if dtype is not None else pipe
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,3 +109,30 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
+    """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
+    m = cfg.model
+    text = (REPO / "data" / "demo.toml").read_text()
+    text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
+    text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
+    path.write_text(text)
+    return path
+
+
+def cli_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "factory.cli", *args]
+
+
+def cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `adfactory ARGS` as a real subprocess (exit codes, stderr, its own Ray cluster)."""
+    return subprocess.run(
+        cli_args(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )

@@ -16,7 +16,17 @@ import pytest
 from factory.errors import LockError
 from factory.parts import parts_dir
 from factory.run import run
-from tests.conftest import DATE, REPO, SAMPLE_SCHEMA, sample_rows, with_run, write_skus
+from tests.conftest import (
+    DATE,
+    SAMPLE_SCHEMA,
+    cli,
+    cli_args,
+    demo_config_file,
+    make_cfg,
+    sample_rows,
+    with_run,
+    write_skus,
+)
 
 
 def manifests(date_dir: Path) -> dict[str, list[dict]]:
@@ -82,18 +92,9 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
     """Kill the driver (SIGKILL) mid-run on its own local Ray cluster; the rerun finishes without redoing work."""
     rows = many_rows(24)
     skus = write_skus(tmp_path / "skus" / f"{DATE}.parquet", rows, SAMPLE_SCHEMA)
-    m = tiny_models
-    config = tmp_path / "c.toml"
-    config.write_text(
-        (REPO / "data" / "demo.toml").read_text()
-        + f'\n[model]\npipeline = "{m["pipeline"]}"\nclip_pretrained = "{m["clip"] / "open_clip_model.safetensors"}"'
-        f'\nclip_config_dir = "{m["clip"]}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
-    )
+    config = demo_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "factory.cli",
+    args = cli_args(
         "run",
         "--date",
         DATE,
@@ -107,7 +108,7 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
         "2",
         "--workers",
         "2",
-    ]
+    )
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -187,26 +188,7 @@ def test_lock_refuses_a_second_run_and_takes_over_stale_ones(cfg, day_file):
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": "other"}))
     with pytest.raises(LockError, match="another run holds"):
         run(cfg, DATE)
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory.cli",
-            "run",
-            "--date",
-            DATE,
-            "--skus",
-            str(day_file),
-            "--output",
-            cfg.paths.output,
-            "--executor",
-            "local",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = cli("run", "--date", DATE, "--skus", str(day_file), "--output", cfg.paths.output, "--executor", "local")
     assert res.returncode == 3 and "another run holds" in res.stderr and "Traceback" not in res.stderr
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "run_id": "dead"}))

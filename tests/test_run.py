@@ -2,9 +2,6 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +9,7 @@ import pytest
 
 from factory.run import run
 from factory.writer import MANIFEST_SCHEMAS
-from tests.conftest import DATE, REPO, SAMPLE_SCHEMA, make_cfg, sample_rows, with_run, write_skus
+from tests.conftest import DATE, SAMPLE_SCHEMA, cli, demo_config_file, make_cfg, sample_rows, with_run, write_skus
 
 
 def image_digests(date_dir: Path) -> dict[str, str]:
@@ -94,33 +91,22 @@ def test_same_bytes_whatever_batch_size_workers_and_executor(
         assert manifest_rows(summary.date_dir, name) == manifest_rows(ref.date_dir, name)
 
 
-def _cli(*args, cwd=REPO, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "factory.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
-
-
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tmp_path):
     bad = tmp_path / "skus.parquet"
     bad.write_text("this is not parquet")
     out = tmp_path / "out"
-    res = _cli("run", "--date", DATE, "--skus", str(bad), "--output", str(out), "--executor", "local")
+    res = cli("run", "--date", DATE, "--skus", str(bad), "--output", str(out), "--executor", "local")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and str(bad) in res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
-    res = _cli("run", "--date", "2026-13-45", "--output", str(out))
+    res = cli("run", "--date", "2026-13-45", "--output", str(out))
     assert res.returncode == 2 and "YYYY-MM-DD" in res.stderr
-    res = _cli("run", "--date", DATE, "--skus", str(tmp_path / "missing.parquet"), "--output", str(out))
+    res = cli("run", "--date", DATE, "--skus", str(tmp_path / "missing.parquet"), "--output", str(out))
     assert res.returncode == 2 and "SKU file not found" in res.stderr and not out.exists()
 
 
 def test_cli_validate_prints_rejections_and_writes_nothing(day_file, cfg, tmp_path):
-    res = _cli("validate", "--date", DATE, "--skus", str(day_file))
+    res = cli("validate", "--date", DATE, "--skus", str(day_file))
     assert res.returncode == 0, res.stderr
     assert "rejected rows: 4" in res.stdout and "unknown_category" in res.stdout
     assert "9 images planned" in res.stdout
@@ -129,14 +115,9 @@ def test_cli_validate_prints_rejections_and_writes_nothing(day_file, cfg, tmp_pa
 
 def test_cli_run_on_its_own_local_ray_cluster(day_file, cfg, tmp_path):
     """The command cron runs: `adfactory run`, starting its own local Ray cluster."""
-    config = tmp_path / "factory.toml"
-    m = cfg.model
-    text = (REPO / "data" / "demo.toml").read_text()
-    text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
-    text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
-    config.write_text(text)
+    config = demo_config_file(tmp_path / "factory.toml", cfg)
     out = tmp_path / "cli-out"
-    res = _cli(
+    res = cli(
         "run",
         "--date",
         DATE,
