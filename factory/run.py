@@ -200,7 +200,8 @@ def _run_locked(
     # 3. cross-day cache: an earlier day's approved image with the same key
     hits = _cache_hits(cfg, p.templates, p.date, date_dir, todo, keys, task_keys, run_id)
     cached_rows = [{**r, **common} for r in hits]
-    todo = [t for t in todo if (t.sku_id, t.variant) not in {(r["sku_id"], r["variant"]) for r in cached_rows}]
+    hit_keys = {(r["sku_id"], r["variant"]) for r in cached_rows}
+    todo = [t for t in todo if (t.sku_id, t.variant) not in hit_keys]
     if cached_rows:
         parts.write_part(date_dir, f"{run_id}-cache", cached_rows)
     batches = make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
