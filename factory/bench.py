@@ -160,7 +160,7 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
             "D_fast/C_fast": round(ips["D_full_no_repair_fast_numerics"] / ips["C_bucketed_fast_numerics"], 3),
         }
         result["pixel_waste"] = {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)}
-        result["repair"] = {"images_repaired": _count_repaired(tmp_path / "dr")}
+        result["repair"] = {"images_repaired": _count_repaired(tmp_path / "dr" / day)}
 
         # quantization: same seeds, float vs quantized UNet
         mode = quant_mode or "int8-dynamic"
@@ -195,12 +195,10 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
     return result
 
 
-def _count_repaired(out: Path) -> int:
+def _count_repaired(date_dir: Path) -> int:
     import pyarrow.parquet as pq
 
-    return sum(
-        pq.read_table(out / "2026-01-01" / "manifests" / "approved.parquet", columns=["repaired"]).column(0).to_pylist()
-    )
+    return sum(pq.read_table(date_dir / "manifests" / "approved.parquet", columns=["repaired"]).column(0).to_pylist())
 
 
 def soak_test(worker: Any, batches: list[Batch], n: int) -> dict[str, float]:

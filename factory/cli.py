@@ -114,14 +114,17 @@ def run(
 def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
+    from factory.planner import make_batches
     from factory.run import plan
 
     def go() -> None:
-        p = plan(load_config(config), date or _today(), skus)
+        cfg = load_config(config)
+        p = plan(cfg, date or _today(), skus)
+        n_batches = len(make_batches(p.tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding))
         buckets: dict[str, int] = {}
         for t in p.tasks:
             buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
-        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {len(p.batches)} batches")
+        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {n_batches} batches")
         typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
         typer.echo(f"  rejected rows: {len(p.rejected)}")
         for r in p.rejected:

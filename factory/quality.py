@@ -52,6 +52,19 @@ class Assessment:
         }
 
 
+def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
+    """Reason codes of the checks that `scores` (pixel metrics + clip_score, iqa_mean, unsafe_score) fail under
+    `q`. Used on fresh images and on a cached image's stored scores alike."""
+    pixel = checks.PixelThresholds(
+        q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
+    )
+    clip = checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
+    reasons = checks.pixel_reasons(scores, pixel) + checks.clip_reasons(
+        scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip
+    )
+    return checks.sort_reasons(reasons)
+
+
 class Gate:
     """Per worker: holds the CLIP model and a cache of constant text features (IQA pairs, unsafe concepts)."""
 
@@ -85,16 +98,8 @@ class Gate:
             unsafe = checks.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
             pixels = checks.pixel_metrics(image)
             iqa_mean = iqa.pop("iqa_mean")
-            reasons = checks.pixel_reasons(
-                pixels,
-                checks.PixelThresholds(
-                    q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
-                ),
-            ) + checks.clip_reasons(
-                aligned[i],
-                iqa_mean,
-                unsafe,
-                checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold),
+            reasons = failing_checks(
+                {**pixels, "clip_score": aligned[i], "iqa_mean": iqa_mean, "unsafe_score": unsafe}, q
             )
             out.append(
                 Assessment(
@@ -104,7 +109,7 @@ class Gate:
                     iqa=iqa,
                     unsafe_score=unsafe,
                     pixels=pixels,
-                    reasons=checks.sort_reasons(reasons),
+                    reasons=reasons,
                 )
             )
         return out

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory import checks, parts
+from factory import parts
 from factory.cache import cache_key, load_previous
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, InputError, TemplateError
 from factory.executors import EXECUTORS, run_local
 from factory.lock import RunLock
-from factory.planner import Batch, Planner, Task, make_batches
+from factory.planner import Planner, Task, make_batches
 from factory.prompts import Template, load_templates
-from factory.quality import SIBLING_IN_REVIEW
+from factory.quality import SIBLING_IN_REVIEW, failing_checks
 from factory.skus import Rejected, day_input_path, read_tables, validate_rows
 from factory.worker import BatchResult, Worker
 from factory.writer import MANIFEST_SCHEMAS, link_or_copy, safe_join, write_json, write_manifest
@@ -40,7 +40,6 @@ class Plan:
     input_path: Path
     input_rows: int
     tasks: list[Task]
-    batches: list[Batch]
     rejected: list[Rejected]
     templates: dict[str, Template]
     timings: dict[str, float] = field(default_factory=dict)
@@ -112,10 +111,9 @@ def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> 
 
     t0 = time.perf_counter()
     tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
-    batches = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     timings["plan_s"] = time.perf_counter() - t0
     input_rows = sum(t.num_rows for _, t in tables)
-    return Plan(date, path, input_rows, tasks, batches, rejected, templates, timings)
+    return Plan(date, path, input_rows, tasks, rejected, templates, timings)
 
 
 def model_key(cfg: FactoryConfig) -> str:
@@ -355,13 +353,7 @@ def _still_passes(row: dict[str, Any], q: QualityConfig) -> bool:
     """Re-apply today's thresholds to the stored scores of a cached image (thresholds may have been raised)."""
     if any(row.get(f) is None for f in ("clip_score", "iqa_mean", "unsafe_score", "pixel_std")):
         return False
-    pixels = checks.PixelThresholds(
-        q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
-    )
-    clip = checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
-    return not checks.pixel_reasons(row, pixels) and not checks.clip_reasons(
-        row["clip_score"], row["iqa_mean"], row["unsafe_score"], clip
-    )
+    return not failing_checks(row, q)
 
 
 def _cache_hits(
