@@ -1,4 +1,4 @@
-"""`adfactory` command line: a thin layer that builds a config and calls `factory.run.run()` / `plan()`."""
+"""`adfactory` command line: a thin layer that builds a config and calls `factory.job.run.run()` / `plan()`."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def run(
 ) -> None:
     """Generate the day's ad images and write approved/review/rejected manifests."""
     from factory.config import load_config
-    from factory.run import run as run_factory
+    from factory.job.run import run as run_factory
 
     def go() -> None:
         cfg = load_config(
@@ -114,8 +114,8 @@ def run(
 def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.planner import make_batches
-    from factory.run import plan
+    from factory.inputs.planner import make_batches
+    from factory.job.run import plan
 
     def go() -> None:
         cfg = load_config(config)
@@ -146,8 +146,8 @@ def calibrate(
     verbose: VerboseOpt = False,
 ) -> None:
     """Score a sample of the day's images and suggest per-category quality thresholds (a TOML snippet)."""
-    from factory.calibrate import calibrate as run_calibration
     from factory.config import load_config
+    from factory.tools.calibrate import calibrate as run_calibration
 
     def go() -> None:
         cfg = load_config(config, {"paths": {"output": str(output) if output else None}})
@@ -173,9 +173,9 @@ def bench(
     """Benchmark: naive loop vs seed-000 batching vs bucketed batches vs the full worker; quantization; memory."""
     import json
 
-    from factory.bench import bench as run_bench
-    from factory.bench import format_table
     from factory.config import load_config
+    from factory.tools.bench import bench as run_bench
+    from factory.tools.bench import format_table
 
     def go() -> None:
         r = run_bench(load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization)
@@ -195,7 +195,7 @@ def demo_skus(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write the demo SKU file for a date (if absent): mixed categories, keyword buckets and a few bad rows."""
-    from factory.demo import write_demo_skus
+    from factory.tools.demo import write_demo_skus
 
     path = skus_dir / f"{date or _today()}.parquet"
     if path.exists() and not force:
@@ -211,7 +211,7 @@ def init_tiny(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the embedded tiny models (random weights, fixed seed) in standard diffusers/open_clip formats."""
-    from factory.models import init_tiny as build
+    from factory.tools.tiny_models import init_tiny as build
 
     def go() -> None:
         paths = build(directory, force=force)
@@ -228,7 +228,7 @@ def init_random_sd15(
     """Build a full-size SD1.5-architecture LCM pipeline with random weights (fp16), for GPU benchmarks."""
     import torch
 
-    from factory.models import build_random_sd15
+    from factory.tools.tiny_models import build_random_sd15
 
     def go() -> None:
         build_random_sd15(torch.float16).save_pretrained(directory, safe_serialization=True)

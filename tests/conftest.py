@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.config import Bucket, FactoryConfig, load_config
-from factory.models import init_tiny
+from factory.tools.tiny_models import init_tiny
 
 REPO = Path(__file__).resolve().parent.parent
 DATE = "2026-11-21"

@@ -1,0 +1,124 @@
+"""Model loading: real checkpoints and the embedded tiny models alike, through the same entry points.
+
+The factory only ever loads models through `load_pipeline` / `load_clip`, which use the standard entry points
+(`DiffusionPipeline.from_pretrained(dir, local_files_only=True)`,
+`open_clip.create_model_and_transforms(name, pretrained=path)`). `factory.tools.tiny_models` writes random-weight
+models of the real architectures in those same on-disk formats, so the whole factory runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from factory.config import ModelConfig, resolve_path
+from factory.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(cfg: ModelConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but no CUDA device is visible to this process")
+    return cfg.device
+
+
+def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
+    """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler."""
+    from diffusers import DiffusionPipeline, LCMScheduler
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # per-component load bars would flood cron logs
+    transformers_logging.disable_progress_bar()
+    path = resolve_path(cfg.pipeline)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path}: not a diffusers pipeline directory (no model_index.json); run 'make models'")
+    kwargs: dict[str, Any] = {}
+    if "safety_checker" in json.loads(index.read_text()):
+        # The factory has its own quality/brand-safety gate; the SD1.5 NSFW checker would cost a model load.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
+    except Exception as exc:  # diffusers raises many types; the user needs the path and the cause
+        raise ModelError(f"{path}: cannot load the diffusers pipeline ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
+        raise ModelError(f"{path}: {type(pipe).__name__} is not an SD1.5-family or SDXL text-to-image pipeline")
+    if not isinstance(pipe.scheduler, LCMScheduler):
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    if cfg.lora:
+        lora = resolve_path(cfg.lora)
+        try:
+            pipe.load_lora_weights(str(lora))
+        except Exception as exc:
+            raise ModelError(f"{lora}: cannot load LoRA weights ({type(exc).__name__}: {exc})") from exc
+        # Fused weights run at base-model speed and can be quantized afterwards.
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class Clip:
+    model: Any
+    preprocess: Any  # PIL image -> tensor
+    tokenizer: Any
+    device: str
+
+
+def load_clip(cfg: ModelConfig, device: str) -> Clip:
+    """Load an open_clip model from a local checkpoint (never from a hub)."""
+    import open_clip
+
+    if cfg.clip_config_dir:
+        config_dir = resolve_path(cfg.clip_config_dir)
+        if not config_dir.is_dir():
+            raise ModelError(f"{config_dir}: open_clip config directory not found; run 'make models'")
+        open_clip.add_model_config(config_dir)
+    checkpoint = resolve_path(cfg.clip_pretrained)
+    if not checkpoint.is_file():
+        raise ModelError(f"{checkpoint}: open_clip checkpoint not found; run 'make models'")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.clip_model, pretrained=str(checkpoint), device=device
+        )
+    except Exception as exc:
+        raise ModelError(f"{checkpoint}: cannot load open_clip model {cfg.clip_model!r} ({exc})") from exc
+    model.eval()
+    return Clip(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(cfg.clip_model), device=device)
+
+
+def model_fingerprint(cfg: ModelConfig) -> str:
+    """A short id of the generation weights (path contents, not names), recorded in manifests."""
+    h = hashlib.sha256()
+    for root in [resolve_path(cfg.pipeline)] + ([resolve_path(cfg.lora)] if cfg.lora else []):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            # Size + mtime is cheap for multi-GB checkpoints; config files are hashed fully.
+            h.update(str(f.relative_to(root.parent)).encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+            else:
+                h.update(f"{st.st_size}".encode())
+                with f.open("rb") as fh:
+                    h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]

@@ -1,0 +1,145 @@
+"""Planning: one Task per image (prompt, bucket, steps, seed, output path), grouped into resolution-homogeneous batches.
+
+Bucket choice (documented in README):
+  1. start from the template's `bucket` hint;
+  2. a landscape keyword in the rendered prompt ("poster", "banner", ...) -> the landscape bucket;
+  3. otherwise an upscale keyword ("detailed", "HD", ...) -> the next larger non-landscape bucket (capped).
+Seeds come from sha256(sku_id, date, variant) (`seed_scope = "date"`, default) or sha256(sku_id, variant)
+(`seed_scope = "sku"`, which lets unchanged SKUs hit the cross-day cache): stable across runs, machines, batch
+sizes and worker counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from factory.config import Bucket, PlannerConfig
+from factory.inputs.prompts import Template
+from factory.inputs.skus import Sku
+from factory.io.writer import image_relpath
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to generate."""
+
+    sku_id: str
+    category: str
+    variant: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    bucket: str
+    width: int
+    height: int
+    steps: int
+    image_path: str  # relative to the run's date directory
+    template_version: str
+    source_file: str
+    source_row: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    width: int  # render size: equal to the tasks' target size, or larger for tasks promoted by padding = "size"
+    height: int
+    steps: int
+    tasks: tuple[Task, ...]
+
+
+def derive_seed(sku_id: str, date: str, variant: int) -> int:
+    digest = hashlib.sha256(f"{sku_id}\x00{date}\x00{variant}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)  # fits int64 manifests and torch.Generator
+
+
+def _keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
+    """ASCII keywords match whole words, case-insensitively; CJK keywords match as substrings."""
+    if not keywords:
+        return None
+    alts = [rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])" if k.isascii() else re.escape(k) for k in keywords]
+    return re.compile("|".join(alts))
+
+
+class Planner:
+    def __init__(self, cfg: PlannerConfig, templates: dict[str, Template]):
+        self.templates = templates
+        self.seed_scope = cfg.seed_scope
+        self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
+        self.landscape = cfg.landscape_bucket
+        # "Up" follows the configured order of the non-landscape buckets (list them small to large).
+        self.ladder = [b.name for b in cfg.buckets if b.name != cfg.landscape_bucket]
+        self.landscape_re = _keyword_pattern(cfg.landscape_keywords)
+        self.upscale_re = _keyword_pattern(cfg.upscale_keywords)
+
+    def choose_bucket(self, hint: str, prompt: str) -> Bucket:
+        text = prompt.lower()
+        if self.landscape_re is not None and self.landscape_re.search(text):
+            return self.buckets[self.landscape]
+        if hint in self.ladder and self.upscale_re is not None and self.upscale_re.search(text):
+            return self.buckets[self.ladder[min(self.ladder.index(hint) + 1, len(self.ladder) - 1)]]
+        return self.buckets[hint]
+
+    def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
+        tasks = []
+        for sku in skus:
+            template = self.templates[sku.category]
+            prompt, negative = template.render(sku.attrs)
+            bucket = self.choose_bucket(template.bucket, prompt)
+            for variant in range(sku.variants):
+                tasks.append(
+                    Task(
+                        sku_id=sku.sku_id,
+                        category=sku.category,
+                        variant=variant,
+                        prompt=prompt,
+                        negative_prompt=negative,
+                        seed=derive_seed(sku.sku_id, date if self.seed_scope == "date" else "", variant),
+                        bucket=bucket.name,
+                        width=bucket.width,
+                        height=bucket.height,
+                        steps=bucket.steps,
+                        image_path=image_relpath(sku.category, sku.sku_id, variant),
+                        template_version=template.version,
+                        source_file=sku.source_file,
+                        source_row=sku.source_row,
+                    )
+                )
+        return tasks
+
+
+def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
+    """Group tasks by bucket (same width, height, steps) and cut each group into batches of `batch_size`.
+
+    With padding = "size", a bucket's remainder (its last, partial batch) moves up into the next larger bucket of
+    the same aspect ratio when rendering it larger (then resizing down) wastes fewer pixels than padding the partial
+    batch in count; the remainder that is left is padded in count by the worker. Input order is kept inside a
+    group, so the plan is a pure function of the input and config.
+    """
+    order = {b.name: i for i, b in enumerate(buckets)}
+    groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
+    for t in tasks:
+        groups[t.bucket].append(t)
+    render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
+    if padding == "size":
+        by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
+        for i, small in enumerate(by_pixels):
+            rest = len(groups[small.name]) % batch_size
+            bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+            if not rest or bigger is None:
+                continue
+            promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
+            pad_cost = (batch_size - rest) * small.width * small.height
+            if promote_cost < pad_cost:
+                groups[bigger.name] += groups[small.name][-rest:]
+                del groups[small.name][-rest:]
+    batches = []
+    for b in buckets:
+        items = groups[b.name]
+        for start in range(0, len(items), batch_size):
+            chunk = tuple(items[start : start + batch_size])
+            batch_id = f"{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
+            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk))
+    return batches

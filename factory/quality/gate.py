@@ -1,0 +1,115 @@
+"""The quality gate: every check for a batch of images, from one CLIP image forward pass plus pixel heuristics.
+
+Checks (reason codes; thresholds in `[quality]`, per category overridable):
+  low_clip_score   image-prompt cosine < clip_threshold                 (global mismatch: not repairable)
+  low_quality      mean CLIP-IQA positive probability < iqa_threshold   (repairable)
+  unsafe_content   max cosine to an unsafe concept >= unsafe_threshold  (never approved, never repaired)
+  blank            near-uniform image                                   (not repairable: nothing to fix)
+  overexposed / underexposed   too many clipped pixels                  (repairable)
+  blurry           variance of the Laplacian < blur_laplacian_var       (repairable)
+  oversaturated    mean HSV saturation > saturation_mean                (not repairable: a global colour shift)
+An image is approved when no check fails. The scorer lives in factory/checks.py; this module applies config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory.config import QualityConfig
+from factory.generation.models import Clip
+from factory.quality import checks
+
+LOW_CLIP_SCORE = checks.LOW_CLIP_SCORE
+SIBLING_IN_REVIEW = "sibling_in_review"  # this variant passed, but another variant of the same SKU did not
+
+
+@dataclass
+class Assessment:
+    """All scores of one image and the checks it fails."""
+
+    clip_score: float  # image-prompt cosine
+    clip_score_100: float  # torchmetrics-style 100 * max(cos, 0)
+    iqa_mean: float
+    iqa: dict[str, float]  # per antonym pair: probability of the positive prompt
+    unsafe_score: float  # max cosine to an unsafe concept
+    pixels: dict[str, float]  # pixel_std, overexposed_frac, underexposed_frac, laplacian_var, saturation_mean
+    reasons: list[str] = field(default_factory=list)
+
+    def badness(self) -> tuple[int, float]:
+        """Lower is better: fewer failing checks, then higher alignment (to keep the better of two images)."""
+        return len(self.reasons), -self.clip_score
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "clip_score": self.clip_score,
+            "clip_score_100": self.clip_score_100,
+            "iqa_mean": self.iqa_mean,
+            "iqa": self.iqa,
+            "unsafe_score": self.unsafe_score,
+            **self.pixels,
+            "reasons": self.reasons,
+        }
+
+
+def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
+    """Reason codes of the checks that `scores` (pixel metrics + clip_score, iqa_mean, unsafe_score) fail under
+    `q`. Used on fresh images and on a cached image's stored scores alike."""
+    pixel = checks.PixelThresholds(
+        q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
+    )
+    clip = checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
+    reasons = checks.pixel_reasons(scores, pixel) + checks.clip_reasons(
+        scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip
+    )
+    return checks.sort_reasons(reasons)
+
+
+class Gate:
+    """Per worker: holds the CLIP model and a cache of constant text features (IQA pairs, unsafe concepts)."""
+
+    def __init__(self, clip: Clip, cfg: QualityConfig, template_quality: dict[str, dict[str, Any]], per_image: bool):
+        self.clip = clip
+        self.texts = checks.TextFeatureCache(clip)
+        self.per_image = per_image  # batch-invariant mode: one CLIP forward per image (see worker.py)
+        self._cfg = cfg
+        self._template_quality = template_quality
+        self._by_category: dict[str, QualityConfig] = {}
+
+    def config(self, category: str) -> QualityConfig:
+        if category not in self._by_category:
+            self._by_category[category] = self._cfg.for_category(category, self._template_quality.get(category))
+        return self._by_category[category]
+
+    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+        if self.per_image and len(images) > 1:
+            return [
+                a
+                for i in range(len(images))
+                for a in self.assess(images[i : i + 1], prompts[i : i + 1], categories[i : i + 1])
+            ]
+        feats = checks.encode_images(self.clip, images)  # one image forward for every CLIP check
+        aligned = checks.alignment(feats, checks.encode_texts(self.clip, prompts))
+        out = []
+        for i, (image, category) in enumerate(zip(images, categories)):
+            q = self.config(category)
+            pairs = [tuple(p) for p in q.iqa_pairs]
+            iqa = checks.iqa_scores(feats[i : i + 1], self.texts.pairs(pairs), checks.pair_slugs(pairs))[0]
+            unsafe = checks.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
+            pixels = checks.pixel_metrics(image)
+            iqa_mean = iqa.pop("iqa_mean")
+            reasons = failing_checks(
+                {**pixels, "clip_score": aligned[i], "iqa_mean": iqa_mean, "unsafe_score": unsafe}, q
+            )
+            out.append(
+                Assessment(
+                    clip_score=aligned[i],
+                    clip_score_100=checks.clip_score_100(aligned[i]),
+                    iqa_mean=iqa_mean,
+                    iqa=iqa,
+                    unsafe_score=unsafe,
+                    pixels=pixels,
+                    reasons=reasons,
+                )
+            )
+        return out

@@ -1,0 +1,172 @@
+"""Inpaint repair of local defects, ADetailer-style: detect (factory.quality.checks) -> mask -> inpaint -> paste back.
+
+`Repairer` wraps the worker's text-to-image pipeline with `AutoPipelineForInpainting.from_pipe`, which reuses the
+already loaded modules (UNet, VAE, text encoders): a repair pass costs no second copy of the weights. By default
+the generation UNet (4 input channels) does the inpainting: diffusers' SD and SDXL inpaint pipelines support
+4-channel UNets by re-noising the original latents outside the mask at every step (the "legacy" inpainting
+scheme). A dedicated 9-channel inpainting UNet (latents + mask + masked-image latents, e.g. sd-1.5-inpainting) can
+be given with `inpaint_unet`; it then is the only extra weight in memory. A LoRA fused into the generation UNet
+(e.g. LCM-LoRA) is not applied to a dedicated UNet, which must be LCM-capable itself.
+
+Guarantees of `Repairer.repair`:
+  - pixels where the mask is 0 are byte-identical to the input (the result is `Image.composite`d onto it);
+  - same inputs -> same bytes: a CPU generator seeded with `repair_seed(seed, attempt)`, a private scheduler, and
+    optionally `BatchInvariantMode` numerics (as in generation).
+
+Typical use (the worker):
+    repairer = Repairer(worker.pipe, inpaint_unet=None, batch_invariant=worker.batch_invariant)  # once
+    if checks.is_repairable(reasons):
+        defect = checks.defect_mask(image, reasons, tile=64)
+        fixed = repairer.repair(image, task.prompt, task.negative_prompt, task.seed, defect.mask, attempt=0)
+        # then re-score `fixed`; on failure retry with attempt=1, ... or send to review
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from factory.errors import ModelError
+
+
+def repair_seed(seed: int, attempt: int) -> int:
+    """The generator seed of repair `attempt` (0, 1, ...) of an image generated with `seed`.
+
+    A hash, not `seed + attempt`: consecutive planner seeds must not make one image's repair noise equal to another
+    image's generation noise. Stable across processes (no Python `hash`) and within int64, like planner seeds.
+    """
+    digest = hashlib.sha256(f"repair\x00{seed}\x00{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def inference_steps(steps: int, strength: float, max_steps: int | None = None) -> int:
+    """The `num_inference_steps` to request so that about `steps` denoising steps actually run at `strength`.
+
+    img2img/inpaint pipelines run only the last `int(num_inference_steps * strength)` steps of the schedule (4 LCM
+    steps at strength 0.4 would run int(1.6) = 1 step). So we ask for the smallest n with int(n * strength) >=
+    steps; with LCM this picks `steps` timesteps from the low-noise end of an n-step LCM schedule. `max_steps` caps
+    n (LCMScheduler refuses more than its `original_inference_steps`, 50), which at very low strength may run fewer
+    steps than requested; if not even one step would run, this raises.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    n = max(steps, math.ceil(steps / strength))
+    while int(n * strength) < steps:  # float rounding, e.g. 0.3 * 14 = 4.2 but 0.7 * 10 = 6.999...
+        n += 1
+    if max_steps is not None and n > max_steps:
+        n = max_steps
+        if int(n * strength) < 1:
+            raise ValueError(f"strength {strength} runs no step with at most {max_steps} scheduler steps")
+    return n
+
+
+def load_inpaint_unet(path: str | Path, like: Any) -> Any:
+    """A dedicated inpainting UNet from a local diffusers directory (a UNet dir, or a pipeline dir with `unet/`),
+    in the dtype and on the device of the generation UNet `like`."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    subfolder = "unet" if (path / "unet" / "config.json").is_file() else None
+    if not (path / (subfolder or "") / "config.json").is_file():
+        raise ModelError(f"{path}: not a diffusers UNet directory (no config.json)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, local_files_only=True, dtype=like.dtype)
+    except Exception as exc:  # diffusers raises many types; the user needs the path and the cause
+        raise ModelError(f"{path}: cannot load the inpainting UNet ({type(exc).__name__}: {exc})") from exc
+    if unet.config.in_channels not in (4, 9):
+        raise ModelError(f"{path}: an inpainting UNet has 4 or 9 input channels, not {unet.config.in_channels}")
+    for key in ("cross_attention_dim", "addition_embed_type"):
+        if unet.config.get(key) != like.config.get(key):
+            raise ModelError(f"{path}: UNet {key}={unet.config.get(key)} does not match the pipeline's")
+    return unet.to(like.device)
+
+
+class Repairer:
+    """Masked inpainting with the worker's pipeline weights. Build once per worker, call `repair` per image."""
+
+    def __init__(self, pipe: Any, inpaint_unet: str | Path | None = None, batch_invariant: bool = False):
+        from diffusers import AutoPipelineForInpainting
+
+        components: dict[str, Any] = {
+            # A private scheduler: set_timesteps/set_begin_index mutate scheduler state, which must never leak
+            # between repair and generation calls (it is a small config object, not weights).
+            "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config),
+        }
+        if inpaint_unet:
+            components["unet"] = load_inpaint_unet(inpaint_unet, pipe.unet)
+        self.pipe = AutoPipelineForInpainting.from_pipe(pipe, **components)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.batch_invariant = batch_invariant
+        params = inspect.signature(self.pipe.__call__).parameters
+        self._supports_crop = "padding_mask_crop" in params
+        # LCMScheduler refuses schedules longer than the distillation schedule (50 steps).
+        self._max_steps = getattr(self.pipe.scheduler.config, "original_inference_steps", None)
+
+    def _numerics(self) -> contextlib.AbstractContextManager:
+        from factory.generation.invariance import BatchInvariantMode
+
+        return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
+
+    def repair(
+        self,
+        image: Image.Image,
+        prompt: str,
+        negative_prompt: str | None,
+        seed: int,
+        mask: Image.Image,
+        strength: float = 0.4,
+        steps: int = 4,
+        padding: int | None = 32,
+        guidance_scale: float = 1.0,
+        attempt: int = 0,
+    ) -> Image.Image:
+        """Repaint `image` where `mask` ("L", 255 = repaint; e.g. `checks.build_mask`) is nonzero.
+
+        seed      the image's generation seed; the noise comes from `repair_seed(seed, attempt)`, so each retry
+                  of the same image gets new noise and a re-run of the same attempt gets the same bytes.
+        strength  how far back into the noise schedule the masked region goes (0.3-0.5 keeps the composition).
+        steps     denoising steps that actually run (see `inference_steps`: the schedule is lengthened to match).
+        padding   crop to the mask's bounding box plus this margin and inpaint the crop at the full image size
+                  (ADetailer's "inpaint only masked": more pixels for the defect); None/0 inpaints the whole image.
+        Width and height must be multiples of 8, as for generation.
+        """
+        image = image.convert("RGB")
+        mask = mask.convert("L")
+        if mask.size != image.size:
+            raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
+        if mask.getbbox() is None:
+            return image.copy()  # nothing to repaint (and get_crop_region would fail on an empty mask)
+        width, height = image.size
+        kwargs: dict[str, Any] = {}
+        if padding and self._supports_crop:
+            kwargs["padding_mask_crop"] = padding
+        generator = torch.Generator("cpu").manual_seed(repair_seed(seed, attempt))
+        with torch.inference_mode(), self._numerics():
+            out = self.pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                image=image,
+                mask_image=mask,
+                width=width,
+                height=height,
+                strength=strength,
+                num_inference_steps=inference_steps(steps, strength, self._max_steps),
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type="pil",
+                **kwargs,
+            ).images[0]
+        if out.size != image.size:  # not expected (width/height given), but the paste-back needs equal sizes
+            out = out.resize(image.size, Image.Resampling.LANCZOS)
+        # Paste back through the feathered mask: where mask == 0 the original bytes are kept exactly (the pipeline
+        # output differs there by a VAE round trip), and the feather blends the repaint in.
+        return Image.composite(out, image, mask)

@@ -1,0 +1,263 @@
+"""`adfactory bench`: the factory's speed, waste, quantization and memory, measured side by side in one process.
+
+On one generated mixed-bucket SKU day, with one loaded model and the same per-bucket steps:
+  A  naive loop: one pipeline call per image (what a user writes first)
+  B  seed 000's batching: input-order batches, each padded to its largest resolution (and step count)
+  C  the factory's bucketed batches (generation only: Worker.generate, the factory's numerics)
+  D  the full factory path on the same SKUs: read + validate + plan + generate + score + write + manifests,
+     repair off (D/C shows what everything around generation costs), and again with repair on
+Plus: pixels computed / pixels needed (B, C), the quantization effect (Linear weight bytes, PSNR of quantized vs
+float images on the same seeds, speed), peak RSS, and with `soak` the RSS drift over many batches in one worker.
+Timings are best-of-`repeats` per configuration (machines are noisy; compare ratios from one run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factory.config import FactoryConfig
+from factory.inputs.planner import Batch, Task, make_batches
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; falls back to the peak)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def naive_images(worker: Any, tasks: list[Task]) -> list[Any]:
+    """A: one plain pipeline call per image."""
+    import torch
+
+    images = []
+    for t in tasks:
+        with torch.inference_mode():
+            images += worker.pipe(
+                prompt=t.prompt,
+                negative_prompt=t.negative_prompt,
+                width=t.width,
+                height=t.height,
+                num_inference_steps=t.steps,
+                guidance_scale=worker.cfg.model.guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(t.seed),
+            ).images
+    return images
+
+
+def padded_to_largest(tasks: list[Task], batch_size: int) -> list[Batch]:
+    """B: batches in input order, each rendered at its largest member's size and step count."""
+    batches = []
+    for i in range(0, len(tasks), batch_size):
+        chunk = tuple(tasks[i : i + batch_size])
+        w, h = max(t.width for t in chunk), max(t.height for t in chunk)
+        batches.append(Batch(f"seed000-{i}", w, h, max(t.steps for t in chunk), chunk))
+    return batches
+
+
+def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0, quant_mode: str = "") -> dict:
+    from factory.generation.quantize import linear_weight_bytes, psnr
+    from factory.generation.worker import Worker
+    from factory.job.run import plan, resolve_paths, run
+    from factory.tools.demo import demo_rows, write_demo_skus
+
+    cfg = resolve_paths(cfg)
+    result: dict[str, Any] = {"machine": _machine(), "skus": n_skus, "batch_size": cfg.run.batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        day = "2026-01-01"
+        skus = write_demo_skus(tmp_path / "skus.parquet", n_skus, bad_rows=False)
+        result["input_rows"] = len(demo_rows(n_skus, bad_rows=False))
+        p = plan(cfg, day, skus)
+        tasks = p.tasks
+        result["images"] = len(tasks)
+        result["buckets"] = {b.name: sum(t.bucket == b.name for t in tasks) for b in cfg.planner.buckets}
+        no_repair = dataclasses.replace(
+            cfg, repair=dataclasses.replace(cfg.repair, mode="off"), run=dataclasses.replace(cfg.run, executor="local")
+        )
+        worker = Worker(no_repair, str(tmp_path / "out"))
+        result["quantization"] = {"mode": worker.quantization["mode"]}
+        buckets = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+        seed000 = padded_to_largest(tasks, cfg.run.batch_size)
+
+        # warm-up: one call per bucket shape, untimed (first calls allocate and pick kernels)
+        for b in {(b.width, b.height, b.steps): b for b in buckets + seed000}.values():
+            worker.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
+
+        def run_batches(batches: list[Batch]) -> int:
+            before = worker.pixels_computed
+            for b in batches:
+                worker.generate(b)
+            return worker.pixels_computed - before
+
+        needed = sum(t.width * t.height for t in tasks)
+        t_a, images_a = _timed(lambda: naive_images(worker, tasks), repeats)
+        t_b, px_b = _timed(lambda: run_batches(seed000), repeats)
+        t_c, px_c = _timed(lambda: run_batches(buckets), repeats)
+
+        def full(w: Any, name: str) -> int:
+            """D: `factory.job.run.run()` in-process (read, validate, plan, lock, generate, score, repair, write
+            images, parts, manifests, run.json, _SUCCESS) with an already loaded worker."""
+            out_cfg = dataclasses.replace(w.cfg, paths=dataclasses.replace(w.cfg.paths, output=str(tmp_path / name)))
+            out_cfg = dataclasses.replace(out_cfg, run=dataclasses.replace(out_cfg.run, executor="local"))
+            return run(out_cfg, day, skus, force=True, worker=w).counts["images_generated"]
+
+        t_d, _ = _timed(lambda: full(worker, "d"), repeats)
+        repair_worker = Worker(
+            dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="local")), str(tmp_path / "dr")
+        )
+        t_dr, _ = _timed(lambda: full(repair_worker, "dr"), repeats)
+        # the same C and D with plain batched kernels ("fast": what CUDA uses), to show the price of CPU batch
+        # invariance (per-sample convolutions and per-image CLIP scoring)
+        fast_cfg = dataclasses.replace(no_repair, model=dataclasses.replace(no_repair.model, determinism="fast"))
+        fast = Worker(fast_cfg, str(tmp_path / "fast"))
+        for b in {(b.width, b.height, b.steps): b for b in buckets}.values():
+            fast.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
+        t_cf, _ = _timed(lambda: [fast.generate(b) for b in buckets], repeats)
+        t_df, _ = _timed(lambda: full(fast, "df"), repeats)
+        n = len(tasks)
+        ips = {
+            "A_naive": n / t_a,
+            "B_seed000_padded": n / t_b,
+            "C_bucketed": n / t_c,
+            "D_full_no_repair": n / t_d,
+            "D_full_with_repair": n / t_dr,
+            "C_bucketed_fast_numerics": n / t_cf,
+            "D_full_no_repair_fast_numerics": n / t_df,
+        }
+        result["images_per_s"] = {k: round(v, 3) for k, v in ips.items()}
+        result["seconds"] = {"A": t_a, "B": t_b, "C": t_c, "D": t_d, "D_repair": t_dr, "C_fast": t_cf, "D_fast": t_df}
+        result["ratios"] = {
+            "C/A": round(ips["C_bucketed"] / ips["A_naive"], 3),
+            "C/B": round(ips["C_bucketed"] / ips["B_seed000_padded"], 3),
+            "D/C": round(ips["D_full_no_repair"] / ips["C_bucketed"], 3),
+            "D_repair/C": round(ips["D_full_with_repair"] / ips["C_bucketed"], 3),
+            "C_fast/A": round(ips["C_bucketed_fast_numerics"] / ips["A_naive"], 3),
+            "D_fast/C_fast": round(ips["D_full_no_repair_fast_numerics"] / ips["C_bucketed_fast_numerics"], 3),
+        }
+        result["pixel_waste"] = {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)}
+        result["repair"] = {"images_repaired": _count_repaired(tmp_path / "dr" / day)}
+
+        # quantization: same seeds, float vs quantized UNet
+        mode = quant_mode or "int8-dynamic"
+        qcfg = dataclasses.replace(no_repair, model=dataclasses.replace(no_repair.model, quantization=mode))
+        qworker = Worker(qcfg, str(tmp_path / "q"))
+        for b in {(b.width, b.height, b.steps): b for b in buckets}.values():
+            qworker.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
+        t_q, _ = _timed(lambda: [qworker.generate(b) for b in buckets], repeats)
+        float_imgs = [np.asarray(im) for b in buckets for im in worker.generate(b)]
+        quant_imgs = [np.asarray(im) for b in buckets for im in qworker.generate(b)]
+        psnrs = [psnr(a, b) for a, b in zip(float_imgs, quant_imgs)]
+        float_bytes = linear_weight_bytes(worker.pipe.unet)
+        q = qworker.quantization
+        result["quantization"] = {
+            "default_mode": worker.quantization["mode"],
+            "compared_mode": mode,
+            "linear_weight_bytes_float": float_bytes,
+            "linear_weight_bytes_quantized": q["weight_bytes_after"],
+            "bytes_ratio_all_linear": round(q["weight_bytes_after"] / float_bytes, 3),
+            "bytes_ratio_quantized_layers": round(q["quantized_bytes_after"] / max(q["quantized_bytes_before"], 1), 3),
+            "layers_quantized": q["quantized"],
+            "layers_kept_float": q["skipped"],
+            "psnr_db_mean": round(float(np.mean([min(x, 99.0) for x in psnrs])), 2),
+            "psnr_db_min": round(float(min(psnrs)), 2),
+            "speed_ratio_quantized_over_float": round(t_c / t_q, 3),
+        }
+        del images_a
+
+        if soak:
+            result["soak"] = soak_test(worker, buckets, soak)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
+def _count_repaired(date_dir: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_table(date_dir / "manifests" / "approved.parquet", columns=["repaired"]).column(0).to_pylist())
+
+
+def soak_test(worker: Any, batches: list[Batch], n: int) -> dict[str, float]:
+    """Process `n` batches in one worker (cycling through the day) and compare RSS at 10 % and at 100 %."""
+    import gc
+
+    at_10 = 0.0
+    for i in range(n):
+        worker.process(batches[i % len(batches)])
+        if i + 1 == max(1, n // 10):
+            gc.collect()
+            at_10 = rss_mb()
+    gc.collect()
+    at_end = rss_mb()
+    return {
+        "batches": n,
+        "rss_mb_at_10pct": round(at_10, 1),
+        "rss_mb_at_100pct": round(at_end, 1),
+        "growth_pct": round(100 * (at_end - at_10) / at_10, 2),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    ips, ratios = r["images_per_s"], r["ratios"]
+    q = r["quantization"]
+    lines = [
+        f"adfactory bench: {r['images']} images from {r['skus']} SKUs, batch size {r['batch_size']}, "
+        f"buckets {r['buckets']}",
+        "",
+        "| configuration | images/s |",
+        "| --- | --- |",
+        *(f"| {k} | {v:.2f} |" for k, v in ips.items()),
+        "",
+        f"ratios: C/A {ratios['C/A']}  C/B {ratios['C/B']}  D/C {ratios['D/C']}  (D with repair)/C "
+        f"{ratios['D_repair/C']}",
+        f"fast numerics (batched kernels, as on CUDA): C/A {ratios['C_fast/A']}  D/C {ratios['D_fast/C_fast']}",
+        f"pixels computed / needed: B {r['pixel_waste']['B']}  C {r['pixel_waste']['C']}",
+        f"quantization {q['compared_mode']} vs float: Linear bytes x{q['bytes_ratio_all_linear']} (all UNet Linear), "
+        f"x{q['bytes_ratio_quantized_layers']} (quantized layers), PSNR mean {q['psnr_db_mean']} dB / min "
+        f"{q['psnr_db_min']} dB, speed x{q['speed_ratio_quantized_over_float']}",
+        f"peak RSS {r['peak_rss_mb']} MB",
+    ]
+    if "soak" in r:
+        s = r["soak"]
+        lines.append(
+            f"soak: {s['batches']} batches, RSS {s['rss_mb_at_10pct']} MB at 10% -> "
+            f"{s['rss_mb_at_100pct']} MB at 100% ({s['growth_pct']:+.2f}%)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.io.writer import MANIFEST_SCHEMAS, atomic_write_bytes, image_relpath, safe_join, write_manifest
+
+HOSTILE = [
+    "../../etc/passwd",
+    "..",
+    ".",
+    "a/b",
+    "a\\b",
+    "/abs",
+    "a\x00b",
+    "a\nb",
+    "x" * 300,
+    "鞋子-42",
+    "CON",
+    "nul.txt",
+    "COM1",
+    " ",
+    ".hidden",
+    "a b",
+    "a_b",
+]
+
+
+@pytest.mark.parametrize("sku_id", HOSTILE)
+def test_image_paths_stay_inside(tmp_path, sku_id):
+    rel = image_relpath("shoes", sku_id, 0)
+    parts = Path(rel).parts
+    assert parts[:2] == ("images", "shoes") and len(parts) == 3
+    name = parts[2]
+    assert not name.startswith(".") and "\x00" not in name and len(name) < 100
+    assert name.split(".")[0].upper() not in {"CON", "NUL", "COM1"}
+    assert safe_join(tmp_path, rel).is_relative_to(tmp_path.resolve())
+
+
+def test_names_never_collide():
+    ids = HOSTILE + ["a_b", "a?b", "a*b", "A_B"]
+    names = {image_relpath("shoes", s, 0) for s in set(ids)}
+    assert len(names) == len(set(ids))
+    assert image_relpath("shoes", "a", 0) != image_relpath("shoes", "a", 1)
+
+
+def test_safe_join_refuses_escape(tmp_path):
+    with pytest.raises(ValueError):
+        safe_join(tmp_path, "../x.png")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "d" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["f.bin"]
+
+
+def test_manifests_have_explicit_schemas_even_when_empty(tmp_path):
+    for name, schema in MANIFEST_SCHEMAS.items():
+        write_manifest(tmp_path / f"{name}.parquet", [], schema)
+        assert pq.read_schema(tmp_path / f"{name}.parquet").equals(schema, check_metadata=False)

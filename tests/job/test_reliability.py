@@ -1,0 +1,225 @@
+"""Resume, idempotence, faults, the lock, the cross-day cache: the nightly-job guarantees, with real components."""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.errors import LockError
+from factory.job.parts import parts_dir
+from factory.job.run import run
+from tests.conftest import (
+    DATE,
+    SAMPLE_SCHEMA,
+    cli,
+    cli_args,
+    demo_config_file,
+    make_cfg,
+    sample_rows,
+    with_run,
+    write_skus,
+)
+
+
+def manifests(date_dir: Path) -> dict[str, list[dict]]:
+    return {
+        n: pq.read_table(date_dir / "manifests" / f"{n}.parquet").to_pylist()
+        for n in ("approved", "review", "rejected")
+    }
+
+
+def assert_invariant(date_dir: Path, input_rows: list[dict]) -> None:
+    """approved + review + rejected = unique input SKUs (+ duplicate rows in rejected); each SKU once."""
+    m = manifests(date_dir)
+    ids = [r["sku_id"] for r in input_rows]
+    a = {r["sku_id"] for r in m["approved"]}
+    v = {r["sku_id"] for r in m["review"]}
+    assert not a & v
+    keyed = [(r["sku_id"], r["variant"]) for r in m["approved"] + m["review"]]
+    assert len(keyed) == len(set(keyed))
+    assert len(a) + len(v) + len(m["rejected"]) == len(ids)  # every input row accounted for exactly once
+    assert (date_dir / "_SUCCESS").is_file()
+
+
+def many_rows(n: int) -> list[dict]:
+    cats = [("toys", {"product": "car"}), ("food", {"product": "tea"}), ("shoes", {"brand": "A", "color": "red"})]
+    return [
+        {"sku_id": f"R{i:03d}", "category": cats[i % 3][0], "attrs": json.dumps(cats[i % 3][1]), "variants": 1}
+        for i in range(n)
+    ]
+
+
+def test_rerun_of_a_completed_date_is_a_noop_and_force_regenerates(cfg, day_file):
+    cfg = with_run(cfg, executor="local")
+    first = run(cfg, DATE)
+    again = run(cfg, DATE)
+    assert again.already_done and again.run_id == first.run_id
+    forced = run(cfg, DATE, force=True)
+    assert not forced.already_done and forced.run_id != first.run_id
+    assert forced.counts["images_generated"] == 9
+    assert_invariant(forced.date_dir, sample_rows())
+
+
+def test_resume_skips_finished_work(cfg, day_file):
+    """Simulate a crash after some batches: drop _SUCCESS and the final manifests, keep the parts and images."""
+    cfg = with_run(cfg, executor="local", batch_size=2)
+    first = run(cfg, DATE)
+    date_dir = first.date_dir
+    kept = sorted(parts_dir(date_dir).glob("*.parquet"))[:2]
+    for f in parts_dir(date_dir).glob("*.parquet"):
+        if f not in kept:
+            f.unlink()
+    for f in [date_dir / "_SUCCESS", *(date_dir / "manifests").glob("*.parquet")]:
+        f.unlink()
+    kept_rows = [r for f in kept for r in pq.read_table(f).to_pylist()]
+    mtimes = {r["image_path"]: (date_dir / r["image_path"]).stat().st_mtime_ns for r in kept_rows}
+    second = run(cfg, DATE)
+    assert second.counts["images_resumed"] == len(kept_rows) > 0
+    assert second.counts["images_generated"] == 9 - len(kept_rows)
+    assert all((date_dir / p).stat().st_mtime_ns == t for p, t in mtimes.items())  # not regenerated
+    assert_invariant(date_dir, sample_rows())
+
+
+def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
+    """Kill the driver (SIGKILL) mid-run on its own local Ray cluster; the rerun finishes without redoing work."""
+    rows = many_rows(24)
+    skus = write_skus(tmp_path / "skus" / f"{DATE}.parquet", rows, SAMPLE_SCHEMA)
+    config = demo_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    out = tmp_path / "out"
+    args = cli_args(
+        "run",
+        "--date",
+        DATE,
+        "--skus",
+        str(skus),
+        "--output",
+        str(out),
+        "--config",
+        str(config),
+        "--batch-size",
+        "2",
+        "--workers",
+        "2",
+    )
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    parts = out / DATE / "manifests" / "_parts"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-run
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # and the local cluster it started, like a node crash
+        except ProcessLookupError:
+            pass
+    date_dir = out / DATE
+    assert not (date_dir / "_SUCCESS").exists()
+    assert (date_dir / ".lock").exists()  # left behind by the dead driver: stale
+    done_parts = list(parts.glob("*.parquet"))
+    done = [r for f in done_parts for r in pq.read_table(f).to_pylist()]
+    assert 0 < len(done) < len(rows)
+    mtimes = {r["image_path"]: (date_dir / r["image_path"]).stat().st_mtime_ns for r in done}
+
+    res = subprocess.run(
+        args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = json.loads((date_dir / "run.json").read_text())
+    assert info["counts"]["images_resumed"] >= len(done)
+    assert info["counts"]["images_resumed"] + info["counts"]["images_generated"] == len(rows)
+    assert all((date_dir / p).stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert_invariant(date_dir, rows)
+    assert not (date_dir / ".lock").exists()
+
+
+def test_worker_killed_mid_batch_is_restarted(cfg, day_file, ray_cluster):
+    cfg = with_run(cfg, executor="ray", workers=2, batch_size=4, fault_injection="die_once:S2")
+    summary = run(cfg, DATE)
+    assert list(summary.date_dir.glob(".fault-*")), "the worker process should have died once"
+    m = manifests(summary.date_dir)
+    assert not [r for r in m["review"] if r["detail"]]  # no generation errors: the batch was retried
+    assert "S2" in {r["sku_id"] for r in m["approved"] + m["review"]}
+    assert_invariant(summary.date_dir, sample_rows())
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_poison_sku_is_isolated(cfg, day_file, ray_cluster, executor):
+    cfg = with_run(cfg, executor=executor, workers=1, batch_size=4, fault_injection="raise:S3")
+    summary = run(cfg, DATE)
+    m = manifests(summary.date_dir)
+    errors = [r for r in m["review"] if r["detail"]]
+    assert [(r["sku_id"], r["reason"]) for r in errors] == [("S3", "generation_error")]
+    assert "injected fault" in errors[0]["detail"] and errors[0]["image_path"] is None
+    good = [r for r in m["approved"] + m["review"] if r["sku_id"] != "S3"]
+    assert len(good) == 8 and all((summary.date_dir / r["image_path"]).is_file() for r in good)
+    assert_invariant(summary.date_dir, sample_rows())
+    assert summary.counts["generation_errors"] == 1
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_bytes(cfg, day_file, tmp_path):
+    ref = run(with_run(cfg, executor="local", batch_size=4), DATE)
+    oom_cfg = with_run(cfg, executor="local", batch_size=4, fault_injection="oom:S1")
+    oom_cfg = dataclasses.replace(oom_cfg, paths=dataclasses.replace(oom_cfg.paths, output=str(tmp_path / "oom")))
+    oom = run(oom_cfg, DATE)
+    ref_imgs = {p.name: p.read_bytes() for p in ref.date_dir.rglob("*.png")}
+    oom_imgs = {p.name: p.read_bytes() for p in oom.date_dir.rglob("*.png")}
+    assert ref_imgs == oom_imgs and oom.counts["generation_errors"] == 0
+
+
+def test_lock_refuses_a_second_run_and_takes_over_stale_ones(cfg, day_file):
+    cfg = with_run(cfg, executor="local")
+    date_dir = Path(cfg.paths.output) / DATE
+    date_dir.mkdir(parents=True)
+    lock = date_dir / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": "other"}))
+    with pytest.raises(LockError, match="another run holds"):
+        run(cfg, DATE)
+    res = cli("run", "--date", DATE, "--skus", str(day_file), "--output", cfg.paths.output, "--executor", "local")
+    assert res.returncode == 3 and "another run holds" in res.stderr and "Traceback" not in res.stderr
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "run_id": "dead"}))
+    summary = run(cfg, DATE)
+    assert summary.counts["images_generated"] == 9 and not lock.exists()
+
+
+def test_cross_day_cache_reuses_approved_images(cfg, tmp_path):
+    cfg = with_run(cfg, executor="local")
+    cfg = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="sku"))
+    rows = sample_rows()
+    skus = Path(cfg.paths.skus)
+    write_skus(skus / "2026-11-20.parquet", rows, SAMPLE_SCHEMA)
+    write_skus(skus / "2026-11-21.parquet", rows, SAMPLE_SCHEMA)
+    day1 = run(cfg, "2026-11-20")
+    day2 = run(cfg, "2026-11-21")
+    m1, m2 = manifests(day1.date_dir), manifests(day2.date_dir)
+    assert day2.counts["cache_hits"] == len(m1["approved"]) > 0
+    cached = [r for r in m2["approved"] if r["cached"]]
+    assert len(cached) == len(m1["approved"]) and all(str(r["cache_source_date"]) == "2026-11-20" for r in cached)
+    for r in cached:
+        a, b = day1.date_dir / r["image_path"], day2.date_dir / r["image_path"]
+        assert a.read_bytes() == b.read_bytes() and os.stat(a).st_ino == os.stat(b).st_ino  # hardlinked
+    assert day2.counts["images_generated"] == len(m1["review"])  # review images are regenerated, not reused
+    # a changed template/prompt misses the cache
+    changed = [dict(r, attrs=r["attrs"].replace("Peak", "Summit")) for r in rows]
+    write_skus(skus / "2026-11-22.parquet", changed, SAMPLE_SCHEMA)
+    day3 = run(cfg, "2026-11-22")
+    assert "S1" not in {r["sku_id"] for r in manifests(day3.date_dir)["approved"] if r["cached"]}
+    # with the default seed scope (a new seed every day) nothing is reused
+    daily = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="date"))
+    daily = dataclasses.replace(daily, paths=dataclasses.replace(daily.paths, output=str(tmp_path / "daily")))
+    run(daily, "2026-11-20")
+    assert run(daily, "2026-11-21").counts["cache_hits"] == 0

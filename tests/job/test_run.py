@@ -1,0 +1,140 @@
+"""End to end: real parquet in, a real local Ray cluster, real tiny pipelines, parquet manifests out."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.io.writer import MANIFEST_SCHEMAS
+from factory.job.run import run
+from tests.conftest import DATE, SAMPLE_SCHEMA, cli, demo_config_file, make_cfg, sample_rows, with_run, write_skus
+
+
+def image_digests(date_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(date_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((date_dir / "images").rglob("*.png"))
+    }
+
+
+def manifest_rows(date_dir: Path, name: str) -> list[dict]:
+    rows = pq.read_table(date_dir / "manifests" / f"{name}.parquet").to_pylist()
+    return [{k: v for k, v in r.items() if k not in ("run_id", "source_file")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ray_run(tiny_models, tmp_path_factory, ray_cluster):
+    """The reference run: Ray executor, 2 workers, batch size 4."""
+    tmp = tmp_path_factory.mktemp("ray_run")
+    cfg = with_run(make_cfg(tiny_models, tmp), executor="ray", workers=2, batch_size=4)
+    write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", sample_rows(), SAMPLE_SCHEMA)
+    return cfg, run(cfg, DATE)
+
+
+def test_manifests_schemas_and_conservation(ray_run):
+    cfg, summary = ray_run
+    date_dir = summary.date_dir
+    tables = {name: pq.read_table(date_dir / "manifests" / f"{name}.parquet") for name in MANIFEST_SCHEMAS}
+    for name, table in tables.items():
+        assert table.schema.equals(MANIFEST_SCHEMAS[name], check_metadata=False), name
+    approved = tables["approved"].to_pylist()
+    review = tables["review"].to_pylist()
+    rejected = tables["rejected"].to_pylist()
+
+    # every unique input SKU in exactly one manifest; every input row accounted for
+    input_ids = {r["sku_id"] for r in sample_rows()}
+    a, v = {r["sku_id"] for r in approved}, {r["sku_id"] for r in review}
+    j = {r["sku_id"] for r in rejected if r["reason"] != "duplicate_sku_id"}
+    assert not (a & v) and not (a & j) and not (v & j)
+    assert a | v | j == input_ids
+    assert len(approved) + len(review) == 9  # 8 valid SKUs, one with 2 variants
+    assert len(rejected) == 4 and {r["reason"] for r in rejected} == {
+        "missing_sku_id",
+        "unknown_category",
+        "missing_attribute",
+        "duplicate_sku_id",
+    }
+    assert a and v, "the test threshold should split the sample between approved and review"
+    assert all(r["reason"] for r in review)
+
+    # images exist, inside the date directory, with the planned size
+    from PIL import Image
+
+    for r in approved + review:
+        path = (date_dir / r["image_path"]).resolve()
+        assert path.is_relative_to(date_dir.resolve()) and path.is_file()
+        assert Image.open(path).size == (r["width"], r["height"])
+    assert {r["bucket"] for r in approved + review} >= {"small", "medium", "poster"}
+    assert not list(Path(cfg.paths.output).parent.rglob("passwd*"))
+
+    run_json = json.loads((date_dir / "run.json").read_text())
+    assert run_json["counts"]["images_planned"] == 9 and run_json["images_per_s"] > 0
+    assert run_json["config"]["run"]["executor"] == "ray" and run_json["executor"]["workers"] == 2
+    assert {"read_s", "plan_s", "generate_s", "score_s", "write_images_s", "total_s"} <= set(run_json["timings"])
+    assert not list(date_dir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "executor, workers, batch_size",
+    [("local", 1, 1), ("ray", 1, 3), ("local", 1, 4)],
+)
+def test_same_bytes_whatever_batch_size_workers_and_executor(
+    ray_run, tiny_models, tmp_path, executor, workers, batch_size
+):
+    ref_cfg, ref = ray_run
+    cfg = with_run(make_cfg(tiny_models, tmp_path), executor=executor, workers=workers, batch_size=batch_size)
+    summary = run(cfg, DATE, skus_path=Path(ref_cfg.paths.skus) / f"{DATE}.parquet")
+    assert image_digests(summary.date_dir) == image_digests(ref.date_dir)
+    for name in MANIFEST_SCHEMAS:
+        assert manifest_rows(summary.date_dir, name) == manifest_rows(ref.date_dir, name)
+
+
+def test_cli_bad_input_is_one_sentence_and_writes_nothing(tmp_path):
+    bad = tmp_path / "skus.parquet"
+    bad.write_text("this is not parquet")
+    out = tmp_path / "out"
+    res = cli("run", "--date", DATE, "--skus", str(bad), "--output", str(out), "--executor", "local")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and str(bad) in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+    res = cli("run", "--date", "2026-13-45", "--output", str(out))
+    assert res.returncode == 2 and "YYYY-MM-DD" in res.stderr
+    res = cli("run", "--date", DATE, "--skus", str(tmp_path / "missing.parquet"), "--output", str(out))
+    assert res.returncode == 2 and "SKU file not found" in res.stderr and not out.exists()
+
+
+def test_cli_validate_prints_rejections_and_writes_nothing(day_file, cfg, tmp_path):
+    res = cli("validate", "--date", DATE, "--skus", str(day_file))
+    assert res.returncode == 0, res.stderr
+    assert "rejected rows: 4" in res.stdout and "unknown_category" in res.stdout
+    assert "9 images planned" in res.stdout
+    assert not Path(cfg.paths.output).exists()
+
+
+def test_cli_run_on_its_own_local_ray_cluster(day_file, cfg, tmp_path):
+    """The command cron runs: `adfactory run`, starting its own local Ray cluster."""
+    config = demo_config_file(tmp_path / "factory.toml", cfg)
+    out = tmp_path / "cli-out"
+    res = cli(
+        "run",
+        "--date",
+        DATE,
+        "--skus",
+        str(day_file),
+        "--output",
+        str(out),
+        "--config",
+        str(config),
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+        cwd=tmp_path,
+        env={"RAY_ADDRESS": ""},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "approved SKUs" in res.stdout and "images/s" in res.stdout
+    run_json = json.loads((out / DATE / "run.json").read_text())
+    assert run_json["executor"]["executor"] == "ray" and run_json["counts"]["rejected_rows"] == 4

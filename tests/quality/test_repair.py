@@ -1,0 +1,135 @@
+"""Inpaint repair with the tiny SD1.5 and SDXL pipelines: shared weights, paste-back exactness, determinism."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from factory.config import ModelConfig
+from factory.errors import ModelError
+from factory.generation.models import load_pipeline
+from factory.quality import checks
+from factory.quality.repair import Repairer, inference_steps, repair_seed
+from factory.tools.tiny_models import build_tiny_sdxl
+from tests.quality.test_checks import blocks
+
+PROMPT = "product photography of a red sneaker, white background"
+NEGATIVE = "blurry, deformed"
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_models):
+    return load_pipeline(ModelConfig(pipeline=str(tiny_models["pipeline"])), "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return blocks(size=64)
+
+
+@pytest.fixture(scope="module")
+def quadrant_mask():
+    mask, changed = checks.build_mask((64, 64), (32, 32, 64, 64), dilate=2, blur=2)
+    return mask, changed
+
+
+def outside_equal_inside_changed(original, repaired, mask):
+    a, b, m = np.asarray(original), np.asarray(repaired), np.asarray(mask)
+    assert repaired.size == original.size and repaired.mode == "RGB"
+    assert np.array_equal(a[m == 0], b[m == 0])  # byte-identical wherever the mask is 0
+    inside = m == 255
+    return np.abs(a[inside].astype(int) - b[inside].astype(int)).mean()
+
+
+def test_inference_steps_runs_the_requested_steps():
+    assert inference_steps(4, 1.0) == 4
+    assert inference_steps(4, 0.4) == 10 and int(10 * 0.4) == 4  # naive: int(4 * 0.4) = 1 step
+    for steps in range(1, 9):
+        for strength in (0.05, 0.1, 0.3, 0.35, 0.4, 0.5, 0.7, 0.9, 1.0):
+            n = inference_steps(steps, strength)
+            assert int(n * strength) >= steps and int((n - 1) * strength) < steps
+    assert inference_steps(4, 0.05, max_steps=50) == 50  # capped: int(50 * 0.05) = 2 steps run
+    with pytest.raises(ValueError):
+        inference_steps(4, 0.01, max_steps=50)
+    with pytest.raises(ValueError):
+        inference_steps(4, 0.0)
+
+
+def test_repair_seed_is_stable_and_distinct():
+    assert repair_seed(SEED, 0) == repair_seed(SEED, 0)
+    seeds = {repair_seed(s, a) for s in range(20) for a in range(3)}
+    assert len(seeds) == 60 and all(0 <= s < 2**63 for s in seeds)
+    assert repair_seed(SEED, 0) not in {SEED, SEED + 1}
+
+
+def test_sd_repair_shares_weights_pastes_back_exactly_and_is_deterministic(sd, image, quadrant_mask):
+    repairer = Repairer(sd)
+    assert type(repairer.pipe).__name__ == "StableDiffusionInpaintPipeline"
+    assert repairer.pipe.unet is sd.unet and repairer.pipe.unet.config.in_channels == 4  # no second copy
+    assert repairer.pipe.vae is sd.vae and repairer.pipe.text_encoder is sd.text_encoder
+    assert repairer.pipe.scheduler is not sd.scheduler  # private scheduler state
+
+    def generate():
+        g = torch.Generator("cpu").manual_seed(SEED)
+        return sd(PROMPT, width=64, height=64, num_inference_steps=2, generator=g, output_type="np").images
+
+    before = generate()
+    mask, changed = quadrant_mask
+    first = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask, steps=2)
+    assert outside_equal_inside_changed(image, first, mask) > 5  # repainted inside the mask
+    x0, y0, x1, y1 = changed
+    outside = np.ones((64, 64), dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(np.asarray(image)[outside], np.asarray(first)[outside])
+
+    again = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask, steps=2)
+    assert first.tobytes() == again.tobytes()
+    retry = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask, steps=2, attempt=1)
+    assert retry.tobytes() != first.tobytes()  # a retry draws new noise
+    assert np.array_equal(generate(), before)  # repairing did not disturb generation
+
+    # Without the crop, and in batch-invariant numerics: still exact outside the mask and deterministic.
+    invariant = Repairer(sd, batch_invariant=True)
+    a = invariant.repair(image, PROMPT, NEGATIVE, SEED, mask, padding=None, strength=0.5, steps=2)
+    b = invariant.repair(image, PROMPT, NEGATIVE, SEED, mask, padding=None, strength=0.5, steps=2)
+    assert a.tobytes() == b.tobytes() and outside_equal_inside_changed(image, a, mask) > 5
+
+    empty = Image.new("L", (64, 64), 0)
+    assert repairer.repair(image, PROMPT, NEGATIVE, SEED, empty).tobytes() == image.tobytes()
+    with pytest.raises(ValueError):
+        repairer.repair(image, PROMPT, NEGATIVE, SEED, Image.new("L", (32, 32), 255))
+
+
+def test_sdxl_repair(image, quadrant_mask):
+    pipe = build_tiny_sdxl().to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    repairer = Repairer(pipe)
+    assert type(repairer.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert repairer.pipe.unet is pipe.unet and repairer.pipe.text_encoder_2 is pipe.text_encoder_2
+    mask, _ = quadrant_mask
+    first = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask)  # the defaults: strength 0.4, 4 steps, crop
+    assert outside_equal_inside_changed(image, first, mask) > 5
+    assert repairer.repair(image, PROMPT, NEGATIVE, SEED, mask).tobytes() == first.tobytes()
+
+
+def test_dedicated_9_channel_inpaint_unet(sd, image, quadrant_mask, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    config = dict(sd.unet.config)
+    config["in_channels"] = 9  # latents + mask + masked-image latents, as sd-1.5-inpainting
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config(config).save_pretrained(tmp_path / "inpaint-unet")
+    repairer = Repairer(sd, inpaint_unet=tmp_path / "inpaint-unet")
+    assert repairer.pipe.unet is not sd.unet and repairer.pipe.unet.config.in_channels == 9
+    assert repairer.pipe.vae is sd.vae and sd.unet.config.in_channels == 4  # the generation pipeline is untouched
+    mask, _ = quadrant_mask
+    out = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask, steps=2)
+    assert outside_equal_inside_changed(image, out, mask) > 5
+
+    with pytest.raises(ModelError, match="no config.json"):
+        Repairer(sd, inpaint_unet=tmp_path / "missing")
+    config["cross_attention_dim"] = 64
+    UNet2DConditionModel.from_config(config).save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelError, match="cross_attention_dim"):
+        Repairer(sd, inpaint_unet=tmp_path / "other")

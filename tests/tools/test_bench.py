@@ -1,0 +1,47 @@
+"""The benchmark in quick mode: every configuration runs and the JSON has every field (targets are checked by
+running `make bench`, not by timed tests)."""
+
+import json
+import subprocess
+import sys
+
+from factory.tools.bench import bench, format_table
+from tests.conftest import REPO, with_run
+
+
+def test_bench_quick_reports_every_field(cfg):
+    r = bench(with_run(cfg, batch_size=4), n_skus=6, repeats=1, soak=4)
+    assert set(r["images_per_s"]) == {
+        "A_naive",
+        "B_seed000_padded",
+        "C_bucketed",
+        "D_full_no_repair",
+        "D_full_with_repair",
+        "C_bucketed_fast_numerics",
+        "D_full_no_repair_fast_numerics",
+    }
+    assert all(v > 0 for v in r["images_per_s"].values())
+    assert set(r["ratios"]) == {"C/A", "C/B", "D/C", "D_repair/C", "C_fast/A", "D_fast/C_fast"}
+    assert r["pixel_waste"]["C"] >= 1.0 and r["pixel_waste"]["B"] >= r["pixel_waste"]["C"]
+    q = r["quantization"]
+    assert q["default_mode"] == "none" and q["compared_mode"] == "int8-dynamic"
+    assert q["linear_weight_bytes_quantized"] < q["linear_weight_bytes_float"]
+    assert q["bytes_ratio_quantized_layers"] <= 0.3 and q["psnr_db_min"] > 20
+    assert r["soak"]["batches"] == 4 and r["soak"]["rss_mb_at_100pct"] > 0
+    assert r["peak_rss_mb"] > 0 and r["skus"] == 6 and r["images"] == 7
+    assert "C/A" in format_table(r)
+
+
+def test_bench_cli_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    config = tmp_path / "c.toml"
+    config.write_text((REPO / "tests" / "bench_quick.toml").read_text())
+    res = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "bench", "--skus", "4", "--config", str(config), "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "images/s" in res.stdout and json.loads(out.read_text())["skus"] == 4
