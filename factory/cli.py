@@ -115,7 +115,7 @@ def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None,
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
     from factory.inputs.planner import make_batches
-    from factory.job.run import plan
+    from factory.job.plan import plan
 
     def go() -> None:
         cfg = load_config(config)

@@ -1,7 +1,10 @@
 """Configuration: typed defaults, TOML loading, CLI overrides.
 
 Resolution order (later wins): the defaults below → a TOML file (`factory.toml` at the repo root, or `--config`)
-→ CLI flags. The resolved config is written to every run's run.json.
+→ CLI flags. Relative paths in a file resolve against that file's directory, relative paths given as flags against
+the working directory. Allowed values of each mode are declared by the module that implements it (validate() reads
+them there); "auto" values are resolved once per run by `factory.generation.runtime.resolve`. The config and the
+resolved runtime are written to every run's run.json.
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ class RunConfig:
     ray_address: str = ""  # join this cluster; "" = $RAY_ADDRESS if set, else start a local one
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
     max_restarts: int = 2  # a crashed worker process is restarted and its batch retried this many times
+    max_error_share: float = 0.5  # more generation_error images than this share: the night fails (exit 1)
     fault_injection: str = ""  # testing only: "die_once:<sku_id>", "raise:<sku_id>", "oom:<sku_id>"
 
 
@@ -163,55 +167,124 @@ class FactoryConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        run, planner = self.run, self.planner
-        if run.padding not in ("auto", "count", "size", "none"):
-            raise ConfigError(f"run.padding must be auto, count, size or none, got {run.padding!r}")
-        if run.executor not in ("ray", "local"):
-            raise ConfigError(f"run.executor must be 'ray' or 'local', got {run.executor!r}")
-        for name in ("workers", "batch_size", "cpus_per_worker"):
-            if getattr(run, name) < 1:
-                raise ConfigError(f"run.{name} must be at least 1, got {getattr(run, name)}")
-        if not planner.buckets:
-            raise ConfigError("planner.buckets must list at least one bucket")
-        names = [b.name for b in planner.buckets]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"planner.buckets has duplicate names: {names}")
-        for b in planner.buckets:
-            if b.width % 8 or b.height % 8 or b.width <= 0 or b.height <= 0:
-                raise ConfigError(f"bucket {b.name!r}: width and height must be positive multiples of 8")
-            if not 1 <= b.steps <= 50:
-                raise ConfigError(f"bucket {b.name!r}: steps must be between 1 and 50, got {b.steps}")
-        if planner.seed_scope not in ("date", "sku"):
-            raise ConfigError(f"planner.seed_scope must be 'date' or 'sku', got {planner.seed_scope!r}")
-        if self.repair.mode not in ("inpaint", "off"):
-            raise ConfigError(f"repair.mode must be 'inpaint' or 'off', got {self.repair.mode!r}")
-        if not 0 < self.repair.strength <= 1 or self.repair.max_attempts < 0:
-            raise ConfigError("repair.strength must be in (0, 1] and repair.max_attempts >= 0")
-        for category in self.quality.categories:
-            self.quality.for_category(category)  # unknown keys or bad types fail at load time
+        """Refuse values that would make every image fail, before anything runs (ConfigError, exit 2)."""
+        _validate_run(self.run)
+        _validate_planner(self.planner)
+        _validate_model(self.model)
+        _validate_quality_repair(self.quality, self.repair)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
-        if planner.landscape_bucket not in names:
-            raise ConfigError(f"planner.landscape_bucket {planner.landscape_bucket!r} is not a bucket name")
-        if self.model.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"model.device must be auto, cpu or cuda, got {self.model.device!r}")
-        if self.model.quantization not in ("auto", "none", "int8-weight", "int8-dynamic", "fp8"):
-            raise ConfigError(
-                "model.quantization must be auto, none, int8-weight, int8-dynamic or fp8, "
-                f"got {self.model.quantization!r}"
-            )
-        if self.model.quantization == "int8-weight" and self.model.determinism == "batch-invariant":
-            raise ConfigError(
-                "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"
-            )
-        if self.model.compile not in ("none", "regional", "full"):
-            raise ConfigError(f"model.compile must be none, regional or full, got {self.model.compile!r}")
-        if self.model.determinism not in ("auto", "batch-invariant", "fast"):
-            raise ConfigError(
-                f"model.determinism must be auto, batch-invariant or fast, got {self.model.determinism!r}"
-            )
-        if self.model.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ConfigError(f"model.dtype must be auto, float32, float16 or bfloat16, got {self.model.dtype!r}")
+
+    def absolute(self, base: Path) -> FactoryConfig:
+        """Relative paths resolved against `base` (a config file's directory; the working directory for flags)."""
+
+        def fix(p: str) -> str:
+            return str((base / Path(p).expanduser()).resolve()) if p and not _is_uri(p) else p
+
+        paths, m = self.paths, self.model
+        return dataclasses.replace(
+            self,
+            paths=dataclasses.replace(
+                paths, skus=fix(paths.skus), output=fix(paths.output), templates=fix(paths.templates)
+            ),
+            model=dataclasses.replace(
+                m,
+                pipeline=fix(m.pipeline),
+                lora=fix(m.lora),
+                clip_pretrained=fix(m.clip_pretrained),
+                clip_config_dir=fix(m.clip_config_dir),
+            ),
+            repair=dataclasses.replace(self.repair, inpaint_unet=fix(self.repair.inpaint_unet)),
+        )
+
+
+def _is_uri(p: str) -> bool:
+    return "://" in p
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+
+
+def _validate_run(run: RunConfig) -> None:
+    from factory.generation.executors import EXECUTORS
+    from factory.inputs.planner import PADDING_MODES
+
+    _one_of("run.padding", run.padding, ("auto", *PADDING_MODES))
+    _one_of("run.executor", run.executor, tuple(EXECUTORS))
+    for name in ("workers", "batch_size", "cpus_per_worker"):
+        _at_least(f"run.{name}", getattr(run, name), 1)
+    _at_least("run.max_restarts", run.max_restarts, 0)
+    if not 0 <= run.max_error_share <= 1:
+        raise ConfigError(f"run.max_error_share must be between 0 and 1, got {run.max_error_share}")
+    if run.fault_injection:
+        from factory.generation.faults import FAULT_KINDS
+
+        _one_of("run.fault_injection kind", run.fault_injection.partition(":")[0], FAULT_KINDS)
+
+
+def _validate_planner(planner: PlannerConfig) -> None:
+    from factory.inputs.planner import SEED_SCOPES
+
+    if not planner.buckets:
+        raise ConfigError("planner.buckets must list at least one bucket")
+    names = [b.name for b in planner.buckets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"planner.buckets has duplicate names: {names}")
+    for b in planner.buckets:
+        if b.width % 8 or b.height % 8 or b.width <= 0 or b.height <= 0:
+            raise ConfigError(f"bucket {b.name!r}: width and height must be positive multiples of 8")
+        if not 1 <= b.steps <= 50:
+            raise ConfigError(f"bucket {b.name!r}: steps must be between 1 and 50, got {b.steps}")
+    _one_of("planner.seed_scope", planner.seed_scope, SEED_SCOPES)
+    _at_least("planner.max_variants", planner.max_variants, 1)
+    if planner.landscape_bucket not in names:
+        raise ConfigError(f"planner.landscape_bucket {planner.landscape_bucket!r} is not a bucket name")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    from factory.generation.accel import COMPILE_MODES
+    from factory.generation.quantize import QUANT_MODES
+    from factory.generation.runtime import DETERMINISM_MODES, DEVICES, DTYPES
+
+    _one_of("model.device", model.device, ("auto", *DEVICES))
+    _one_of("model.quantization", model.quantization, ("auto", *QUANT_MODES))
+    _one_of("model.compile", model.compile, COMPILE_MODES)
+    _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
+    _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
+        raise ConfigError(
+            "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"
+        )
+
+
+def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> None:
+    from factory.quality.retry import REPAIR_MODES
+
+    _check_gate(quality, "quality")
+    for category in quality.categories:
+        _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
+    _one_of("repair.mode", repair.mode, REPAIR_MODES)
+    if not 0 < repair.strength <= 1:
+        raise ConfigError(f"repair.strength must be in (0, 1], got {repair.strength}")
+    for name in ("max_attempts", "dilate", "blur", "padding"):
+        _at_least(f"repair.{name}", getattr(repair, name), 0)
+    _at_least("repair.top_k", repair.top_k, 1)
+    if repair.tile != 0 and repair.tile < 8:
+        raise ConfigError(f"repair.tile must be 0 (a quarter of the shorter side) or at least 8 px, got {repair.tile}")
+
+
+def _check_gate(q: QualityConfig, where: str) -> None:
+    if not q.iqa_pairs:
+        raise ConfigError(f"{where}: iqa_pairs must list at least one [positive, negative] pair")
+    if not q.unsafe_concepts or not all(isinstance(c, str) and c for c in q.unsafe_concepts):
+        raise ConfigError(f"{where}: unsafe_concepts must list at least one non-empty concept")
 
 
 def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
@@ -227,12 +300,9 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}: [{key}] must be a table")
             updates[key] = _merge(current, value, f"{where} [{key}]")
         elif key == "buckets":
-            try:
-                updates[key] = [Bucket(**b) for b in value]
-            except TypeError as exc:
-                raise ConfigError(
-                    f"{where}: each [[planner.buckets]] needs name, width, height, steps ({exc})"
-                ) from None
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: buckets must be a list of [[planner.buckets]] tables")
+            updates[key] = [_bucket(b, f"{where} [[planner.buckets]] #{i + 1}") for i, b in enumerate(value)]
         else:
             expected = type(current)
             if expected is dict and isinstance(value, dict):
@@ -246,31 +316,61 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **updates)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> FactoryConfig:
-    """Build the resolved config: defaults, then the TOML file, then `overrides` ({"run": {"workers": 4}, ...}).
+def _bucket(entry: Any, where: str) -> Bucket:
+    types = {f.name: f.type for f in dataclasses.fields(Bucket)}  # "str" / "int" (postponed annotations)
+    if not isinstance(entry, dict) or set(entry) != set(types):
+        raise ConfigError(f"{where}: needs exactly the keys {', '.join(types)}")
+    for key, kind in types.items():
+        value = entry[key]
+        if type(value).__name__ != kind:
+            raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}")
+    return Bucket(**entry)
 
-    `path=None` reads `factory.toml` at the repo root if present.
-    """
-    cfg = FactoryConfig()
-    file = Path(path) if path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
-    if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: invalid TOML ({exc})") from None
-        cfg = _merge(cfg, data, str(file))
-    if overrides:
-        cleaned = {sec: {k: v for k, v in vals.items() if v is not None} for sec, vals in overrides.items()}
-        cfg = _merge(cfg, {k: v for k, v in cleaned.items() if v}, "command line")
+
+def _read_toml(file: Path) -> dict[str, Any]:
     try:
-        cfg.validate()
-    except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc}" if file is not None else str(exc)) from None
-    return cfg
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a directory, not a TOML config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML ({exc})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> FactoryConfig:
+    """Build the config: defaults, then the TOML file, then `overrides` ({"run": {"workers": 4}, ...}, from flags).
+
+    `path=None` reads the repo's `factory.toml`. Relative paths in a file resolve against that file's directory,
+    relative paths given as flags against the working directory, and defaults against the repo root (where
+    factory.toml, which documents them, lives). Errors name where the value came from: the file or the flag.
+    """
+    file = Path(path) if path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    cfg = FactoryConfig().absolute(REPO_ROOT)  # the defaults are factory.toml's values, relative to the repo
+    if file is not None:
+        cfg = _merge(cfg, _read_toml(file), str(file))
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+        cfg = cfg.absolute(file.resolve().parent)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            flag = f"--{key.replace('_', '-')}"  # the CLI's flags are named after their config keys
+            cfg = _merge(cfg, {section: {key: value}}, f"command line {flag}")
+            try:
+                cfg.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"command line {flag}: {exc}") from None
+    return cfg.absolute(Path.cwd())
 
 
 def resolve_path(p: str) -> Path:
-    """Relative paths in config are relative to the current directory (the repo root for Makefile targets)."""
+    """A config path as a Path (load_config already made it absolute; programmatic configs may be relative)."""
     return Path(p).expanduser()

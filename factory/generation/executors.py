@@ -1,13 +1,15 @@
 """Executors: run planned batches through Worker instances, in-process ("local") or on a Ray cluster ("ray").
 
-Both call the same `Worker.process`; results stream back to `on_result` in completion order (the driver sorts
+An executor is opened before the night's keys are computed, because it knows where the workers run: its
+`device()` (a local CUDA device, or GPUs in the Ray cluster) is what `runtime.resolve` turns "auto" into. Both
+executors call the same `Worker.process`; results stream back to `on_result` in completion order (the driver sorts
 manifest rows, so order never matters).
 
 Ray design: a fixed pool of actors (not Ray Data), because the unit of work is an already-planned,
 resolution-homogeneous batch: an actor loads the pipeline and CLIP once and then takes whole batches from the
 driver, one at a time, so a fast worker takes more batches. Actors are created with `max_restarts` and
 `max_task_retries`: a worker process that dies (OOM, kill) is restarted and its batch re-run; the worker's writes
-are idempotent. A batch that still fails is reported as `generation_error` rows, never dropped.
+are idempotent. A batch that still fails is reported as `generation_error` records, never dropped.
 """
 
 from __future__ import annotations
@@ -16,66 +18,86 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from factory.config import FactoryConfig
+from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, FactoryError
-from factory.generation.worker import BatchResult, Worker, split_batch
 from factory.inputs.planner import Batch
+
+if TYPE_CHECKING:
+    from factory.generation.runtime import Runtime
+    from factory.generation.worker import BatchResult, Worker
 
 log = logging.getLogger(__name__)
 
-GENERATION_ERROR = "generation_error"
-OnResult = Callable[[BatchResult], None]
+EXECUTORS = ("local", "ray")
+OnResult = Callable[["BatchResult"], None]
+Thresholds = dict[str, QualityConfig]
+
+
+def open_executor(cfg: FactoryConfig, worker: Worker | None = None) -> LocalExecutor | RayExecutor:
+    """The executor named by `run.executor`; use it as a context manager. `worker` (local only) reuses loaded
+    models (the bench, a notebook)."""
+    if cfg.run.executor == "ray":
+        return RayExecutor(cfg)
+    return LocalExecutor(cfg, worker)
 
 
 def failed_batch(batch: Batch, error: str) -> BatchResult:
-    """Every task of a batch that could not be generated, as rows for review.parquet."""
-    import dataclasses
+    """Every task of a batch that could not be generated, as records for review."""
+    from factory.generation.worker import BatchResult
+    from factory.io.records import ImageRecord
 
-    rows = [
-        {
-            **dataclasses.asdict(t),
-            "reasons": [GENERATION_ERROR],
-            "initial_reasons": [GENERATION_ERROR],
-            "repaired": False,
-            "attempts": 0,
-            "error": error,
-        }
-        for t in batch.tasks
-    ]
-    return BatchResult(batch.batch_id, rows, {})
-
-
-def run_local(
-    batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: OnResult, worker: Worker | None = None
-) -> dict[str, Any]:
-    """In-process. `worker` lets a caller that runs many days (the bench, a notebook) reuse loaded models."""
-    if worker is None:
-        worker = Worker(cfg, date_dir)
-    worker.date_dir = Path(date_dir)
-    queue = deque(batches)
-    while queue:
-        batch = queue.popleft()
-        try:
-            result = worker.process(batch)
-        except Exception as exc:  # one bad SKU must not lose the rest of the night
-            result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
-        if result is not None:
-            on_result(result)
-    return {"executor": "local", "workers": 1}
+    return BatchResult(batch.batch_id, [ImageRecord.failed(t, error) for t in batch.tasks], {})
 
 
 def _on_failure(batch: Batch, error: str, queue: deque[Batch]) -> BatchResult | None:
     """A failed batch is split in halves and both are retried, until the failing (poison) SKU is alone: that one
-    becomes a `generation_error` row and every other SKU of the batch still gets its image."""
+    becomes a `generation_error` record and every other SKU of the batch still gets its image."""
     if len(batch.tasks) > 1:
         log.warning("batch %s failed (%s); splitting it to isolate the failing SKU", batch.batch_id, error)
-        queue.extendleft(reversed(split_batch(batch, len(batch.tasks) // 2)))
+        queue.extendleft(reversed(batch.split(len(batch.tasks) // 2)))
         return None
     log.warning("sku %r failed: %s", batch.tasks[0].sku_id, error)
     return failed_batch(batch, error)
+
+
+class LocalExecutor:
+    """In-process, one worker."""
+
+    def __init__(self, cfg: FactoryConfig, worker: Worker | None = None):
+        self.cfg, self.worker = cfg, worker
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def device(self) -> tuple[str, tuple[int, int] | None]:
+        from factory.generation.runtime import local_device
+
+        return local_device(self.cfg)
+
+    def run(
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+    ) -> dict[str, Any]:
+        from pathlib import Path
+
+        from factory.generation.faults import worker_class
+
+        worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date_dir)
+        worker.date_dir = Path(date_dir)
+        queue = deque(batches)
+        while queue:
+            batch = queue.popleft()
+            try:
+                result = worker.process(batch)
+            except Exception as exc:  # one bad SKU must not lose the rest of the night
+                result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
+            if result is not None:
+                on_result(result)
+        return {"executor": "local", "workers": 1}
 
 
 def _init_ray(cfg: FactoryConfig) -> bool:
@@ -97,64 +119,120 @@ def _init_ray(cfg: FactoryConfig) -> bool:
     return True
 
 
-def run_ray(batches: list[Batch], cfg: FactoryConfig, date_dir: str, on_result: OnResult) -> dict[str, Any]:
-    import ray
+def _cuda_capability() -> tuple[int, int]:
+    import torch
 
-    started = _init_ray(cfg)
-    actors: list[Any] = []
-    try:
-        resources = ray.cluster_resources()
-        n = max(1, min(cfg.run.workers, len(batches)))
-        if n * cfg.run.cpus_per_worker > resources.get("CPU", 0):
-            raise ConfigError(
-                f"run.workers ({n}) x run.cpus_per_worker ({cfg.run.cpus_per_worker}) exceeds the cluster's "
-                f"{resources.get('CPU', 0):g} CPUs; lower them"
-            )
-        gpus = 1 if resources.get("GPU", 0) >= n else 0  # one GPU per worker when the cluster has them
-        remote = ray.remote(Worker).options(
-            num_cpus=cfg.run.cpus_per_worker,
-            num_gpus=gpus,
-            max_restarts=cfg.run.max_restarts,
-            max_task_retries=cfg.run.max_restarts,
-        )
-        actors = [remote.remote(cfg, date_dir) for _ in range(n)]
-        queue = deque(batches)
-        inflight: dict[Any, tuple[Any, Batch]] = {}
+    return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
 
-        def submit(actor: Any) -> None:
-            if queue:
-                batch = queue.popleft()
-                inflight[actor.process.remote(batch)] = (actor, batch)
 
-        for actor in actors:
-            submit(actor)
-        while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            actor, batch = inflight.pop(ref)
-            result: BatchResult | None
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # the batch raised inside the worker
-                result = _on_failure(batch, _ray_error_line(exc), queue)
-            except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
-                if _is_init_failure(exc):
-                    raise FactoryError(f"a Ray worker could not start: {_ray_error_line(exc)}") from exc
-                log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
-                result = _on_failure(batch, f"worker died: {_ray_error_line(exc)}", queue)
-                actors.remove(actor)
-                actor = remote.remote(cfg, date_dir)
-                actors.append(actor)
-            if result is not None:
-                on_result(result)
-            submit(actor)
-            for idle in [a for a in actors if a not in {v[0] for v in inflight.values()}]:
-                submit(idle)  # split halves may have refilled the queue after other actors went idle
-        return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}
-    finally:
-        for actor in actors:
+class RayExecutor:
+    """A pool of Ray actors, one Worker each (one GPU each when the cluster has them)."""
+
+    def __init__(self, cfg: FactoryConfig):
+        self.cfg = cfg
+        self.started = False
+        self.actors: list[Any] = []
+
+    def __enter__(self) -> RayExecutor:
+        self.started = _init_ray(self.cfg)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        for actor in self.actors:
             ray.kill(actor)
-        if started:
+        if self.started:
             ray.shutdown()
+
+    def device(self) -> tuple[str, tuple[int, int] | None]:
+        """cuda when the cluster has GPUs (and the config allows them); the capability is read on a GPU node."""
+        import ray
+
+        has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
+        if self.cfg.model.device == "cuda" and not has_gpus:
+            raise ConfigError("model.device is 'cuda' but the Ray cluster has no GPUs")
+        if self.cfg.model.device == "cpu" or not has_gpus:
+            return "cpu", None
+        return "cuda", ray.get(ray.remote(num_gpus=1)(_cuda_capability).remote())
+
+    def run(
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+    ) -> dict[str, Any]:
+        n = max(1, min(self.cfg.run.workers, len(batches)))
+        remote, gpus = self._actor_class(n, runtime)
+        args = (self.cfg, runtime, thresholds, date_dir)
+        self.actors = [remote.remote(*args) for _ in range(n)]
+        _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result).drain()
+        return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}
+
+    def _actor_class(self, n: int, runtime: Runtime) -> tuple[Any, int]:
+        import ray
+
+        from factory.generation.faults import worker_class
+
+        run, cpus = self.cfg.run, ray.cluster_resources().get("CPU", 0)
+        if n * run.cpus_per_worker > cpus:
+            raise ConfigError(
+                f"run.workers ({n}) x run.cpus_per_worker ({run.cpus_per_worker}) exceeds the cluster's "
+                f"{cpus:g} CPUs; lower them"
+            )
+        gpus = 1 if runtime.device == "cuda" else 0  # one GPU per worker
+        if gpus and n > ray.cluster_resources().get("GPU", 0):
+            raise ConfigError(f"run.workers ({n}) exceeds the cluster's {ray.cluster_resources()['GPU']:g} GPUs")
+        remote = ray.remote(worker_class(self.cfg)).options(
+            num_cpus=run.cpus_per_worker,
+            num_gpus=gpus,
+            max_restarts=run.max_restarts,
+            max_task_retries=run.max_restarts,
+        )
+        return remote, gpus
+
+
+class _Dispatch:
+    """Feeds batches to actors one at a time; failed batches are bisected, dead actors replaced."""
+
+    def __init__(self, actors: list[Any], new_actor: Callable[[], Any], batches: list[Batch], on_result: OnResult):
+        self.actors, self.new_actor, self.on_result = actors, new_actor, on_result
+        self.queue = deque(batches)
+        self.inflight: dict[Any, tuple[Any, Batch]] = {}
+
+    def submit(self, actor: Any) -> None:
+        if self.queue:
+            batch = self.queue.popleft()
+            self.inflight[actor.process.remote(batch)] = (actor, batch)
+
+    def drain(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            self.submit(actor)
+        while self.inflight:
+            [ref], _ = ray.wait(list(self.inflight), num_returns=1)
+            actor, batch = self.inflight.pop(ref)
+            actor, result = self._collect(ref, actor, batch)
+            if result is not None:
+                self.on_result(result)
+            self.submit(actor)
+            busy = {v[0] for v in self.inflight.values()}
+            for idle in [a for a in self.actors if a not in busy]:
+                self.submit(idle)  # split halves may have refilled the queue after other actors went idle
+
+    def _collect(self, ref: Any, actor: Any, batch: Batch) -> tuple[Any, BatchResult | None]:
+        import ray
+
+        try:
+            return actor, ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the batch raised inside the worker
+            return actor, _on_failure(batch, _ray_error_line(exc), self.queue)
+        except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
+            if _is_init_failure(exc):
+                raise FactoryError(f"a Ray worker could not start: {_ray_error_line(exc)}") from exc
+            log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
+            self.actors.remove(actor)
+            actor = self.new_actor()
+            self.actors.append(actor)
+            return actor, _on_failure(batch, f"worker died: {_ray_error_line(exc)}", self.queue)
 
 
 def _ray_error_line(exc: BaseException) -> str:
@@ -170,6 +248,3 @@ def _ray_error_line(exc: BaseException) -> str:
 def _is_init_failure(exc: BaseException) -> bool:
     text = str(exc)
     return "__init__" in text or "creation task" in text
-
-
-EXECUTORS = {"local": run_local, "ray": run_ray}

@@ -152,8 +152,8 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     }
 
 
-def default_quantization(device: str | torch.device) -> str:
-    """The mode a worker uses when the config says "auto".
+def default_quantization_for(device: str, cuda_capability: tuple[int, int] | None) -> str:
+    """The mode "auto" means for a device kind and CUDA capability (the driver may have no GPU of its own).
 
     CUDA: "fp8" on compute capability >= 8.9 (Ada/Hopper float8 tensor cores), else "int8-weight" (halves fp16
     Linear weight memory on any GPU).
@@ -170,9 +170,8 @@ def default_quantization(device: str | torch.device) -> str:
     sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float. With real SD weights the
     Linear share is larger, but CPU runs are the test/demo setting, so exact float numerics win there.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return "fp8" if torch.cuda.get_device_capability(dev) >= FP8_MIN_CAPABILITY else "int8-weight"
+    if device == "cuda":
+        return "fp8" if cuda_capability is not None and cuda_capability >= FP8_MIN_CAPABILITY else "int8-weight"
     return "none"
 
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from factory.config import Bucket, PlannerConfig
 from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
-from factory.io.writer import image_relpath
+from factory.io.paths import image_relpath
+
+# padding of partial batches: count = fill with padding slots up to batch_size (the worker drops their images);
+# size = also promote a bucket's remainder to the next larger bucket when that wastes fewer pixels; none.
+PADDING_MODES = ("count", "size", "none")
+SEED_SCOPES = ("date", "sku")  # what a seed is derived from besides the SKU and variant: the date, or nothing
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,13 @@ class Batch:
     height: int
     steps: int
     tasks: tuple[Task, ...]
+
+    def split(self, at: int) -> tuple[Batch, Batch]:
+        """Two batches (ids suffixed a/b): bisection of a poison batch, or halving after CUDA out-of-memory."""
+        first, second = self.tasks[:at], self.tasks[at:]
+        return replace(self, batch_id=f"{self.batch_id}a", tasks=first), replace(
+            self, batch_id=f"{self.batch_id}b", tasks=second
+        )
 
 
 def derive_seed(sku_id: str, date: str, variant: int) -> int:

@@ -1,9 +1,8 @@
 """Cross-day cache: reuse a previous day's approved image when nothing that determines its pixels changed.
 
-Cache key = sha256 over: rendered prompt, negative prompt, seed, width, height, steps, model key (weights
-fingerprint + LoRA + quantization + dtype + determinism + guidance scale) and template version. A hit needs a
-completed (`_SUCCESS`) earlier date under the same output root whose approved.parquet has that key, whose image file
-still exists, and whose clip_score still passes today's threshold. The image is hardlinked (or copied) into
+The cache key (factory.job.keys) covers everything that determines the pixels. A hit needs a completed
+(`_SUCCESS`) earlier date under the same output root whose approved.parquet has that key, whose image file still
+exists, and whose stored scores still pass today's thresholds of its category. The image is hardlinked (or copied) into
 today's directory and the row is marked `cached=true` with `cache_source_date`.
 
 With `planner.seed_scope = "date"` (the default) the seed changes every day, so a new day never hits: set
@@ -13,8 +12,6 @@ With `planner.seed_scope = "date"` (the default) the seed changes every day, so 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,24 +19,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.config import QualityConfig
 from factory.inputs.planner import Task
+from factory.io.paths import safe_join
+from factory.io.records import ImageRecord
+from factory.io.writer import link_or_copy
 from factory.job.parts import read_success
+from factory.quality.gate import failing_checks
 
 log = logging.getLogger(__name__)
-
-
-def cache_key(task: Task, model_key: str) -> str:
-    fields = [
-        task.prompt,
-        task.negative_prompt,
-        task.seed,
-        task.width,
-        task.height,
-        task.steps,
-        model_key,
-        task.template_version,
-    ]
-    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
 def load_previous(output_root: Path, date: str, lookback_days: int) -> dict[str, dict[str, Any]]:
@@ -68,3 +56,41 @@ def load_previous(output_root: Path, date: str, lookback_days: int) -> dict[str,
             if row["cache_key"] not in found:
                 found[row["cache_key"]] = {**row, "date_dir": d}
     return found
+
+
+_SCORES = ("clip_score", "iqa_mean", "unsafe_score", "pixel_std")
+
+
+def still_passes(record: ImageRecord, q: QualityConfig) -> bool:
+    """Re-apply today's thresholds to the stored scores of a cached image (thresholds may have been raised)."""
+    row = record.to_row()
+    return all(row[f] is not None for f in _SCORES) and not failing_checks(row, q)
+
+
+def cache_hits(
+    output_root: Path,
+    date: str,
+    date_dir: Path,
+    tasks: list[Task],
+    keys: dict[tuple[str, int], str],
+    thresholds: dict[str, QualityConfig],
+    lookback_days: int,
+) -> list[ImageRecord]:
+    """Records for tasks whose image an earlier day already approved; the image is linked into today's dir.
+
+    The records carry the source's scores and repair history; the caller stamps today's run fields."""
+    if not tasks:
+        return []
+    previous = load_previous(output_root, date, lookback_days)
+    hits = []
+    for t in tasks:
+        src = previous.get(keys[(t.sku_id, t.variant)])
+        if src is None:
+            continue
+        record = ImageRecord.from_row(src)
+        src_path = src["date_dir"] / src["image_path"]
+        if not still_passes(record, thresholds[t.category]) or not src_path.is_file():
+            continue
+        link_or_copy(src_path, safe_join(date_dir, t.image_path))
+        hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"]))
+    return hits

@@ -16,37 +16,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.io.writer import MANIFEST_SCHEMAS, write_json, write_manifest
+from factory.io.records import PART_SCHEMA, ImageRecord
+from factory.io.writer import write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 PARTS = "_parts"
 
-# The review schema (a superset of approved) plus the raw decision inputs.
-PART_SCHEMA = pa.schema(
-    [f for f in MANIFEST_SCHEMAS["review"] if f.name not in ("reason", "detail")]
-    + [
-        pa.field("error", pa.string(), nullable=True),
-        pa.field("task_key", pa.string(), nullable=False),
-    ]
-)
-
 
 def parts_dir(date_dir: Path) -> Path:
     return date_dir / "manifests" / PARTS
 
 
-def write_part(date_dir: Path, name: str, rows: list[dict[str, Any]]) -> None:
-    write_manifest(parts_dir(date_dir) / f"{name}.parquet", rows, PART_SCHEMA)
+def write_part(date_dir: Path, name: str, records: list[ImageRecord]) -> None:
+    write_manifest(parts_dir(date_dir) / f"{name}.parquet", [r.to_row() for r in records], PART_SCHEMA)
 
 
-def load_parts(date_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """All part rows by (sku_id, variant); later files (run ids start with a UTC timestamp) win."""
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
+def load_parts(date_dir: Path) -> dict[tuple[str, int], ImageRecord]:
+    """All part records by (sku_id, variant); later files (run ids start with a UTC timestamp) win."""
+    records: dict[tuple[str, int], ImageRecord] = {}
     directory = parts_dir(date_dir)
     if not directory.is_dir():
-        return rows
+        return records
     for f in sorted(directory.glob("*.parquet")):
         try:
             table = pq.read_table(f)
@@ -56,18 +48,24 @@ def load_parts(date_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
         if not set(PART_SCHEMA.names) <= set(table.column_names):
             log.warning("ignoring part %s with an old schema", f)
             continue
-        for r in table.to_pylist():
-            rows[(r["sku_id"], r["variant"])] = r
-    return rows
+        for row in table.to_pylist():
+            record = ImageRecord.from_row(row)
+            records[record.key] = record
+    return records
 
 
-def is_finished(row: dict[str, Any], task_key: str, date_dir: Path) -> bool:
-    """A part row still counts on resume if its task is unchanged, it did not error, and its image exists."""
-    if row["task_key"] != task_key or row["error"]:
+def finished(date_dir: Path, task_keys: dict[tuple[str, int], str]) -> dict[tuple[str, int], ImageRecord]:
+    """The records of this date's planned tasks that an earlier (crashed or failed) attempt finished."""
+    return {k: r for k, r in load_parts(date_dir).items() if k in task_keys and is_finished(r, task_keys[k], date_dir)}
+
+
+def is_finished(record: ImageRecord, task_key: str, date_dir: Path) -> bool:
+    """A part record still counts on resume if its task is unchanged, it did not error, and its image exists."""
+    if record.task_key != task_key or record.error:
         return False
-    if row["image_path"] is None:
+    if record.image_path is None:
         return True
-    image = date_dir / row["image_path"]
+    image = date_dir / record.image_path
     return image.is_file() and image.stat().st_size > 0  # an image lost to a power cut is regenerated
 
 

@@ -8,7 +8,7 @@ Checks (reason codes; thresholds in `[quality]`, per category overridable):
   overexposed / underexposed   too many clipped pixels                  (repairable)
   blurry           variance of the Laplacian < blur_laplacian_var       (repairable)
   oversaturated    mean HSV saturation > saturation_mean                (not repairable: a global colour shift)
-An image is approved when no check fails. The scorer lives in factory/checks.py; this module applies config.
+An image is approved when no check fails. The scores live in factory/quality/checks.py; this module applies config.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from typing import Any
 from factory.config import QualityConfig
 from factory.generation.models import Clip
 from factory.quality import checks
-
-LOW_CLIP_SCORE = checks.LOW_CLIP_SCORE
-SIBLING_IN_REVIEW = "sibling_in_review"  # this variant passed, but another variant of the same SKU did not
 
 
 @dataclass
@@ -68,18 +65,14 @@ def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
 class Gate:
     """Per worker: holds the CLIP model and a cache of constant text features (IQA pairs, unsafe concepts)."""
 
-    def __init__(self, clip: Clip, cfg: QualityConfig, template_quality: dict[str, dict[str, Any]], per_image: bool):
+    def __init__(self, clip: Clip, thresholds: dict[str, QualityConfig], per_image: bool):
         self.clip = clip
         self.texts = checks.TextFeatureCache(clip)
         self.per_image = per_image  # batch-invariant mode: one CLIP forward per image (see worker.py)
-        self._cfg = cfg
-        self._template_quality = template_quality
-        self._by_category: dict[str, QualityConfig] = {}
+        self.thresholds = thresholds  # per category, built once at plan time (factory.job.plan)
 
     def config(self, category: str) -> QualityConfig:
-        if category not in self._by_category:
-            self._by_category[category] = self._cfg.for_category(category, self._template_quality.get(category))
-        return self._by_category[category]
+        return self.thresholds[category]
 
     def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
         if self.per_image and len(images) > 1:

@@ -19,6 +19,7 @@ import platform
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,120 +80,153 @@ def padded_to_largest(tasks: list[Task], batch_size: int) -> list[Batch]:
     return batches
 
 
-def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0, quant_mode: str = "") -> dict:
-    from factory.generation.quantize import linear_weight_bytes, psnr
-    from factory.generation.worker import Worker
-    from factory.job.run import plan, resolve_paths, run
-    from factory.tools.demo import demo_rows, write_demo_skus
+@dataclass
+class _Setup:
+    cfg: FactoryConfig
+    tmp: Path
+    day: str
+    skus: Path
+    tasks: list[Task]
+    worker: Any  # generation only (repair off), batch-invariant numerics on CPU
+    buckets: list[Batch]
+    seed000: list[Batch]
 
-    cfg = resolve_paths(cfg)
+
+def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0, quant_mode: str = "") -> dict:
+    """A/B/C/D throughput, pixel waste, quantization and memory for one generated mixed-bucket day."""
+    cfg = cfg.absolute(Path.cwd())
     result: dict[str, Any] = {"machine": _machine(), "skus": n_skus, "batch_size": cfg.run.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        day = "2026-01-01"
-        skus = write_demo_skus(tmp_path / "skus.parquet", n_skus, bad_rows=False)
-        result["input_rows"] = len(demo_rows(n_skus, bad_rows=False))
-        p = plan(cfg, day, skus)
-        tasks = p.tasks
-        result["images"] = len(tasks)
-        result["buckets"] = {b.name: sum(t.bucket == b.name for t in tasks) for b in cfg.planner.buckets}
-        no_repair = dataclasses.replace(
-            cfg, repair=dataclasses.replace(cfg.repair, mode="off"), run=dataclasses.replace(cfg.run, executor="local")
-        )
-        worker = Worker(no_repair, str(tmp_path / "out"))
-        result["quantization"] = {"mode": worker.quantization["mode"]}
-        buckets = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
-        seed000 = padded_to_largest(tasks, cfg.run.batch_size)
+        s = _setup(cfg, Path(tmp), n_skus, result)
+        result.update(_throughput(s, repeats))
+        result["quantization"] = _quantization(s, quant_mode or "int8-dynamic", repeats)
+        if soak:
+            result["soak"] = soak_test(s.worker, s.buckets, soak)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
 
-        # warm-up: one call per bucket shape, untimed (first calls allocate and pick kernels)
-        for b in {(b.width, b.height, b.steps): b for b in buckets + seed000}.values():
-            worker.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
 
-        def run_batches(batches: list[Batch]) -> int:
-            before = worker.pixels_computed
-            for b in batches:
-                worker.generate(b)
-            return worker.pixels_computed - before
+def _setup(cfg: FactoryConfig, tmp: Path, n_skus: int, result: dict[str, Any]) -> _Setup:
+    from factory.generation.worker import Worker
+    from factory.job.plan import plan
+    from factory.tools.demo import demo_rows, write_demo_skus
 
-        needed = sum(t.width * t.height for t in tasks)
-        t_a, images_a = _timed(lambda: naive_images(worker, tasks), repeats)
-        t_b, px_b = _timed(lambda: run_batches(seed000), repeats)
-        t_c, px_c = _timed(lambda: run_batches(buckets), repeats)
+    day = "2026-01-01"
+    skus = write_demo_skus(tmp / "skus.parquet", n_skus, bad_rows=False)
+    result["input_rows"] = len(demo_rows(n_skus, bad_rows=False))
+    tasks = plan(cfg, day, skus).tasks
+    result["images"] = len(tasks)
+    result["buckets"] = {b.name: sum(t.bucket == b.name for t in tasks) for b in cfg.planner.buckets}
+    worker = Worker.local(_with(cfg, repair={"mode": "off"}), str(tmp / "out"))
+    buckets = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
+    return _Setup(cfg, tmp, day, skus, tasks, worker, buckets, padded_to_largest(tasks, cfg.run.batch_size))
 
-        def full(w: Any, name: str) -> int:
-            """D: `factory.job.run.run()` in-process (read, validate, plan, lock, generate, score, repair, write
-            images, parts, manifests, run.json, _SUCCESS) with an already loaded worker."""
-            out_cfg = dataclasses.replace(w.cfg, paths=dataclasses.replace(w.cfg.paths, output=str(tmp_path / name)))
-            out_cfg = dataclasses.replace(out_cfg, run=dataclasses.replace(out_cfg.run, executor="local"))
-            return run(out_cfg, day, skus, force=True, worker=w).counts["images_generated"]
 
-        t_d, _ = _timed(lambda: full(worker, "d"), repeats)
-        repair_worker = Worker(
-            dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="local")), str(tmp_path / "dr")
-        )
-        t_dr, _ = _timed(lambda: full(repair_worker, "dr"), repeats)
-        # the same C and D with plain batched kernels ("fast": what CUDA uses), to show the price of CPU batch
-        # invariance (per-sample convolutions and per-image CLIP scoring)
-        fast_cfg = dataclasses.replace(no_repair, model=dataclasses.replace(no_repair.model, determinism="fast"))
-        fast = Worker(fast_cfg, str(tmp_path / "fast"))
-        for b in {(b.width, b.height, b.steps): b for b in buckets}.values():
-            fast.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
-        t_cf, _ = _timed(lambda: [fast.generate(b) for b in buckets], repeats)
-        t_df, _ = _timed(lambda: full(fast, "df"), repeats)
-        n = len(tasks)
-        ips = {
-            "A_naive": n / t_a,
-            "B_seed000_padded": n / t_b,
-            "C_bucketed": n / t_c,
-            "D_full_no_repair": n / t_d,
-            "D_full_with_repair": n / t_dr,
-            "C_bucketed_fast_numerics": n / t_cf,
-            "D_full_no_repair_fast_numerics": n / t_df,
-        }
-        result["images_per_s"] = {k: round(v, 3) for k, v in ips.items()}
-        result["seconds"] = {"A": t_a, "B": t_b, "C": t_c, "D": t_d, "D_repair": t_dr, "C_fast": t_cf, "D_fast": t_df}
-        result["ratios"] = {
+def _with(cfg: FactoryConfig, **sections: dict[str, Any]) -> FactoryConfig:
+    """A copy of `cfg` with some keys of some sections replaced; the bench always runs the local executor."""
+    sections = {"run": {"executor": "local"}, **sections}
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    )
+
+
+def _warm(worker: Any, batches: list[Batch]) -> None:
+    """One call per bucket shape, untimed (first calls allocate and pick kernels)."""
+    for b in {(b.width, b.height, b.steps): b for b in batches}.values():
+        worker.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
+
+
+def _throughput(s: _Setup, repeats: int) -> dict[str, Any]:
+    from factory.generation.worker import Worker
+
+    worker = s.worker
+    _warm(worker, s.buckets + s.seed000)
+
+    def run_batches(batches: list[Batch]) -> int:
+        before = worker.pixels_computed
+        for b in batches:
+            worker.generate(b)
+        return worker.pixels_computed - before
+
+    needed = sum(t.width * t.height for t in s.tasks)
+    t = {"A": _timed(lambda: naive_images(worker, s.tasks), repeats)[0]}
+    t["B"], px_b = _timed(lambda: run_batches(s.seed000), repeats)
+    t["C"], px_c = _timed(lambda: run_batches(s.buckets), repeats)
+    t["D"] = _timed(lambda: _full(s, worker, "d"), repeats)[0]
+    t["D_repair"] = _timed(lambda: _full(s, Worker.local(_with(s.cfg), str(s.tmp / "dr")), "dr"), repeats)[0]
+    # the same C and D with plain batched kernels ("fast": what CUDA uses), to show the price of CPU batch
+    # invariance (per-sample convolutions and per-image CLIP scoring)
+    fast = Worker.local(_with(s.cfg, repair={"mode": "off"}, model={"determinism": "fast"}), str(s.tmp / "fast"))
+    _warm(fast, s.buckets)
+    t["C_fast"] = _timed(lambda: [fast.generate(b) for b in s.buckets], repeats)[0]
+    t["D_fast"] = _timed(lambda: _full(s, fast, "df"), repeats)[0]
+    return {
+        **_rates(len(s.tasks), t),
+        "seconds": t,
+        "pixel_waste": {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)},
+        "repair": {"images_repaired": _count_repaired(s.tmp / "dr" / s.day)},
+    }
+
+
+def _full(s: _Setup, worker: Any, name: str) -> int:
+    """D: `factory.job.run.run()` in-process (read, validate, plan, lock, generate, score, repair, write images,
+    parts, manifests, run.json, _SUCCESS) with an already loaded worker."""
+    from factory.job.run import run
+
+    out_cfg = _with(worker.cfg, paths={"output": str(s.tmp / name)})
+    return run(out_cfg, s.day, s.skus, force=True, worker=worker).counts["images_generated"]
+
+
+def _rates(n: int, t: dict[str, float]) -> dict[str, Any]:
+    ips = {
+        "A_naive": n / t["A"],
+        "B_seed000_padded": n / t["B"],
+        "C_bucketed": n / t["C"],
+        "D_full_no_repair": n / t["D"],
+        "D_full_with_repair": n / t["D_repair"],
+        "C_bucketed_fast_numerics": n / t["C_fast"],
+        "D_full_no_repair_fast_numerics": n / t["D_fast"],
+    }
+    return {
+        "images_per_s": {k: round(v, 3) for k, v in ips.items()},
+        "ratios": {
             "C/A": round(ips["C_bucketed"] / ips["A_naive"], 3),
             "C/B": round(ips["C_bucketed"] / ips["B_seed000_padded"], 3),
             "D/C": round(ips["D_full_no_repair"] / ips["C_bucketed"], 3),
             "D_repair/C": round(ips["D_full_with_repair"] / ips["C_bucketed"], 3),
             "C_fast/A": round(ips["C_bucketed_fast_numerics"] / ips["A_naive"], 3),
             "D_fast/C_fast": round(ips["D_full_no_repair_fast_numerics"] / ips["C_bucketed_fast_numerics"], 3),
-        }
-        result["pixel_waste"] = {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)}
-        result["repair"] = {"images_repaired": _count_repaired(tmp_path / "dr" / day)}
+        },
+    }
 
-        # quantization: same seeds, float vs quantized UNet
-        mode = quant_mode or "int8-dynamic"
-        qcfg = dataclasses.replace(no_repair, model=dataclasses.replace(no_repair.model, quantization=mode))
-        qworker = Worker(qcfg, str(tmp_path / "q"))
-        for b in {(b.width, b.height, b.steps): b for b in buckets}.values():
-            qworker.generate(dataclasses.replace(b, tasks=b.tasks[:1]))
-        t_q, _ = _timed(lambda: [qworker.generate(b) for b in buckets], repeats)
-        float_imgs = [np.asarray(im) for b in buckets for im in worker.generate(b)]
-        quant_imgs = [np.asarray(im) for b in buckets for im in qworker.generate(b)]
-        psnrs = [psnr(a, b) for a, b in zip(float_imgs, quant_imgs)]
-        float_bytes = linear_weight_bytes(worker.pipe.unet)
-        q = qworker.quantization
-        result["quantization"] = {
-            "default_mode": worker.quantization["mode"],
-            "compared_mode": mode,
-            "linear_weight_bytes_float": float_bytes,
-            "linear_weight_bytes_quantized": q["weight_bytes_after"],
-            "bytes_ratio_all_linear": round(q["weight_bytes_after"] / float_bytes, 3),
-            "bytes_ratio_quantized_layers": round(q["quantized_bytes_after"] / max(q["quantized_bytes_before"], 1), 3),
-            "layers_quantized": q["quantized"],
-            "layers_kept_float": q["skipped"],
-            "psnr_db_mean": round(float(np.mean([min(x, 99.0) for x in psnrs])), 2),
-            "psnr_db_min": round(float(min(psnrs)), 2),
-            "speed_ratio_quantized_over_float": round(t_c / t_q, 3),
-        }
-        del images_a
 
-        if soak:
-            result["soak"] = soak_test(worker, buckets, soak)
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    return result
+def _quantization(s: _Setup, mode: str, repeats: int) -> dict[str, Any]:
+    """Same seeds, float vs quantized UNet: bytes, PSNR and speed."""
+    from factory.generation.quantize import linear_weight_bytes, psnr
+    from factory.generation.worker import Worker
+
+    qworker = Worker.local(_with(s.cfg, repair={"mode": "off"}, model={"quantization": mode}), str(s.tmp / "q"))
+    _warm(qworker, s.buckets)
+    t_q = _timed(lambda: [qworker.generate(b) for b in s.buckets], repeats)[0]
+    t_c = _timed(lambda: [s.worker.generate(b) for b in s.buckets], repeats)[0]
+    float_imgs = [np.asarray(im) for b in s.buckets for im in s.worker.generate(b)]
+    quant_imgs = [np.asarray(im) for b in s.buckets for im in qworker.generate(b)]
+    psnrs = [psnr(a, b) for a, b in zip(float_imgs, quant_imgs)]
+    float_bytes = linear_weight_bytes(s.worker.pipe.unet)
+    q = qworker.quantization
+    return {
+        "default_mode": s.worker.quantization["mode"],
+        "compared_mode": mode,
+        "linear_weight_bytes_float": float_bytes,
+        "linear_weight_bytes_quantized": q["weight_bytes_after"],
+        "bytes_ratio_all_linear": round(q["weight_bytes_after"] / float_bytes, 3),
+        "bytes_ratio_quantized_layers": round(q["quantized_bytes_after"] / max(q["quantized_bytes_before"], 1), 3),
+        "layers_quantized": q["quantized"],
+        "layers_kept_float": q["skipped"],
+        "psnr_db_mean": round(float(np.mean([min(x, 99.0) for x in psnrs])), 2),
+        "psnr_db_min": round(float(min(psnrs)), 2),
+        "speed_ratio_quantized_over_float": round(t_c / t_q, 3),
+    }
 
 
 def _count_repaired(date_dir: Path) -> int:

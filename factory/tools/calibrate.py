@@ -24,7 +24,7 @@ import numpy as np
 from factory.config import FactoryConfig
 from factory.inputs.planner import Batch, Task, make_batches
 from factory.io.writer import atomic_write_bytes
-from factory.job.run import plan, resolve_paths
+from factory.job.plan import plan
 
 # metric -> (threshold key in [quality], "min" if the threshold is a lower bound else "max")
 METRICS = {
@@ -77,14 +77,14 @@ def calibrate(
 
     if not 0 < percentile < 50:
         raise ValueError("percentile must be between 0 and 50")
-    cfg = resolve_paths(cfg)
+    cfg = cfg.absolute(Path.cwd())
     p = plan(cfg, date, skus_path)
     tasks = sample_tasks(p.tasks, sample)
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as scratch:  # the worker writes nothing here: we only generate and score
         no_repair = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
-        worker = Worker(no_repair, scratch)
-        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+        worker = Worker.local(no_repair, scratch)
+        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
         for batch in batches:
             images = worker.generate(batch)
             for t, a in zip(

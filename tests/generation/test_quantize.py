@@ -16,7 +16,7 @@ from factory.generation.quantize import (
     DEFAULT_SKIP,
     QUANT_MODES,
     check_mode,
-    default_quantization,
+    default_quantization_for,
     linear_weight_bytes,
     psnr,
     quantize_unet,
@@ -132,11 +132,11 @@ def test_mode_validation(monkeypatch):
     with pytest.raises(ConfigError, match="this GPU is 8.6"):
         check_mode("fp8", "cuda")
     check_mode("int8-weight", "cuda:0")
-    assert default_quantization("cuda") == "int8-weight"
+    assert default_quantization_for("cuda", (8, 6)) == "int8-weight"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # Hopper
     check_mode("fp8", "cuda")
-    assert default_quantization("cuda:0") == "fp8"
-    assert default_quantization("cpu") == "none"  # int8 measured slower on CPU (see default_quantization)
+    assert default_quantization_for("cuda", (9, 0)) == "fp8"
+    assert default_quantization_for("cpu", None) == "none"  # int8 measured slower on CPU (see its docstring)
 
 
 def test_quantize_after_fused_lora():

@@ -33,7 +33,7 @@ def pixels(worker, tasks):
 
 
 def test_batch_invariant_pixels_and_scores(cfg, tmp_path):
-    worker = Worker(cfg, str(tmp_path))
+    worker = Worker.local(cfg, str(tmp_path))
     assert worker.batch_invariant  # "auto" on CPU
     tasks = tasks_for(5, "medium")
     whole = pixels(worker, tasks)
@@ -42,14 +42,14 @@ def test_batch_invariant_pixels_and_scores(cfg, tmp_path):
     for a, b, c in zip(whole, split, single):
         assert np.array_equal(a, b) and np.array_equal(a, c)
     r1 = worker.process(batch(tasks))
-    r2 = [worker.process(batch([t])).rows[0] for t in tasks]
-    assert [r["clip_score"] for r in r1.rows] == [r["clip_score"] for r in r2]
+    r2 = [worker.process(batch([t])).records[0] for t in tasks]
+    assert [r.clip_score for r in r1.records] == [r.clip_score for r in r2]
     assert (tmp_path / tasks[0].image_path).is_file()
 
 
 def test_fast_mode_is_selectable(cfg, tmp_path):
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, determinism="fast"))
-    assert not Worker(cfg, str(tmp_path)).batch_invariant
+    assert not Worker.local(cfg, str(tmp_path)).batch_invariant
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +78,16 @@ def tiny_sdxl(tmp_path_factory):
 
 def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
     sdxl = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pipeline=str(tiny_sdxl / "pipe")))
-    base = Worker(sdxl, str(tmp_path / "base"))
+    base = Worker.local(sdxl, str(tmp_path / "base"))
     assert type(base.pipe).__name__ == "StableDiffusionXLPipeline"
     tasks = tasks_for(2, "poster")
     result = base.process(batch(tasks))
     img = Image.open(tmp_path / "base" / tasks[0].image_path)
     assert img.size == (tasks[0].width, tasks[0].height)
-    assert all(isinstance(r["clip_score"], float) for r in result.rows)
+    assert all(isinstance(r.clip_score, float) for r in result.records)
 
     lora_cfg = dataclasses.replace(sdxl, model=dataclasses.replace(sdxl.model, lora=str(tiny_sdxl / "lora")))
-    lora = Worker(lora_cfg, str(tmp_path / "lora"))
+    lora = Worker.local(lora_cfg, str(tmp_path / "lora"))
     assert not any("lora" in n for n, _ in lora.pipe.unet.named_parameters())  # fused, adapters unloaded
     assert not np.array_equal(pixels(base, tasks)[0], pixels(lora, tasks)[0])
     whole, single = pixels(lora, tasks), [pixels(lora, [t])[0] for t in tasks]
@@ -96,7 +96,7 @@ def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
 
 def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_path):
     padded_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, padding="count", batch_size=4))
-    worker = Worker(padded_cfg, str(tmp_path / "padded"))
+    worker = Worker.local(padded_cfg, str(tmp_path / "padded"))
     tasks = tasks_for(3)
     calls = []
     original_call = worker.pipe.__call__
@@ -109,8 +109,8 @@ def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_
     result = worker.process(batch(tasks))
     assert calls == [4]  # 3 tasks + 1 padding slot
     assert result.timings["pixels_computed"] == 4 * 64 * 64 and result.timings["pixels_needed"] == 3 * 64 * 64
-    assert len(list((tmp_path / "padded").rglob("*.png"))) == 3 and len(result.rows) == 3
-    plain = Worker(cfg, str(tmp_path / "plain"))
+    assert len(list((tmp_path / "padded").rglob("*.png"))) == 3 and len(result.records) == 3
+    plain = Worker.local(cfg, str(tmp_path / "plain"))
     assert all(
         np.array_equal(a, b)
         for a, b in zip(pixels(plain, tasks), [np.asarray(r) for r in worker.generate(batch(tasks))])

@@ -4,7 +4,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.io.writer import MANIFEST_SCHEMAS, atomic_write_bytes, image_relpath, safe_join, write_manifest
+from factory.io.paths import image_relpath, safe_join
+from factory.io.records import MANIFEST_SCHEMAS
+from factory.io.writer import atomic_write_bytes, write_manifest
 
 HOSTILE = [
     "../../etc/passwd",

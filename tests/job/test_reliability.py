@@ -170,9 +170,10 @@ def test_poison_sku_is_isolated(cfg, day_file, ray_cluster, executor):
     assert summary.counts["generation_errors"] == 1
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_the_bytes(cfg, day_file, tmp_path):
+@pytest.mark.parametrize("padding", ["none", "count"])  # count: the halves must shrink the call, not re-pad it
+def test_out_of_memory_halves_the_batch_and_keeps_the_bytes(cfg, day_file, tmp_path, padding):
     ref = run(with_run(cfg, executor="local", batch_size=4), DATE)
-    oom_cfg = with_run(cfg, executor="local", batch_size=4, fault_injection="oom:S1")
+    oom_cfg = with_run(cfg, executor="local", batch_size=4, fault_injection="oom:S1", padding=padding)
     oom_cfg = dataclasses.replace(oom_cfg, paths=dataclasses.replace(oom_cfg.paths, output=str(tmp_path / "oom")))
     oom = run(oom_cfg, DATE)
     ref_imgs = {p.name: p.read_bytes() for p in ref.date_dir.rglob("*.png")}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.io.writer import MANIFEST_SCHEMAS
+from factory.io.records import MANIFEST_SCHEMAS
 from factory.job.run import run
 from tests.conftest import DATE, SAMPLE_SCHEMA, cli, demo_config_file, make_cfg, sample_rows, with_run, write_skus
 

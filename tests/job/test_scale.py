@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from factory.job.run import plan
+from factory.job.plan import plan
 from tests.conftest import DATE, with_run, write_skus
 
 

@@ -1,0 +1,73 @@
+"""The keys that decide what may be reused, computed in one place from the *resolved* runtime.
+
+model key   everything about the model that changes pixels: weights (+LoRA) fingerprint, dtype, determinism,
+            quantization, device kind, guidance scale. `model_id` (name@fingerprint) is the manifests' `model`.
+cache key   one image's pixels: rendered prompt, negative prompt, seed, size, steps, template version, model key.
+            The cross-day cache reuses an earlier day's approved image with the same cache key.
+task key    one image's *decision*: cache key + the quality and repair config of its category. Resume keeps a
+            finished row of the same date only while its task key is unchanged (thresholds may have moved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory.config import FactoryConfig, QualityConfig
+from factory.generation.runtime import Runtime
+from factory.inputs.planner import Task
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    model_id: str  # <pipeline dir name>@<weights fingerprint>: the manifests' `model` column
+    key: str  # model_id plus the numerics that change pixels
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def model_key(cfg: FactoryConfig, runtime: Runtime) -> ModelKey:
+    from factory.generation.models import model_fingerprint
+
+    m = cfg.model
+    model_id = f"{Path(m.pipeline).name}@{model_fingerprint(m)}"
+    numerics = (
+        f"dev={runtime.device}|dtype={runtime.dtype}|det={runtime.determinism}|quant={runtime.quantization}"
+        f"|cfg={m.guidance_scale:g}"
+    )
+    return ModelKey(model_id, f"{model_id}|{numerics}")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cache_key(task: Task, mkey: ModelKey) -> str:
+    return _digest(
+        [
+            task.prompt,
+            task.negative_prompt,
+            task.seed,
+            task.width,
+            task.height,
+            task.steps,
+            mkey.key,
+            task.template_version,
+        ]
+    )
+
+
+def decision_config(quality: QualityConfig, cfg: FactoryConfig) -> str:
+    """What decides a category's outcome besides the pixels: its thresholds and the repair settings."""
+    return json.dumps(
+        {"quality": dataclasses.asdict(quality), "repair": dataclasses.asdict(cfg.repair)}, sort_keys=True
+    )
+
+
+def task_key(cache: str, decision: str) -> str:
+    return hashlib.sha256(f"{cache}|{decision}".encode()).hexdigest()[:32]

@@ -1,0 +1,70 @@
+"""Read, validate and plan a day without generating anything (`adfactory validate` runs exactly this)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory.config import FactoryConfig, QualityConfig
+from factory.errors import ConfigError, InputError, TemplateError
+from factory.inputs.planner import Planner, Task
+from factory.inputs.prompts import Template, load_templates
+from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
+
+
+@dataclass
+class Plan:
+    date: str
+    input_path: Path
+    input_rows: int
+    tasks: list[Task]
+    rejected: list[Rejected]
+    templates: dict[str, Template]
+    thresholds: dict[str, QualityConfig]  # effective quality config per category, built once
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def parse_date(value: str) -> str:
+    """Strict YYYY-MM-DD (the date becomes a directory name)."""
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise InputError(f"--date must be YYYY-MM-DD, got {value!r}") from None
+
+
+def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> dict[str, QualityConfig]:
+    """Global thresholds, then each template's [quality], then [quality.categories.<name>]: once per night."""
+    unknown = sorted(set(cfg.quality.categories) - set(templates))
+    if unknown:
+        raise ConfigError(
+            f"[quality.categories.{unknown[0]}] names no category template (templates: {', '.join(sorted(templates))})"
+        )
+    thresholds = {}
+    for t in templates.values():
+        try:
+            thresholds[t.category] = cfg.quality.for_category(t.category, t.quality)
+        except ConfigError as exc:
+            raise TemplateError(f"{t.path}: {exc}") from None
+    return thresholds
+
+
+def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
+    date = parse_date(date)
+    timings = {}
+    t0 = time.perf_counter()
+    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+    thresholds = category_thresholds(cfg, templates)
+    path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
+    tables = read_tables(path)
+    skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants)
+    timings["read_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
+    timings["plan_s"] = time.perf_counter() - t0
+    input_rows = sum(t.num_rows for _, t in tables)
+    return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
