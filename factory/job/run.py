@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from factory.config import FactoryConfig, QualityConfig
-from factory.errors import ConfigError, InputError, TemplateError
+from factory.errors import ConfigError, TemplateError
 from factory.generation.executors import EXECUTORS, run_local
 from factory.generation.worker import BatchResult, Worker
+from factory.inputs.arguments import check_output_dir, parse_date
 from factory.inputs.planner import Planner, Task, make_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
@@ -56,16 +57,6 @@ class RunSummary:
     by_category: dict[str, dict[str, int]]
     already_done: bool = False  # the date had completed before: nothing was done
     outcomes: dict[str, dict[str, float]] = field(default_factory=dict)  # see outcome_rates()
-
-
-def parse_date(value: str) -> str:
-    """Strict YYYY-MM-DD (the date becomes a directory name)."""
-    try:
-        if len(value) != 10:
-            raise ValueError
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise InputError(f"--date must be YYYY-MM-DD, got {value!r}") from None
 
 
 def resolve_paths(cfg: FactoryConfig) -> FactoryConfig:
@@ -149,6 +140,7 @@ def run(
     if cfg.run.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {cfg.run.executor!r} (choose: {', '.join(EXECUTORS)})")
     date_dir = Path(cfg.paths.output) / p.date
+    check_output_dir(cfg.paths.output, date_dir)
 
     with RunLock(date_dir, run_id) as lock:
         if lock.stale_taken_over:
