@@ -504,3 +504,9 @@ def test_cli_output_that_is_a_file_exits_2(cfg, tmp_path):
     )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "not a directory" in res.stderr
     assert blocker.read_text() == "keep me"
+
+
+def test_demo_skus_refuses_a_date_that_is_not_a_calendar_date(tmp_path):
+    res = cli("demo-skus", "--date", "../../escape", "--skus-dir", str(tmp_path / "skus"))
+    assert res.returncode == 2 and "--date must be" in res.stderr
+    assert not any(tmp_path.rglob("*"))
