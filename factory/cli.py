@@ -195,13 +195,17 @@ def demo_skus(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write the demo SKU file for a date (if absent): mixed categories, keyword buckets and a few bad rows."""
+    from factory.inputs.arguments import parse_date
     from factory.tools.demo import write_demo_skus
 
-    path = skus_dir / f"{date or _today()}.parquet"
-    if path.exists() and not force:
-        typer.echo(f"{path} exists; keeping it")
-        return
-    typer.echo(f"wrote {write_demo_skus(path)}")
+    def go() -> None:
+        path = skus_dir / f"{parse_date(date or _today())}.parquet"  # the date names a file: never a path
+        if path.exists() and not force:
+            typer.echo(f"{path} exists; keeping it")
+            return
+        typer.echo(f"wrote {write_demo_skus(path)}")
+
+    _guard(False, go)
 
 
 @models_app.command("init-tiny")

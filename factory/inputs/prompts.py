@@ -18,7 +18,8 @@ from typing import Any
 from factory.errors import TemplateError
 
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # categories become directory names
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls (incl. NEL U+0085) and the Unicode line/paragraph separators: anything that breaks a line
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality"}
 
 
@@ -44,7 +45,10 @@ class Template:
 
 
 def clean_value(value: str) -> str:
-    """Control characters (newline, NUL, escape codes) become spaces: a value cannot break prompt or manifest lines."""
+    """Control characters and line breaks (newline, NEL, U+2028, NUL, escapes) become spaces.
+
+    A value cannot break prompt or manifest lines.
+    """
     return _CONTROL_RE.sub(" ", value).strip()
 
 

@@ -6,8 +6,11 @@ run stops before writing anything. Row-level problems become `Rejected` rows wit
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +61,16 @@ def day_input_path(skus_root: str | Path, date: str) -> Path:
 
 
 def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
-    """Read one parquet file, or every *.parquet in a directory (sorted, so row numbers are stable)."""
+    """Read one parquet file, or every *.parquet in a directory (sorted, so row numbers are stable).
+
+    In a directory, names starting with `.` or `_` are skipped: Spark and pyarrow use them for in-progress,
+    checksum and metadata files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`).
+    """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.parquet") if p.is_file())
+        files = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
         if not files:
-            raise InputError(f"{path}: directory contains no .parquet files")
+            raise InputError(f"{path}: directory contains no .parquet files (names starting with . or _ are skipped)")
     elif path.is_file():
         files = [path]
     else:
@@ -72,8 +79,11 @@ def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
     for f in files:
         try:
             table = pq.read_table(f)
+            table.schema.names  # noqa: B018 (column names are decoded lazily: a non-UTF-8 name fails here)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{f}: not a readable parquet file ({_first_line(exc)})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)") from None
         _check_schema(f, table.schema)
         tables.append((str(f), table))
     return tables
@@ -84,8 +94,19 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """The value type of a dictionary-encoded column (pandas `category`, Spark/Arrow dictionary pages)."""
+    return _plain_type(t.value_type) if pa.types.is_dictionary(t) else t
+
+
 def _is_text(t: pa.DataType) -> bool:
+    t = _plain_type(t)
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    t = _plain_type(t)
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
 def _check_schema(f: Path, schema: pa.Schema) -> None:
@@ -94,34 +115,99 @@ def _check_schema(f: Path, schema: pa.Schema) -> None:
             raise InputError(f"{f}: missing required column '{name}' (columns: {', '.join(schema.names) or 'none'})")
         if not _is_text(schema.field(name).type):
             raise InputError(f"{f}: column '{name}' must be string, found {schema.field(name).type}")
-    if "variants" in schema.names and not (
-        pa.types.is_integer(schema.field("variants").type) or pa.types.is_null(schema.field("variants").type)
-    ):
+    # pandas writes an integer column with a missing value as float64: whole floats are checked per row
+    if "variants" in schema.names and not _is_number(schema.field("variants").type):
         raise InputError(f"{f}: column 'variants' must be an integer, found {schema.field('variants').type}")
     if "attrs" in schema.names:
-        t = schema.field("attrs").type
+        t = _plain_type(schema.field("attrs").type)
         if not (_is_text(t) or pa.types.is_map(t) or pa.types.is_struct(t)):
             raise InputError(f"{f}: column 'attrs' must be map<string,string>, struct or a JSON string, found {t}")
 
 
-def _to_text(value: Any) -> str | None:
+@dataclass(frozen=True)
+class Undecodable:
+    """A cell whose bytes are not valid UTF-8; `text` is a lossy rendering (for the rejected manifest)."""
+
+    text: str | None
+
+
+def column_values(column: pa.ChunkedArray) -> list[Any]:
+    """Python values of a column. A cell that is not valid UTF-8 becomes `Undecodable` (its row is rejected)."""
+    if pa.types.is_float16(column.type) or pa.types.is_float32(column.type):
+        # via the shortest text of the narrow float, so float32 1.1 renders as 1.1, not 1.100000023841858
+        column = column.cast(pa.string()).cast(pa.float64())
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:  # rare: decode cell by cell to find the bad ones
+        return [_cell(v) for chunk in column.chunks for v in chunk]
+
+
+def _cell(scalar: pa.Scalar) -> Any:
+    try:
+        return scalar.as_py()
+    except UnicodeDecodeError:
+        as_buffer = getattr(scalar, "as_buffer", None)  # string scalars; nested ones (map, struct) have none
+        return Undecodable(as_buffer().to_pybytes().decode("utf-8", errors="replace") if as_buffer else None)
+
+
+def _plain_value(value: Any) -> Any:
+    return value.text if isinstance(value, Undecodable) else value
+
+
+_TEXT_KINDS = "text, numbers, booleans, decimals, dates, times or timestamps"
+
+
+def to_text(value: Any) -> str | None:
+    """One attribute value as prompt text (None: missing). Raises ValueError for a value with no plain text form."""
     if value is None:
         return None
-    if isinstance(value, str):
+    if type(value) is str and value.isascii():  # the common case, and ASCII is always encodable
         return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
+    if isinstance(value, Undecodable):
+        raise ValueError("is not valid UTF-8")
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return json.dumps(value, ensure_ascii=False, default=str)
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("is binary, not UTF-8 text") from None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"is {'NaN' if math.isnan(value) else 'infinite'} (not a value)")
+        # a whole float is usually an integer column pandas widened to float64 for its missing values
+        text = str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"is {'NaN' if value.is_nan() else 'infinite'} (not a value)")
+        text = format(value, "f")  # keeps the scale: 1.50 stays 1.50
+    elif isinstance(value, (dt.date, dt.time)):  # datetime is a date: str() gives `2026-11-21 10:00:00`
+        text = str(value)
+    else:
+        kind = {"list": "a list", "tuple": "a list", "dict": "a nested object"}.get(type(value).__name__)
+        raise ValueError(f"is {kind or 'a ' + type(value).__name__}; attributes must be {_TEXT_KINDS}")
+    _check_encodable(text, "value")
+    return text
 
 
-def _parse_attrs(value: Any) -> dict[str, str | None]:
+def _check_encodable(text: str, what: str) -> None:
+    """Reject text Python holds but UTF-8 cannot (a lone surrogate from a JSON `\\ud800` escape)."""
+    try:
+        text.isascii() or text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not encodable text (a lone surrogate such as a JSON \\ud800 escape)") from None
+
+
+def _parse_attrs(value: Any) -> dict[str, Any]:
     """An `attrs` cell: a map (list of pairs), a struct (dict) or a JSON object string. Raises ValueError."""
     if value is None:
         return {}
+    if isinstance(value, Undecodable):
+        raise ValueError("attrs is not valid UTF-8")
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -131,26 +217,63 @@ def _parse_attrs(value: Any) -> dict[str, str | None]:
             raise ValueError("attrs JSON must be an object of attribute names to values")
     if isinstance(value, list):  # pyarrow map -> [(key, value), ...]
         value = dict(value)
-    return {str(k): _to_text(v) for k, v in value.items()}
+    for key in value:
+        _check_encodable(str(key), "an attribute name in attrs")
+    return {str(k): v for k, v in value.items()}
+
+
+def _row_attrs(cols: dict[str, list[Any]], attr_cols: list[str], row: int) -> dict[str, str]:
+    """Attribute columns, then `attrs` (which wins). Raises ValueError naming the attribute that is not text."""
+    raw = {name: cols[name][row] for name in attr_cols}
+    if "attrs" in cols:
+        raw.update({k: v for k, v in _parse_attrs(cols["attrs"][row]).items() if v is not None})
+    attrs = {}
+    for name, value in raw.items():
+        try:
+            text = to_text(value)
+        except ValueError as exc:
+            raise ValueError(f"attribute {name!r} {exc}") from None
+        if text is not None:
+            attrs[name] = text
+    return attrs
+
+
+def _variants(value: Any, max_variants: int) -> int:
+    """`variants` of a row: null is the default 1; a whole float (pandas' int-with-nulls) counts as an integer."""
+    if value is None:
+        return 1
+    if isinstance(value, (float, Decimal)):
+        if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)) or value != int(value):
+            raise ValueError(f"variants must be a whole number, got {value}")
+        value = int(value)
+    if not 1 <= value <= max_variants:
+        raise ValueError(f"variants must be between 1 and {max_variants}, got {value}")
+    return value
 
 
 def validate_rows(
     tables: list[tuple[str, pa.Table]], templates: dict[str, Template], max_variants: int
 ) -> tuple[list[Sku], list[Rejected]]:
-    """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists."""
+    """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists.
+
+    Only a valid row claims its `sku_id`: a later row with the same id is a duplicate of that one, and a
+    rejected row never shadows a valid one that follows it.
+    """
     skus: list[Sku] = []
     rejected: list[Rejected] = []
-    seen: set[str] = set()
+    kept: dict[str, str] = {}  # sku_id -> where its valid row is
     for source, table in tables:
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        file_name = Path(source).name
+        cols = {name: column_values(table.column(name)) for name in table.column_names}
         attr_cols = [n for n in table.column_names if n not in RESERVED_COLUMNS]
         for row in range(table.num_rows):
             sku_id, category = cols["sku_id"][row], cols["category"][row]
-            outcome = _check_row(cols, attr_cols, row, templates, max_variants, seen)
+            outcome = _check_row(cols, attr_cols, row, templates, max_variants, kept)
             if isinstance(outcome[0], str):  # (reason, detail)
-                rejected.append(Rejected(sku_id, category, source, row, *outcome))
+                rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
                 attrs, variants = outcome
+                kept[sku_id] = f"row {row} of {file_name}"
                 skus.append(Sku(sku_id, category, attrs, variants, source, row))
     return skus, rejected
 
@@ -161,30 +284,34 @@ def _check_row(
     row: int,
     templates: dict[str, Template],
     max_variants: int,
-    seen: set[str],
+    kept: dict[str, str],
 ) -> tuple[str, str] | tuple[dict[str, str], int]:
-    """(reason, detail) for a bad row, else (attrs, variants). Marks the sku_id as seen."""
+    """(reason, detail) for a bad row, else (attrs, variants)."""
     sku_id, category = cols["sku_id"][row], cols["category"][row]
+    if isinstance(sku_id, Undecodable):
+        return INVALID_SKU_ID, "sku_id is not valid UTF-8"
     if sku_id is None or not sku_id.strip():
         return MISSING_SKU_ID, "sku_id is null or blank"
     if len(sku_id) > MAX_SKU_ID_CHARS or clean_value(sku_id) != sku_id:
-        return INVALID_SKU_ID, f"sku_id has control characters, edge whitespace or over {MAX_SKU_ID_CHARS} chars"
-    if sku_id in seen:
-        return DUPLICATE_SKU_ID, "sku_id already seen in an earlier row; the first row is kept"
-    seen.add(sku_id)
+        return (
+            INVALID_SKU_ID,
+            f"sku_id has control characters, line breaks, edge whitespace or over {MAX_SKU_ID_CHARS} chars",
+        )
+    if sku_id in kept:
+        return DUPLICATE_SKU_ID, f"sku_id already used by {kept[sku_id]}, which is kept"
+    if isinstance(category, Undecodable):
+        return UNKNOWN_CATEGORY, "category is not valid UTF-8"
     if category not in templates:
         return UNKNOWN_CATEGORY, f"no template for category {category!r}"
-    attrs = {name: _to_text(cols[name][row]) for name in attr_cols}
-    if "attrs" in cols:
-        try:
-            attrs.update({k: v for k, v in _parse_attrs(cols["attrs"][row]).items() if v is not None})
-        except ValueError as exc:
-            return INVALID_ATTRS, str(exc)
-    variants = cols["variants"][row] if "variants" in cols else None
-    variants = 1 if variants is None else variants
-    if not 1 <= variants <= max_variants:
-        return INVALID_VARIANTS, f"variants must be between 1 and {max_variants}, got {variants}"
+    try:
+        attrs = _row_attrs(cols, attr_cols, row)
+    except ValueError as exc:
+        return INVALID_ATTRS, str(exc)
+    try:
+        variants = _variants(cols["variants"][row] if "variants" in cols else None, max_variants)
+    except ValueError as exc:
+        return INVALID_VARIANTS, str(exc)
     missing = templates[category].missing(attrs)
     if missing:
         return MISSING_ATTRIBUTE, f"missing required attribute(s): {', '.join(missing)}"
-    return {k: v for k, v in attrs.items() if v is not None}, variants
+    return attrs, variants

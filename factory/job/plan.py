@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.config import FactoryConfig, QualityConfig
-from factory.errors import ConfigError, InputError, TemplateError
+from factory.errors import ConfigError, TemplateError
+from factory.inputs.arguments import parse_date
 from factory.inputs.planner import Planner, Task
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
@@ -24,16 +24,6 @@ class Plan:
     templates: dict[str, Template]
     thresholds: dict[str, QualityConfig]  # effective quality config per category, built once
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def parse_date(value: str) -> str:
-    """Strict YYYY-MM-DD (the date becomes a directory name)."""
-    try:
-        if len(value) != 10:
-            raise ValueError
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise InputError(f"--date must be YYYY-MM-DD, got {value!r}") from None
 
 
 def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> dict[str, QualityConfig]:

@@ -22,6 +22,7 @@ from factory.errors import FactoryError
 from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
+from factory.inputs.arguments import check_output_dir
 from factory.inputs.planner import Task, make_batches
 from factory.io.records import ImageRecord, RejectedRow
 from factory.job import cache, finalize, keys, parts
@@ -91,6 +92,7 @@ def run(
     # 1. read, validate, plan (fails here, before any output, on bad input)
     p = plan(cfg, date, skus_path)
     date_dir = Path(cfg.paths.output) / p.date
+    check_output_dir(cfg.paths.output, date_dir)
 
     # 2. one run per date and output root
     with RunLock(date_dir, run_id) as lock:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from factory.config import FactoryConfig
+from factory.errors import InputError
+from factory.inputs.arguments import check_output_dir
 from factory.inputs.planner import Batch, Task, make_batches
 from factory.io.writer import atomic_write_bytes
 from factory.job.plan import plan
@@ -70,16 +72,50 @@ def suggest(values: list[float], kind: str, percentile: float) -> float:
     return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 4)
 
 
+def check_arguments(sample: int, percentile: float) -> None:
+    """`--sample` and `--percentile` in range (NaN included: it fails every comparison)."""
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise InputError(f"--sample must be a whole number of images >= 1, got {sample!r}")
+    if not 0 < percentile < 50:
+        raise InputError(f"--percentile must be above 0 and below 50 (a share of the sample in %), got {percentile!r}")
+
+
 def calibrate(
     cfg: FactoryConfig, date: str, skus_path: str | Path | None = None, sample: int = 64, percentile: float = 5.0
 ) -> CalibrationReport:
-    from factory.generation.worker import Worker
-
-    if not 0 < percentile < 50:
-        raise ValueError("percentile must be between 0 and 50")
+    """Score a deterministic sample of the day's images; write report.md and thresholds.toml (see module doc)."""
+    # arguments and input first: a bad one is exit 2 before a model loads or a file is written
+    check_arguments(sample, percentile)
     cfg = cfg.absolute(Path.cwd())
     p = plan(cfg, date, skus_path)
+    if not p.tasks:
+        raise InputError(
+            f"{p.input_path}: no valid rows to calibrate on ({p.input_rows} rows, {len(p.rejected)} rejected)"
+        )
+    out = Path(cfg.paths.output) / "calibration" / p.date
+    check_output_dir(cfg.paths.output, out)
     tasks = sample_tasks(p.tasks, sample)
+    scores = _score(cfg, tasks)
+
+    thresholds: dict[str, dict[str, float]] = {}
+    for cat, metrics in scores.items():
+        if cat != "all" and len(metrics["clip_score"]) < MIN_CATEGORY_SAMPLES:
+            continue
+        thresholds[cat] = {
+            key: max(suggest(metrics[m], kind, percentile), FLOORS.get(m, float("-inf")))
+            for m, (key, kind) in METRICS.items()
+        }
+
+    toml_path, report_path = out / "thresholds.toml", out / "report.md"
+    atomic_write_bytes(toml_path, _toml(thresholds, len(tasks), percentile, cfg).encode())
+    atomic_write_bytes(report_path, _markdown(scores, thresholds, percentile, cfg).encode())
+    return CalibrationReport(len(tasks), {k: dict(v) for k, v in scores.items()}, thresholds, toml_path, report_path)
+
+
+def _score(cfg: FactoryConfig, tasks: list[Task]) -> dict[str, dict[str, list[float]]]:
+    """Generate and score `tasks` (no repair, nothing kept): category and "all" -> metric -> values."""
+    from factory.generation.worker import Worker
+
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as scratch:  # the worker writes nothing here: we only generate and score
         no_repair = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
@@ -100,21 +136,7 @@ def calibrate(
                 for metric in METRICS:
                     scores[t.category][metric].append(values[metric])
                     scores["all"][metric].append(values[metric])
-
-    thresholds: dict[str, dict[str, float]] = {}
-    for cat, metrics in scores.items():
-        if cat != "all" and len(metrics["clip_score"]) < MIN_CATEGORY_SAMPLES:
-            continue
-        thresholds[cat] = {
-            key: max(suggest(metrics[m], kind, percentile), FLOORS.get(m, float("-inf")))
-            for m, (key, kind) in METRICS.items()
-        }
-
-    out = Path(cfg.paths.output) / "calibration" / p.date
-    toml_path, report_path = out / "thresholds.toml", out / "report.md"
-    atomic_write_bytes(toml_path, _toml(thresholds, len(tasks), percentile, cfg).encode())
-    atomic_write_bytes(report_path, _markdown(scores, thresholds, percentile, cfg).encode())
-    return CalibrationReport(len(tasks), {k: dict(v) for k, v in scores.items()}, thresholds, toml_path, report_path)
+    return scores
 
 
 def _toml(thresholds: dict[str, dict[str, float]], n: int, percentile: float, cfg: FactoryConfig) -> str:
