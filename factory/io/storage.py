@@ -77,6 +77,13 @@ def check_storage_config(storage: StorageConfig) -> None:
         raise ConfigError(f"storage.lease_seconds must be at least 10, got {storage.lease_seconds}")
 
 
+def looks_like_uri(p: str) -> bool:
+    """True for `s3://b/p` and also for malformed `s3:/b` or `s3:b` (so they get an error, not a local `s3:` dir);
+    False for plain paths and Windows drives (`C:/x`). Config path resolution must leave these strings alone."""
+    m = _SCHEME.match(p.strip())
+    return m is not None and len(m.group(1)) > 1
+
+
 def open_store(uri: str, storage: StorageConfig | None = None, what: str = "paths.output") -> Store:
     """Open the store rooted at `uri` and check it can be reached (`what` names the flag/key in errors)."""
     storage = storage or StorageConfig()
@@ -84,9 +91,9 @@ def open_store(uri: str, storage: StorageConfig | None = None, what: str = "path
     uri = uri.strip()
     if not uri:
         raise ConfigError(f"{what} is empty: give a local directory or a URI like s3://bucket/prefix")
-    m = _SCHEME.match(uri)
-    if m is None or len(m.group(1)) == 1:  # a plain path (one letter: a Windows drive)
+    if not looks_like_uri(uri):
         return Store(pafs.LocalFileSystem(), Path(uri).expanduser().absolute().as_posix(), "local")
+    m = _SCHEME.match(uri)
     scheme = m.group(1).lower()
     if not uri[m.end() :].startswith("//"):
         raise ConfigError(f"{what} {uri!r} is neither a local path nor a URI: write {scheme}://bucket/prefix")

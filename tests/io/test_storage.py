@@ -13,7 +13,7 @@ import pytest
 
 from factory.config import StorageConfig
 from factory.errors import ConfigError, StorageError
-from factory.io.storage import Store, open_store
+from factory.io.storage import Store, looks_like_uri, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -176,3 +176,8 @@ def test_config_endpoint_wins_over_the_environment(s3_uri, s3_server, monkeypatc
     store = open_store(s3_uri, StorageConfig(endpoint=s3_server.endpoint))
     store.put_bytes("x", b"1")
     assert store.get_bytes("x") == b"1"
+
+
+def test_what_counts_as_a_uri():
+    assert all(map(looks_like_uri, ["s3://b/p", "s3:/b/p", "s3:b", "gs://b", "file:///x", "hdfs://nn:8020/x"]))
+    assert not any(map(looks_like_uri, ["data/output", "/srv/ads", "C:/ads", "./s3", "~/out"]))
