@@ -154,6 +154,19 @@ class RunConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Object-store settings (factory/io/storage.py). No credentials here: run.json records the resolved config.
+    Keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or the AWS SDK's default chain."""
+
+    endpoint: str = ""  # e.g. "http://127.0.0.1:8333"; "" = $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, else AWS
+    region: str = ""  # "" = $AWS_REGION, then $AWS_DEFAULT_REGION, else us-east-1
+    addressing: str = "auto"  # auto (path-style with a custom endpoint, virtual-hosted on AWS) | path | virtual
+    lock: str = "auto"  # auto (local and s3: exclusive-create, others: lease) | exclusive-create
+    #                     | lease -- see README "Scaling out -> storage" for what each guarantees
+    lease_seconds: int = 300  # an object-store lock not renewed for this long is stale and may be taken over
+
+
+@dataclass
 class FactoryConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -162,6 +175,7 @@ class FactoryConfig:
     repair: RepairConfig = field(default_factory=RepairConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

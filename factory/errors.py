@@ -34,6 +34,10 @@ class ModelError(FactoryError):
     """A model directory or checkpoint cannot be loaded."""
 
 
+class StorageError(FactoryError):
+    """The output store failed or cannot be reached (network, server error): the night failed, a rerun repairs it."""
+
+
 class LockError(FactoryError):
     """Another live run holds the lock for this date and output root."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from factory.config import Bucket, FactoryConfig, load_config
 from factory.tools.tiny_models import init_tiny
+from tests.s3_server import BUCKET, SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
 DATE = "2026-11-21"
@@ -109,6 +111,27 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+_S3_PREFIXES = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session, with bucket `adfactory`; see tests/s3_server.py."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server, monkeypatch, request) -> str:
+    """A fresh `s3://adfactory/<test>-<n>` prefix, with the AWS_* variables of the server set for this test."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return f"s3://{BUCKET}/{name}-{next(_S3_PREFIXES)}"
 
 
 def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
