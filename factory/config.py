@@ -72,7 +72,7 @@ class PlannerConfig:
     seed_scope: str = "date"  # date: seed from (sku_id, date, variant), a fresh image daily | sku: (sku_id, variant)
 
 
-# Defaults of the quality gate (factory/checks.py uses the same lists).
+# Defaults of the quality gate (factory.toml documents the same values; a test keeps them in sync).
 IQA_PAIRS = [
     ["a sharp photo", "a blurry photo"],
     ["a clean product photo", "a distorted, deformed product photo"],

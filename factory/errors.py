@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # the run itself failed (a bug, a crashed cluster, a model that won't load)
 EXIT_BAD_INPUT = 2  # bad input or config: fix the file named in the message and rerun
 EXIT_LOCKED = 3  # another run holds the lock for this date and output root

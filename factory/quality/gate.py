@@ -8,7 +8,8 @@ Checks (reason codes; thresholds in `[quality]`, per category overridable):
   overexposed / underexposed   too many clipped pixels                  (repairable)
   blurry           variance of the Laplacian < blur_laplacian_var       (repairable)
   oversaturated    mean HSV saturation > saturation_mean                (not repairable: a global colour shift)
-An image is approved when no check fails. The scores live in factory/quality/checks.py; this module applies config.
+An image is approved when no check fails. The scores live in quality/pixels.py and quality/clip_scores.py; this
+module applies the thresholds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from factory.config import QualityConfig
 from factory.generation.models import Clip
-from factory.quality import checks
+from factory.quality import clip_scores, pixels
+from factory.quality import reasons as codes
 
 
 @dataclass
@@ -52,14 +54,10 @@ class Assessment:
 def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
     """Reason codes of the checks that `scores` (pixel metrics + clip_score, iqa_mean, unsafe_score) fail under
     `q`. Used on fresh images and on a cached image's stored scores alike."""
-    pixel = checks.PixelThresholds(
-        q.blank_std, q.overexposed_frac, q.underexposed_frac, q.blur_laplacian_var, q.saturation_mean
+    found = pixels.pixel_reasons(scores, pixels.PixelThresholds.of(q)) + clip_scores.clip_reasons(
+        scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip_scores.ClipThresholds.of(q)
     )
-    clip = checks.ClipThresholds(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
-    reasons = checks.pixel_reasons(scores, pixel) + checks.clip_reasons(
-        scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip
-    )
-    return checks.sort_reasons(reasons)
+    return codes.sort_reasons(found)
 
 
 class Gate:
@@ -67,7 +65,7 @@ class Gate:
 
     def __init__(self, clip: Clip, thresholds: dict[str, QualityConfig], per_image: bool):
         self.clip = clip
-        self.texts = checks.TextFeatureCache(clip)
+        self.texts = clip_scores.TextFeatureCache(clip)
         self.per_image = per_image  # batch-invariant mode: one CLIP forward per image (see worker.py)
         self.thresholds = thresholds  # per category, built once at plan time (factory.job.plan)
 
@@ -81,27 +79,27 @@ class Gate:
                 for i in range(len(images))
                 for a in self.assess(images[i : i + 1], prompts[i : i + 1], categories[i : i + 1])
             ]
-        feats = checks.encode_images(self.clip, images)  # one image forward for every CLIP check
-        aligned = checks.alignment(feats, checks.encode_texts(self.clip, prompts))
+        feats = clip_scores.encode_images(self.clip, images)  # one image forward for every CLIP check
+        aligned = clip_scores.alignment(feats, clip_scores.encode_texts(self.clip, prompts))
         out = []
         for i, (image, category) in enumerate(zip(images, categories)):
             q = self.config(category)
             pairs = [tuple(p) for p in q.iqa_pairs]
-            iqa = checks.iqa_scores(feats[i : i + 1], self.texts.pairs(pairs), checks.pair_slugs(pairs))[0]
-            unsafe = checks.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
-            pixels = checks.pixel_metrics(image)
+            iqa = clip_scores.iqa_scores(feats[i : i + 1], self.texts.pairs(pairs), clip_scores.pair_slugs(pairs))[0]
+            unsafe = clip_scores.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
+            metrics = pixels.pixel_metrics(image)
             iqa_mean = iqa.pop("iqa_mean")
             reasons = failing_checks(
-                {**pixels, "clip_score": aligned[i], "iqa_mean": iqa_mean, "unsafe_score": unsafe}, q
+                {**metrics, "clip_score": aligned[i], "iqa_mean": iqa_mean, "unsafe_score": unsafe}, q
             )
             out.append(
                 Assessment(
                     clip_score=aligned[i],
-                    clip_score_100=checks.clip_score_100(aligned[i]),
+                    clip_score_100=clip_scores.clip_score_100(aligned[i]),
                     iqa_mean=iqa_mean,
                     iqa=iqa,
                     unsafe_score=unsafe,
-                    pixels=pixels,
+                    pixels=metrics,
                     reasons=reasons,
                 )
             )

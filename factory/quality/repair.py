@@ -1,4 +1,4 @@
-"""Inpaint repair of local defects, ADetailer-style: detect (factory.quality.checks) -> mask -> inpaint -> paste back.
+"""Inpaint repair of local defects, ADetailer-style: detect (factory.quality.defects) -> mask -> inpaint -> paste back.
 
 `Repairer` wraps the worker's text-to-image pipeline with `AutoPipelineForInpainting.from_pipe`, which reuses the
 already loaded modules (UNet, VAE, text encoders): a repair pass costs no second copy of the weights. By default
@@ -15,8 +15,8 @@ Guarantees of `Repairer.repair`:
 
 Typical use (the worker):
     repairer = Repairer(worker.pipe, inpaint_unet=None, batch_invariant=worker.batch_invariant)  # once
-    if checks.is_repairable(reasons):
-        defect = checks.defect_mask(image, reasons, tile=64)
+    if reasons.is_repairable(reasons):
+        defect = defects.defect_mask(image, reasons, tile=64)
         fixed = repairer.repair(image, task.prompt, task.negative_prompt, task.seed, defect.mask, attempt=0)
         # then re-score `fixed`; on failure retry with attempt=1, ... or send to review
 """
@@ -129,7 +129,7 @@ class Repairer:
         guidance_scale: float = 1.0,
         attempt: int = 0,
     ) -> Image.Image:
-        """Repaint `image` where `mask` ("L", 255 = repaint; e.g. `checks.build_mask`) is nonzero.
+        """Repaint `image` where `mask` ("L", 255 = repaint; e.g. `defects.build_mask`) is nonzero.
 
         seed      the image's generation seed; the noise comes from `repair_seed(seed, attempt)`, so each retry
                   of the same image gets new noise and a re-run of the same attempt gets the same bytes.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from factory.config import RepairConfig
-from factory.quality import checks
+from factory.quality import defects, reasons
 from factory.quality.gate import Assessment, Gate
 
 REPAIR_MODES = ("inpaint", "off")
@@ -55,7 +55,7 @@ class RepairRetry:
         out = RepairOutcome(image, a, initial_reasons=a.reasons)
         box: Box | None = None
         for attempt in range(self.cfg.max_attempts):
-            if not out.assessment.reasons or not checks.is_repairable(out.assessment.reasons):
+            if not out.assessment.reasons or not reasons.is_repairable(out.assessment.reasons):
                 break
             candidate, changed = self._attempt(task, out.image, out.assessment, attempt)
             scored = self.gate.assess([candidate], [task.prompt], [task.category])[0]
@@ -69,7 +69,7 @@ class RepairRetry:
     def _attempt(self, task: Any, image: Any, a: Assessment, attempt: int) -> tuple[Any, Box]:
         r = self.cfg
         tile = r.tile or max(8, min(image.size) // 4)
-        defect = checks.defect_mask(image, a.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur)
+        defect = defects.defect_mask(image, a.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur)
         candidate = self.repairer.repair(
             image,
             task.prompt,

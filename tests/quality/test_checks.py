@@ -1,30 +1,31 @@
 """Quality checks on controlled synthetic images, defect localisation, masks, and the CLIP helpers (tiny open_clip)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from factory.config import ModelConfig
+from factory.config import IQA_PAIRS, UNSAFE_CONCEPTS, ModelConfig, QualityConfig
 from factory.generation.models import load_clip
-from factory.quality import checks
-from factory.quality.checks import (
+from factory.quality import clip_scores, defects, pixels
+from factory.quality import reasons as codes
+from factory.quality.clip_scores import ClipThresholds, TextFeatureCache
+from factory.quality.pixels import PixelThresholds
+from factory.quality.reasons import (
     BLANK,
     BLURRY,
-    DEFAULT_IQA_PAIRS,
-    DEFAULT_UNSAFE_CONCEPTS,
     LOW_CLIP_SCORE,
     LOW_QUALITY,
     OVEREXPOSED,
     OVERSATURATED,
     UNDEREXPOSED,
     UNSAFE,
-    ClipThresholds,
-    PixelThresholds,
-    TextFeatureCache,
 )
 
 SIZE = 128
+IQA = [(p[0], p[1]) for p in IQA_PAIRS]  # (positive, negative)
 
 
 def blocks(size: int = SIZE, block: int = 8, seed: int = 0, fill: tuple[int, int, int] | None = None, frac=0.0):
@@ -45,15 +46,15 @@ def saturated(image: Image.Image) -> Image.Image:
 
 
 def reasons(image: Image.Image) -> list[str]:
-    return checks.pixel_reasons(checks.pixel_metrics(image), PixelThresholds())
+    return pixels.pixel_reasons(pixels.pixel_metrics(image), PixelThresholds.of(QualityConfig()))
 
 
 def test_metrics_keys_and_ranges():
-    m = checks.pixel_metrics(blocks())
+    m = pixels.pixel_metrics(blocks())
     assert set(m) == {"pixel_std", "overexposed_frac", "underexposed_frac", "laplacian_var", "saturation_mean"}
     assert all(isinstance(v, float) for v in m.values())
     assert 0 < m["pixel_std"] < 1 and 0 <= m["saturation_mean"] <= 1 and m["laplacian_var"] > 0
-    white = checks.pixel_metrics(Image.new("RGB", (16, 16), "white"))
+    white = pixels.pixel_metrics(Image.new("RGB", (16, 16), "white"))
     assert white["overexposed_frac"] == 1.0 and white["pixel_std"] == 0.0 and white["laplacian_var"] == 0.0
 
 
@@ -71,25 +72,26 @@ def test_metrics_keys_and_ranges():
     ],
 )
 def test_pixel_reasons_on_controlled_images(name, make, expected):
-    assert reasons(make()) == expected, (name, checks.pixel_metrics(make()))
+    assert reasons(make()) == expected, (name, pixels.pixel_metrics(make()))
 
 
 def test_thresholds_are_configurable():
     image = blocks().filter(ImageFilter.GaussianBlur(1))
     assert reasons(image) == [BLURRY]
-    assert checks.pixel_reasons(checks.pixel_metrics(image), PixelThresholds(blur_laplacian_var=10.0)) == []
+    lenient = dataclasses.replace(PixelThresholds.of(QualityConfig()), blur_laplacian_var=10.0)
+    assert pixels.pixel_reasons(pixels.pixel_metrics(image), lenient) == []
 
 
 def test_reason_helpers():
-    assert checks.sort_reasons([UNSAFE, BLURRY, BLANK, BLURRY]) == [BLANK, BLURRY, UNSAFE]
-    assert checks.is_repairable([BLURRY, LOW_QUALITY]) and checks.is_repairable([OVEREXPOSED])
-    assert not checks.is_repairable([]) and not checks.is_repairable([BLURRY, LOW_CLIP_SCORE])
-    assert not checks.is_repairable([UNSAFE]) and not checks.is_repairable([BLANK])
-    assert checks.REPAIRABLE.isdisjoint(checks.NOT_REPAIRABLE)
-    assert checks.REPAIRABLE | checks.NOT_REPAIRABLE == set(checks.REASON_ORDER)
+    assert codes.sort_reasons([UNSAFE, BLURRY, BLANK, BLURRY]) == [BLANK, BLURRY, UNSAFE]
+    assert codes.is_repairable([BLURRY, LOW_QUALITY]) and codes.is_repairable([OVEREXPOSED])
+    assert not codes.is_repairable([]) and not codes.is_repairable([BLURRY, LOW_CLIP_SCORE])
+    assert not codes.is_repairable([UNSAFE]) and not codes.is_repairable([BLANK])
+    assert codes.REPAIRABLE < set(codes.REASON_ORDER)
+    assert codes.REPAIRABLE.isdisjoint({BLANK, OVERSATURATED, LOW_CLIP_SCORE, UNSAFE})  # global: go to review
     t = ClipThresholds(clip_cos=0.2, iqa_mean=0.4, unsafe_cos=0.3)
-    assert checks.clip_reasons(0.1, 0.1, 0.5, t) == [LOW_CLIP_SCORE, LOW_QUALITY, UNSAFE]
-    assert checks.clip_reasons(0.3, 0.5, 0.1, t) == [] and checks.clip_reasons(None, None, None, t) == []
+    assert clip_scores.clip_reasons(0.1, 0.1, 0.5, t) == [LOW_CLIP_SCORE, LOW_QUALITY, UNSAFE]
+    assert clip_scores.clip_reasons(0.3, 0.5, 0.1, t) == [] and clip_scores.clip_reasons(None, None, None, t) == []
 
 
 def test_tile_map_finds_blurred_quadrant():
@@ -98,14 +100,14 @@ def test_tile_map_finds_blurred_quadrant():
     arr = sharp.copy()
     arr[64:, :64] = blurred[64:, :64]  # bottom-left quadrant
     image = Image.fromarray(arr)
-    badness = checks.tile_quality_map(image, 32)
+    badness = defects.tile_quality_map(image, 32)
     assert badness.shape == (4, 4)
     assert badness[:2, :].max() == 0 and badness[:, 2:].max() == 0  # sharp tiles score 0
-    x0, y0, x1, y1 = checks.worst_region(image, 32)
+    x0, y0, x1, y1 = defects.worst_region(image, 32)
     assert 0 <= x0 and x1 <= 64 and 64 <= y0 and y1 <= 128 and (x1 - x0, y1 - y0) == (32, 32)
     # top_k tiles: only tiles that are bad at all join the box (here the 2 bad tiles of the quadrant's bottom row).
-    assert checks.worst_region(image, 32, top_k=5) == (0, 96, 64, 128)
-    assert checks.worst_region(blocks(), 32, top_k=3) == (0, 0, 32, 32)  # all clean: the first tile
+    assert defects.worst_region(image, 32, top_k=5) == (0, 96, 64, 128)
+    assert defects.worst_region(blocks(), 32, top_k=3) == (0, 0, 32, 32)  # all clean: the first tile
 
 
 def test_tile_map_exposure_and_flat_background():
@@ -113,16 +115,16 @@ def test_tile_map_exposure_and_flat_background():
     arr[:32, 96:] = 255  # a clipped tile, top-right
     arr[96:, :32] = 128  # a flat (textureless) tile: not "blurry"
     image = Image.fromarray(arr)
-    badness = checks.tile_quality_map(image, 32)
+    badness = defects.tile_quality_map(image, 32)
     assert badness[3, 0] == 0 and badness[0, 3] == pytest.approx(1.0)
-    assert checks.worst_region(image, 32) == (96, 0, 128, 32)
-    assert checks.tile_quality_map(image, 32, exposure_weight=0.0).max() == 0
+    assert defects.worst_region(image, 32) == (96, 0, 128, 32)
+    assert defects.tile_quality_map(image, 32, exposure_weight=0.0).max() == 0
     # Sizes that are not a multiple of the tile give smaller edge tiles.
-    assert checks.tile_quality_map(blocks(size=96).crop((0, 0, 90, 70)), 32).shape == (3, 3)
+    assert defects.tile_quality_map(blocks(size=96).crop((0, 0, 90, 70)), 32).shape == (3, 3)
 
 
 def test_build_mask():
-    mask, changed = checks.build_mask((128, 128), (32, 40, 64, 72), dilate=4, blur=4)
+    mask, changed = defects.build_mask((128, 128), (32, 40, 64, 72), dilate=4, blur=4)
     a = np.asarray(mask)
     assert mask.mode == "L" and mask.size == (128, 128)
     assert (a[40:72, 32:64] == 255).all()  # the box itself is fully repainted
@@ -135,15 +137,15 @@ def test_build_mask():
     assert edge[0] == 255 and edge[-1] == 0 and 0 < edge[6] < 255
     assert (np.diff(edge.astype(int)) <= 0).all()
     # Clipped at the image border; blur=0 gives a hard dilated box.
-    m2, c2 = checks.build_mask((64, 64), (0, 0, 16, 16), dilate=2, blur=0)
+    m2, c2 = defects.build_mask((64, 64), (0, 0, 16, 16), dilate=2, blur=0)
     assert c2 == (0, 0, 18, 18) and m2.getbbox() == (0, 0, 18, 18) and set(np.unique(np.asarray(m2))) == {0, 255}
     with pytest.raises(ValueError):
-        checks.build_mask((64, 64), (10, 10, 10, 20))
+        defects.build_mask((64, 64), (10, 10, 10, 20))
 
 
 def test_pair_slugs():
-    assert checks.pair_slugs(DEFAULT_IQA_PAIRS) == ["sharp", "clean", "natural", "well_exposed"]
-    assert checks.pair_slugs([("a photo", "x"), ("sharp", "y"), ("sharp!", "z")]) == ["pair0", "sharp", "sharp_2"]
+    assert clip_scores.pair_slugs(IQA) == ["sharp", "clean", "natural", "well_exposed"]
+    assert clip_scores.pair_slugs([("a photo", "x"), ("sharp", "y"), ("sharp!", "z")]) == ["pair0", "sharp", "sharp_2"]
 
 
 @pytest.fixture(scope="module")
@@ -165,26 +167,26 @@ def test_clip_scores_share_one_image_forward(clip, monkeypatch):
 
     monkeypatch.setattr(clip.model, "encode_image", counting)
     images = [blocks(seed=i) for i in range(5)]
-    feats = checks.encode_images(clip, images)
+    feats = clip_scores.encode_images(clip, images)
     assert calls == [5]
     assert feats.shape == (5, 32) and feats.dtype == torch.float32
     assert torch.allclose(feats.norm(dim=-1), torch.ones(5), atol=1e-5)
 
     prompts = [f"product photo {i}" for i in range(5)]
-    cos = checks.alignment(feats, checks.encode_texts(clip, prompts))
+    cos = clip_scores.alignment(feats, clip_scores.encode_texts(clip, prompts))
     assert len(cos) == 5 and all(-1.0 <= c <= 1.0 for c in cos)
-    assert checks.clip_score_100(0.3) == pytest.approx(30.0) and checks.clip_score_100(-0.2) == 0.0
+    assert clip_scores.clip_score_100(0.3) == pytest.approx(30.0) and clip_scores.clip_score_100(-0.2) == 0.0
 
     cache = TextFeatureCache(clip)
-    names = checks.pair_slugs(DEFAULT_IQA_PAIRS)
-    iqa = checks.iqa_scores(feats, cache.pairs(DEFAULT_IQA_PAIRS), names)
+    names = clip_scores.pair_slugs(IQA)
+    iqa = clip_scores.iqa_scores(feats, cache.pairs(IQA), names)
     assert len(iqa) == 5
     for row in iqa:
         assert list(row) == ["iqa_sharp", "iqa_clean", "iqa_natural", "iqa_well_exposed", "iqa_mean"]
         assert all(0.0 <= v <= 1.0 for v in row.values())
         assert row["iqa_mean"] == pytest.approx(sum(list(row.values())[:-1]) / 4)
 
-    safety = checks.safety_scores(feats, cache.get(DEFAULT_UNSAFE_CONCEPTS))
+    safety = clip_scores.safety_scores(feats, cache.get(UNSAFE_CONCEPTS))
     assert len(safety) == 5 and all(-1.0 <= s <= 1.0 for s in safety)
     assert calls == [5]  # every score came from the one image forward
 
@@ -192,12 +194,12 @@ def test_clip_scores_share_one_image_forward(clip, monkeypatch):
 def test_iqa_is_softmax_of_pair_similarities():
     image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     pairs = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # positive = axis 0, negative = axis 1
-    rows = checks.iqa_scores(image, pairs, ["sharp"], logit_scale=2.0)
+    rows = clip_scores.iqa_scores(image, pairs, ["sharp"], logit_scale=2.0)
     expected = torch.softmax(torch.tensor([2.0, 0.0]), dim=0)[0].item()
     assert rows[0]["iqa_sharp"] == pytest.approx(expected) and rows[1]["iqa_sharp"] == pytest.approx(1 - expected)
-    assert checks.safety_scores(image, torch.tensor([[0.6, 0.8], [1.0, 0.0]])) == pytest.approx([1.0, 0.8])
+    assert clip_scores.safety_scores(image, torch.tensor([[0.6, 0.8], [1.0, 0.0]])) == pytest.approx([1.0, 0.8])
     with pytest.raises(ValueError):
-        checks.iqa_scores(image, pairs, ["a", "b"])
+        clip_scores.iqa_scores(image, pairs, ["a", "b"])
 
 
 def test_text_cache_encodes_constant_texts_once(clip, monkeypatch):
@@ -210,13 +212,13 @@ def test_text_cache_encodes_constant_texts_once(clip, monkeypatch):
 
     monkeypatch.setattr(clip.model, "encode_text", counting)
     cache = TextFeatureCache(clip, max_entries=16)
-    first = cache.pairs(DEFAULT_IQA_PAIRS)
+    first = cache.pairs(IQA)
     assert first.shape == (4, 2, 32) and encoded == [8]
-    assert torch.equal(cache.pairs(DEFAULT_IQA_PAIRS), first) and encoded == [8]  # batch 2: no text forward
+    assert torch.equal(cache.pairs(IQA), first) and encoded == [8]  # batch 2: no text forward
     both = cache.get(["a sharp photo", "new text", "new text"])
     assert both.shape == (3, 32) and encoded == [8, 1]
     assert torch.allclose(both[0], first[0, 0]) and torch.equal(both[1], both[2])
-    assert torch.allclose(cache.get(["new text"])[0], checks.encode_texts(clip, ["new text"])[0], atol=1e-6)
+    assert torch.allclose(cache.get(["new text"])[0], clip_scores.encode_texts(clip, ["new text"])[0], atol=1e-6)
     cache.get([f"prompt {i}" for i in range(20)])
     assert len(cache) == 16  # bounded
 
@@ -226,7 +228,7 @@ def test_defect_mask_follows_the_reason():
     arr[:32, 96:] = 255  # clipped tile, top-right
     arr[64:, :64] = np.asarray(blocks().filter(ImageFilter.GaussianBlur(3)))[64:, :64]  # blurred, bottom-left
     image = Image.fromarray(arr)
-    assert checks.defect_mask(image, [OVEREXPOSED], tile=32).box == (96, 0, 128, 32)
-    blurry = checks.defect_mask(image, [BLURRY], tile=32)
+    assert defects.defect_mask(image, [OVEREXPOSED], tile=32).box == (96, 0, 128, 32)
+    blurry = defects.defect_mask(image, [BLURRY], tile=32)
     assert blurry.box == (0, 96, 32, 128) and blurry.changed == (0, 96 - 16, 32 + 16, 128)
     assert np.asarray(blurry.mask)[100, 10] == 255 and np.asarray(blurry.mask)[10, 100] == 0

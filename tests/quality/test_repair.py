@@ -8,7 +8,7 @@ from PIL import Image
 from factory.config import ModelConfig
 from factory.errors import ModelError
 from factory.generation.models import load_pipeline
-from factory.quality import checks
+from factory.quality import defects
 from factory.quality.repair import Repairer, inference_steps, repair_seed
 from factory.tools.tiny_models import build_tiny_sdxl
 from tests.quality.test_checks import blocks
@@ -30,7 +30,7 @@ def image():
 
 @pytest.fixture(scope="module")
 def quadrant_mask():
-    mask, changed = checks.build_mask((64, 64), (32, 32, 64, 64), dilate=2, blur=2)
+    mask, changed = defects.build_mask((64, 64), (32, 32, 64, 64), dilate=2, blur=2)
     return mask, changed
 
 
