@@ -241,6 +241,29 @@ def init_random_sd15(
     _guard(verbose, go)
 
 
+@models_app.command("check")
+def check(
+    directory: Annotated[Path, typer.Argument(help="A diffusers pipeline directory (model_index.json).")],
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="An LCM-LoRA (file or directory) to fuse.")] = None,
+    config: ConfigOpt = None,
+    size: Annotated[int, typer.Option("--size", help="Test image side in px (multiple of 8).")] = 64,
+    steps: Annotated[int, typer.Option("--steps", help="LCM steps of the test generation.")] = 2,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Load a checkpoint as a night would, generate and repair one small image; one line per component."""
+    from factory.config import load_config
+    from factory.tools.check_model import check_model
+
+    def go() -> None:
+        report = check_model(
+            directory, lora, load_config(config), size, steps, emit=lambda k, v: typer.echo(f"{k:<18} {v}")
+        )
+        notes = f" ({report.warnings} warning{'s' * (report.warnings != 1)})" if report.warnings else ""
+        typer.echo(f"OK{notes}: {directory} loads, generates and repairs as a night would (image quality not judged)")
+
+    _guard(verbose, go)
+
+
 def main() -> None:
     app()
 

@@ -41,3 +41,9 @@ class LockError(FactoryError):
     """Another live run holds the lock for this date and output root."""
 
     exit_code = EXIT_LOCKED
+
+
+class ModelInputError(ModelError):
+    """A model directory or LoRA given to `adfactory models check` cannot be used (bad input, not a failed run)."""
+
+    exit_code = EXIT_BAD_INPUT

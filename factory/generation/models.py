@@ -9,6 +9,7 @@ models of the real architectures in those same on-disk formats, so the whole fac
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
         raise ModelError(f"{path}: {type(pipe).__name__} is not an SD1.5-family or SDXL text-to-image pipeline")
     if not isinstance(pipe.scheduler, LCMScheduler):
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        # Only LCMScheduler's own keys: PNDM/Euler extras would be carried along and warned about on every copy.
+        accepted = inspect.signature(LCMScheduler.__init__).parameters
+        pipe.scheduler = LCMScheduler.from_config({k: v for k, v in pipe.scheduler.config.items() if k in accepted})
     if cfg.lora:
         lora = resolve_path(cfg.lora)
         try:

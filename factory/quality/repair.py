@@ -1,12 +1,13 @@
 """Inpaint repair of local defects, ADetailer-style: detect (factory.quality.defects) -> mask -> inpaint -> paste back.
 
-`Repairer` wraps the worker's text-to-image pipeline with `AutoPipelineForInpainting.from_pipe`, which reuses the
-already loaded modules (UNet, VAE, text encoders): a repair pass costs no second copy of the weights. By default
-the generation UNet (4 input channels) does the inpainting: diffusers' SD and SDXL inpaint pipelines support
-4-channel UNets by re-noising the original latents outside the mask at every step (the "legacy" inpainting
-scheme). A dedicated 9-channel inpainting UNet (latents + mask + masked-image latents, e.g. sd-1.5-inpainting) can
-be given with `inpaint_unet`; it then is the only extra weight in memory. A LoRA fused into the generation UNet
-(e.g. LCM-LoRA) is not applied to a dedicated UNet, which must be LCM-capable itself.
+`Repairer` wraps the worker's text-to-image pipeline in an inpainting pipeline over the same module objects
+(`inpaint_pipeline`: `AutoPipelineForInpainting.from_pipe`, or SD1.5 inpainting for `LatentConsistencyModelPipeline`,
+to which AutoPipeline links none): the UNet, VAE and text encoders are shared, so a repair pass costs no second
+copy of the weights. By default the generation UNet (4 input channels) does the inpainting: diffusers' SD and
+SDXL inpaint pipelines support 4-channel UNets by re-noising the original latents outside the mask at every step
+(the "legacy" inpainting scheme). A dedicated 9-channel inpainting UNet (latents + mask + masked-image latents,
+e.g. sd-1.5-inpainting) can be given with `inpaint_unet`; it then is the only extra weight in memory. A LoRA fused
+into the generation UNet (e.g. LCM-LoRA) is not applied to a dedicated UNet, which must be LCM-capable itself.
 
 Guarantees of `Repairer.repair`:
   - pixels where the mask is 0 are byte-identical to the input (the result is `Image.composite`d onto it);
@@ -90,12 +91,38 @@ def load_inpaint_unet(path: str | Path, like: Any) -> Any:
     return unet.to(like.device)
 
 
+# Text-to-image classes AutoPipeline links to no inpainting pipeline, and the one that runs their modules.
+# LatentConsistencyModelPipeline (LCM-distilled SD1.5 checkpoints, e.g. SimianLuo/LCM_Dreamshaper_v7) holds an
+# SD1.5 UNet, VAE, text encoder and LCMScheduler: SD1.5's inpaint pipeline runs them, guidance embedding included.
+INPAINT_PIPELINE_FOR = {"LatentConsistencyModelPipeline": "StableDiffusionInpaintPipeline"}
+
+
+def inpaint_pipeline(pipe: Any, **components: Any) -> Any:
+    """The inpainting pipeline that shares `pipe`'s modules (no second copy of the weights); `components` replace
+    some of them (a private scheduler, a dedicated inpainting UNet)."""
+    import diffusers
+
+    name = type(pipe).__name__
+    if name not in INPAINT_PIPELINE_FOR:
+        try:
+            return diffusers.AutoPipelineForInpainting.from_pipe(pipe, **components)
+        except ValueError as exc:  # "AutoPipeline can't find a pipeline linked to ...", or missing modules
+            raise ModelError(
+                f"{name}: no inpainting pipeline shares its modules ({exc}); set repair.mode = 'off'"
+            ) from exc
+    # Built from the same module objects, as AutoPipeline does: `StableDiffusionInpaintPipeline.from_pipe` would
+    # also cast every shared module to its `dtype` argument (float32 by default), the generation UNet included.
+    cls = getattr(diffusers, INPAINT_PIPELINE_FOR[name])
+    params = inspect.signature(cls.__init__).parameters
+    modules = {k: v for k, v in pipe.components.items() if k in params}
+    requires_checker = bool(pipe.config.get("requires_safety_checker", False))
+    return cls(**{**modules, **components}, requires_safety_checker=requires_checker)
+
+
 class Repairer:
     """Masked inpainting with the worker's pipeline weights. Build once per worker, call `repair` per image."""
 
     def __init__(self, pipe: Any, inpaint_unet: str | Path | None = None, batch_invariant: bool = False):
-        from diffusers import AutoPipelineForInpainting
-
         components: dict[str, Any] = {
             # A private scheduler: set_timesteps/set_begin_index mutate scheduler state, which must never leak
             # between repair and generation calls (it is a small config object, not weights).
@@ -103,7 +130,7 @@ class Repairer:
         }
         if inpaint_unet:
             components["unet"] = load_inpaint_unet(inpaint_unet, pipe.unet)
-        self.pipe = AutoPipelineForInpainting.from_pipe(pipe, **components)
+        self.pipe = inpaint_pipeline(pipe, **components)
         self.pipe.set_progress_bar_config(disable=True)
         self.batch_invariant = batch_invariant
         params = inspect.signature(self.pipe.__call__).parameters

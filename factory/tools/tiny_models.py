@@ -19,10 +19,11 @@ TINY_SEED = 0  # fixed: `models init-tiny` always writes the same weights
 TINY_CLIP_NAME = "tiny-clip"
 
 
-def build_clip_tokenizer() -> Any:
+def build_clip_tokenizer(pad_token: str | None = None) -> Any:
     """A CLIPTokenizer (model_max_length=77) built offline from open_clip's shipped BPE vocabulary.
 
     The vocabulary construction mirrors open_clip.tokenizer.SimpleTokenizer, which is the same as OpenAI CLIP's.
+    `pad_token`: None keeps the default (`<|endoftext|>`); SDXL's second tokenizer pads with "!".
     """
     import open_clip
     from open_clip.tokenizer import bytes_to_unicode
@@ -35,7 +36,8 @@ def build_clip_tokenizer() -> Any:
     vocab += ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     pairs = [tuple(m.split()) for m in merges]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs, model_max_length=77)
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs, model_max_length=77, **extra)
 
 
 def _tiny_text_encoder_config() -> Any:
@@ -105,14 +107,11 @@ def _sd_pipeline(unet: Any, vae: Any, text_encoder: Any) -> Any:
     )
 
 
-def build_tiny_sd() -> Any:
-    """A tiny SD1.5-architecture LCM pipeline: UNet with `time_cond_proj_dim` (LCM's guidance embedding)."""
-    import torch
+def tiny_sd_unet(time_cond_proj_dim: int | None = 32) -> Any:
+    """A tiny SD1.5-architecture UNet; `time_cond_proj_dim` is LCM's guidance embedding (None: a base model)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
 
-    torch.manual_seed(TINY_SEED)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -123,19 +122,25 @@ def build_tiny_sd() -> Any:
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
-        time_cond_proj_dim=32,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
+
+
+def build_tiny_sd() -> Any:
+    """A tiny SD1.5-architecture LCM pipeline: UNet with `time_cond_proj_dim` (LCM's guidance embedding)."""
+    import torch
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(TINY_SEED)
+    unet = tiny_sd_unet()
     return _sd_pipeline(unet, _tiny_vae(), CLIPTextModel(_tiny_text_encoder_config()))
 
 
-def build_tiny_sdxl() -> Any:
-    """A tiny SDXL-architecture pipeline (two text encoders, text_time conditioning) with the LCM scheduler."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def tiny_sdxl_unet(time_cond_proj_dim: int | None = 32) -> Any:
+    """A tiny SDXL-architecture UNet (text_time conditioning); `time_cond_proj_dim` as in `tiny_sd_unet`."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(TINY_SEED)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -151,8 +156,18 @@ def build_tiny_sdxl() -> Any:
         projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids x 8 + pooled text_encoder_2 embedding
         cross_attention_dim=64,  # text_encoder (32) + text_encoder_2 (32) hidden states, concatenated
         norm_num_groups=8,
-        time_cond_proj_dim=32,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
+
+
+def build_tiny_sdxl() -> Any:
+    """A tiny SDXL-architecture pipeline (two text encoders, text_time conditioning) with the LCM scheduler."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(TINY_SEED)
+    unet = tiny_sdxl_unet()
     vae = _tiny_vae()
     tokenizer = build_clip_tokenizer()
     return StableDiffusionXLPipeline(

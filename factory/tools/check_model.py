@@ -1,0 +1,273 @@
+"""`adfactory models check DIR [--lora PATH]`: the check an operator runs on a new checkpoint before the nightly.
+
+It loads the directory the way a worker does (`load_pipeline`: LCM scheduler, LoRA fused; the configured
+quantization; the inpaint repair pipeline over the same modules), runs one small generation and one repair, and
+reports one line per component. Any problem with the directory or the LoRA is one sentence and exit 2
+(`ModelInputError`); an out-of-memory GPU is exit 1 (the node, not the checkpoint). It proves the checkpoint
+runs through the factory's code, not that its images are good.
+
+    report = check_model("/models/lcm-dreamshaper-v7", None, load_config(None), emit=print_line)
+    report.ok  # True; report.lines == [("model_index", "LatentConsistencyModelPipeline ..."), ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory.config import FactoryConfig, resolve_path
+from factory.errors import FactoryError, ModelError, ModelInputError
+
+PROMPT = "product photography of a white sneaker, side view, white background"
+NEGATIVE = "blurry, deformed, watermark"
+SEED = 20261121
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+NOT_LOADED = {"safety_checker": "not loaded: the factory's quality gate does brand safety"}
+
+
+@dataclass
+class ModelCheck:
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (component or step, what was found)
+    warnings: int = 0
+
+    def add(self, name: str, text: str, emit: Callable[[str, str], None] | None) -> None:
+        self.lines.append((name, text))
+        self.warnings += text.startswith("WARNING")
+        if emit:
+            emit(name, text)
+
+
+def check_model(
+    pipeline: str | Path,
+    lora: str | Path | None,
+    cfg: FactoryConfig,
+    size: int = 64,
+    steps: int = 2,
+    emit: Callable[[str, str], None] | None = None,
+) -> ModelCheck:
+    """Load `pipeline` (+ `lora`) with `cfg`'s model and repair settings, generate and repair one `size`² image."""
+    if size < 8 or size % 8 or not 1 <= steps <= 50:
+        raise ModelInputError(f"--size must be a positive multiple of 8 and --steps 1..50, got {size} and {steps}")
+    report = ModelCheck()
+    # 1. the directory and the LoRA file, before any weights are read
+    path = resolve_path(str(pipeline))
+    index = read_index(path)
+    report.add("model_index", f"{index['_class_name']} (diffusers {index.get('_diffusers_version', '?')})", emit)
+    lora_path = resolve_path(str(lora)) if lora else None
+    lora_line = describe_lora(lora_path) if lora_path else "none"
+    from factory.generation.models import load_pipeline, resolve_device, resolve_dtype  # torch: after the cheap checks
+    from factory.generation.quantize import default_quantization, quantize_unet
+    from factory.quality.repair import Repairer
+
+    # 2. load as a worker does: LCM scheduler, LoRA fused and unloaded, then the configured quantization
+    model_cfg = dataclasses.replace(cfg.model, pipeline=str(path), lora=str(lora_path or ""))
+    device = resolve_device(model_cfg)
+    dtype = resolve_dtype(model_cfg, device)
+    pipe = _stage("load", lambda: load_pipeline(model_cfg, device, dtype))
+    mode = model_cfg.quantization if model_cfg.quantization != "auto" else default_quantization(device)
+    quant = _stage("quantize", lambda: quantize_unet(pipe.unet, mode))
+    for name, text in describe_components(pipe, index):
+        report.add(name, text, emit)
+    report.add("lora", lora_line, emit)
+    report.add("lcm", describe_lcm(pipe, lora_path), emit)
+    report.add("quantization", f"{mode} ({quant['quantized']} of {quant['linear_layers']} UNet Linear layers)", emit)
+    # 3. the repair pipeline over the same modules, as the worker builds it
+    inpaint_unet = cfg.repair.inpaint_unet or None
+    batch_invariant = model_cfg.determinism == "batch-invariant" or (
+        model_cfg.determinism == "auto" and device == "cpu"
+    )
+    repairer = _stage("repair pipeline", lambda: Repairer(pipe, inpaint_unet, batch_invariant))
+    shared = [
+        k for k, v in repairer.pipe.components.items() if hasattr(v, "parameters") and pipe.components.get(k) is v
+    ]
+    report.add("repair", f"{type(repairer.pipe).__name__}, sharing {', '.join(shared) or 'no module'}", emit)
+    # 4. one generation and one repair, with the worker's call arguments
+    t0 = time.perf_counter()
+    image = _stage("generation", lambda: _generate(pipe, size, steps, cfg.model.guidance_scale))
+    report.add("generate", f"1 image {size}x{size}, {steps} steps, {time.perf_counter() - t0:.2f} s", emit)
+    t0 = time.perf_counter()
+    changed = _stage("repair", lambda: _repair(repairer, image, cfg, steps))
+    report.add("repair run", f"{changed}, {time.perf_counter() - t0:.2f} s", emit)
+    return report
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """model_index.json of a pipeline directory, after checking that every listed component is on disk."""
+    if not path.exists():
+        raise ModelInputError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise ModelInputError(f"{path}: a file, not a diffusers pipeline directory")
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelInputError(_not_a_pipeline(path))
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        cls = index["_class_name"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelInputError(f"{index_file}: not a diffusers model index ({type(exc).__name__}: {exc})") from None
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or None in entry or name in NOT_LOADED:
+            continue
+        folder = path / name
+        if not folder.is_dir():
+            raise ModelInputError(f"{path}: model_index.json lists {name!r} but there is no {name}/ folder")
+        _check_weights(folder)
+    if not isinstance(cls, str):
+        raise ModelInputError(f"{index_file}: _class_name must be a string")
+    return index
+
+
+def _not_a_pipeline(path: Path) -> str:
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            cls = json.loads(config.read_text(encoding="utf-8")).get("_class_name", "")
+        except ValueError:
+            cls = ""
+        if cls == "UNet2DConditionModel":
+            return (
+                f"{path}: a UNet-only directory (e.g. latent-consistency/lcm-sdxl), not a pipeline: copy it into "
+                "the unet/ folder of a copy of its base pipeline directory and check that directory"
+            )
+    if (path / "pytorch_lora_weights.safetensors").is_file():
+        return f"{path}: a LoRA, not a pipeline: pass it with --lora after its base pipeline directory"
+    return f"{path}: not a diffusers pipeline directory (no model_index.json)"
+
+
+def _check_weights(folder: Path) -> None:
+    """A model folder (one with config.json) needs weights; Git LFS pointers (a clone without LFS) are not weights."""
+    if not (folder / "config.json").is_file():
+        return  # tokenizers, schedulers and processors have their own files; diffusers reports those
+    weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".safetensors.index.json")]
+    if not weights:
+        raise ModelInputError(f"{folder}: no weights (*.safetensors or *.bin): an incomplete download?")
+    for p in weights:
+        if p.stat().st_size < 1024 and p.read_bytes().startswith(b"version https://git-lfs"):
+            raise ModelInputError(f"{p}: a Git LFS pointer, not weights: fetch with 'git lfs pull' or hf download")
+
+
+def describe_lora(path: Path) -> str:
+    """What a LoRA file adapts, from its keys (no weights loaded): file, layer counts, key format."""
+    from safetensors import safe_open
+
+    file = path
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        named = path / "pytorch_lora_weights.safetensors"
+        file = named if named.is_file() else (candidates[0] if len(candidates) == 1 else path)
+    if not file.is_file():
+        raise ModelInputError(f"{path}: no LoRA file (pytorch_lora_weights.safetensors or one *.safetensors)")
+    try:
+        with safe_open(str(file), "pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
+        raise ModelInputError(f"{file}: not a safetensors LoRA file ({type(exc).__name__}: {exc})") from None
+    down = [k for k in keys if any(s in k for s in ("lora_down.weight", "lora_A.weight", "lora.down.weight"))]
+    unet = sum(k.startswith(("lora_unet_", "unet.")) for k in down)
+    text = sum(k.startswith(("lora_te", "text_encoder")) for k in down)
+    fmt = "kohya keys" if any(k.startswith(("lora_unet_", "lora_te")) for k in keys) else "diffusers keys"
+    if not unet:
+        return f"WARNING: {file}: no UNet layers ({len(keys)} keys), so it cannot be an LCM-LoRA"
+    return f"{file}: {unet} UNet layers, {text} text-encoder layers, {fmt}; fused into the weights"
+
+
+def describe_components(pipe: Any, index: dict[str, Any]) -> list[tuple[str, str]]:
+    """One (name, text) per model_index component: class, dtype, size and the settings that matter for LCM."""
+    lines = []
+    for name in [k for k in index if not k.startswith("_") and isinstance(index[k], list)]:
+        module = pipe.components.get(name)
+        saved = index[name][1] if len(index[name]) == 2 else None
+        if module is None:
+            lines.append((name, NOT_LOADED.get(name, "none") + (f" (saved: {saved})" if saved else "")))
+            continue
+        text = type(module).__name__
+        if saved and saved != text:
+            text += f" (saved: {saved}; replaced)"
+        if hasattr(module, "parameters"):
+            params = sum(p.numel() for p in module.parameters())
+            text += f", {str(module.dtype).removeprefix('torch.')}, {params / 1e6:.1f}M params"
+        config = getattr(module, "config", None)
+        if name == "unet":
+            text += f", in_channels={config.in_channels}, time_cond_proj_dim={config.time_cond_proj_dim}"
+        elif name == "tokenizer" or name == "tokenizer_2":
+            text += f", model_max_length={module.model_max_length}"
+        elif name == "scheduler":
+            text += f", original_inference_steps={getattr(config, 'original_inference_steps', None)}"
+        lines.append((name, text))
+    return lines
+
+
+def describe_lcm(pipe: Any, lora: Path | None) -> str:
+    dim = pipe.unet.config.time_cond_proj_dim
+    if dim:
+        return f"LCM-distilled UNet (time_cond_proj_dim={dim}: guidance embedded, negative prompts unused)"
+    if lora:
+        return "base UNet + the LoRA: LCM only if the LoRA is an LCM-LoRA (the check cannot tell)"
+    return "WARNING: base UNet and no LoRA: LCM's 2-8 steps give unfinished images; pass an LCM-LoRA with --lora"
+
+
+def _stage(name: str, fn: Callable[[], Any]) -> Any:
+    """Run one step; a failure caused by the checkpoint becomes one sentence and exit 2."""
+    import torch
+
+    try:
+        return fn()
+    except (ModelInputError, torch.cuda.OutOfMemoryError):
+        raise  # an out-of-memory GPU is the node's problem, not the checkpoint's: exit 1
+    except ModelError as exc:
+        raise ModelInputError(str(exc).splitlines()[0]) from exc
+    except FactoryError:
+        raise  # e.g. a quantization mode the device cannot run: a config error with its own exit code
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelInputError(f"{name} failed: {type(exc).__name__}: {first}") from exc
+
+
+def _generate(pipe: Any, size: int, steps: int, guidance_scale: float) -> Any:
+    import numpy as np
+    import torch
+
+    generator = [torch.Generator("cpu").manual_seed(SEED)]
+    with torch.inference_mode():
+        image = pipe(
+            prompt=[PROMPT],
+            negative_prompt=[NEGATIVE],
+            width=size,
+            height=size,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="pil",
+        ).images[0]
+    if image.size != (size, size):
+        raise RuntimeError(f"the pipeline returned a {image.size[0]}x{image.size[1]} image for {size}x{size}")
+    if np.asarray(image).std() == 0:
+        # A constant (usually black) image: NaNs or overflow, e.g. an SDXL VAE in float16 without upcasting.
+        raise RuntimeError(f"the generated image is one flat colour (NaN or overflow in {pipe.unet.dtype}?)")
+    return image
+
+
+def _repair(repairer: Any, image: Any, cfg: FactoryConfig, steps: int) -> str:
+    """Repaint the centre quarter; the factory's guarantee is that nothing outside the mask changes."""
+    import numpy as np
+
+    from factory.quality import checks
+
+    w, h = image.size
+    mask, _ = checks.build_mask(
+        image.size, (w // 4, h // 4, 3 * w // 4, 3 * h // 4), cfg.repair.dilate, cfg.repair.blur
+    )
+    r = cfg.repair
+    out = repairer.repair(image, PROMPT, NEGATIVE, SEED, mask, r.strength, steps, r.padding, cfg.model.guidance_scale)
+    a, b, m = np.asarray(image).astype(int), np.asarray(out).astype(int), np.asarray(mask)
+    if not np.array_equal(a[m == 0], b[m == 0]):
+        raise RuntimeError("pixels outside the repair mask changed")
+    inside = float(np.abs(a[m == 255] - b[m == 255]).mean())
+    if inside == 0:
+        raise RuntimeError("the repair changed no pixel inside the mask")
+    return f"centre {w // 2}x{h // 2} repainted (mean change {inside:.1f}/255), pixels outside the mask unchanged"
