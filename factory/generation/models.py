@@ -21,24 +21,6 @@ from factory.errors import ModelError
 log = logging.getLogger(__name__)
 
 
-def resolve_device(cfg: ModelConfig) -> str:
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("model.device is 'cuda' but no CUDA device is visible to this process")
-    return cfg.device
-
-
-def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
-    import torch
-
-    if cfg.dtype == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    return getattr(torch, cfg.dtype)
-
-
 def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler."""
     from diffusers import DiffusionPipeline, LCMScheduler

@@ -60,16 +60,16 @@ def check_model(
     report.add("model_index", f"{index['_class_name']} (diffusers {index.get('_diffusers_version', '?')})", emit)
     lora_path = resolve_path(str(lora)) if lora else None
     lora_line = describe_lora(lora_path) if lora_path else "none"
-    from factory.generation.models import load_pipeline, resolve_device, resolve_dtype  # torch: after the cheap checks
-    from factory.generation.quantize import default_quantization, quantize_unet
+    from factory.generation.models import load_pipeline  # torch: after the cheap checks
+    from factory.generation.quantize import quantize_unet
+    from factory.generation.runtime import local_device, resolve
     from factory.quality.repair import Repairer
 
     # 2. load as a worker does: LCM scheduler, LoRA fused and unloaded, then the configured quantization
     model_cfg = dataclasses.replace(cfg.model, pipeline=str(path), lora=str(lora_path or ""))
-    device = resolve_device(model_cfg)
-    dtype = resolve_dtype(model_cfg, device)
-    pipe = _stage("load", lambda: load_pipeline(model_cfg, device, dtype))
-    mode = model_cfg.quantization if model_cfg.quantization != "auto" else default_quantization(device)
+    runtime = resolve(dataclasses.replace(cfg, model=model_cfg), *local_device(cfg))
+    pipe = _stage("load", lambda: load_pipeline(model_cfg, runtime.device, runtime.torch_dtype))
+    mode = runtime.quantization
     quant = _stage("quantize", lambda: quantize_unet(pipe.unet, mode))
     for name, text in describe_components(pipe, index):
         report.add(name, text, emit)
@@ -78,10 +78,7 @@ def check_model(
     report.add("quantization", f"{mode} ({quant['quantized']} of {quant['linear_layers']} UNet Linear layers)", emit)
     # 3. the repair pipeline over the same modules, as the worker builds it
     inpaint_unet = cfg.repair.inpaint_unet or None
-    batch_invariant = model_cfg.determinism == "batch-invariant" or (
-        model_cfg.determinism == "auto" and device == "cpu"
-    )
-    repairer = _stage("repair pipeline", lambda: Repairer(pipe, inpaint_unet, batch_invariant))
+    repairer = _stage("repair pipeline", lambda: Repairer(pipe, inpaint_unet, runtime.batch_invariant))
     shared = [
         k for k, v in repairer.pipe.components.items() if hasattr(v, "parameters") and pipe.components.get(k) is v
     ]
@@ -256,10 +253,10 @@ def _repair(repairer: Any, image: Any, cfg: FactoryConfig, steps: int) -> str:
     """Repaint the centre quarter; the factory's guarantee is that nothing outside the mask changes."""
     import numpy as np
 
-    from factory.quality import checks
+    from factory.quality import defects
 
     w, h = image.size
-    mask, _ = checks.build_mask(
+    mask, _ = defects.build_mask(
         image.size, (w // 4, h // 4, 3 * w // 4, 3 * h // 4), cfg.repair.dilate, cfg.repair.blur
     )
     r = cfg.repair

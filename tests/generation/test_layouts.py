@@ -86,10 +86,10 @@ def assert_lora_fused(pipe, base_dir):
 def test_worker_generates_and_repairs_with_each_layout(name, replicas, cfg, tmp_path):
     r = replicas[name]
     model = dataclasses.replace(cfg.model, pipeline=str(r.pipeline), lora=str(r.lora or ""))
-    worker = Worker(only_blurry_fails(dataclasses.replace(cfg, model=model)), str(tmp_path))
+    worker = Worker.local(only_blurry_fails(dataclasses.replace(cfg, model=model)), str(tmp_path))
     assert type(worker.pipe).__name__ == r.pipeline_class
     assert type(worker.pipe.scheduler).__name__ == "LCMScheduler"
-    assert worker.repairer.pipe.unet is worker.pipe.unet and worker.repairer.pipe.vae is worker.pipe.vae
+    assert worker.retry.repairer.pipe.unet is worker.pipe.unet and worker.retry.repairer.pipe.vae is worker.pipe.vae
     if r.lcm == "distilled":
         assert worker.pipe.unet.config.time_cond_proj_dim is not None
     else:
@@ -97,8 +97,8 @@ def test_worker_generates_and_repairs_with_each_layout(name, replicas, cfg, tmp_
 
     tasks = tasks_for(2, "small")
     result = worker.process(batch(tasks))
-    for task, row in zip(tasks, result.rows):
-        assert row["error"] is None and row["initial_reasons"] == ["blurry"] and row["attempts"] == 1
+    for task, record in zip(tasks, result.records):
+        assert record.error is None and record.initial_reasons == ["blurry"] and record.attempts == 1
         image = Image.open(tmp_path / task.image_path)
         assert image.size == (task.width, task.height) and np.asarray(image).std() > 0
 
