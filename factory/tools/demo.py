@@ -70,17 +70,24 @@ def demo_rows(n: int = 48, seed: int = 7, bad_rows: bool = True) -> list[dict]:
     return rows
 
 
+SCHEMA = pa.schema(
+    [
+        ("sku_id", pa.string()),
+        ("category", pa.string()),
+        ("attrs", pa.string()),
+        ("variants", pa.int32()),
+        ("background", pa.string()),
+    ]
+)
+
+
 def write_demo_skus(path: str | Path, n: int = 48, bad_rows: bool = True) -> Path:
+    return write_rows(path, demo_rows(n, bad_rows=bad_rows))
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Demo-shaped rows as a SKU parquet file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema(
-        [
-            ("sku_id", pa.string()),
-            ("category", pa.string()),
-            ("attrs", pa.string()),
-            ("variants", pa.int32()),
-            ("background", pa.string()),
-        ]
-    )
-    pq.write_table(pa.Table.from_pylist(demo_rows(n, bad_rows=bad_rows), schema=schema), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
     return path
