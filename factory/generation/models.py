@@ -107,3 +107,13 @@ def model_fingerprint(cfg: ModelConfig) -> str:
                 with f.open("rb") as fh:
                     h.update(fh.read(1 << 20))
     return h.hexdigest()[:12]
+
+
+def import_libraries() -> None:
+    """Import what a worker needs to load models (torch, diffusers' pipelines, open_clip), so a worker can time its
+    imports apart from its model loads. Nothing else: torchao only when a night quantizes, ray only for that
+    executor."""
+    import diffusers  # noqa: F401
+    import open_clip  # noqa: F401
+    import torch  # noqa: F401
+    from diffusers import DiffusionPipeline, LCMScheduler  # noqa: F401

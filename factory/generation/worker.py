@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from factory.io.paths import safe_join
 from factory.io.records import ImageRecord
 from factory.io.writer import atomic_write_bytes, png_bytes
 from factory.quality.gate import Assessment, Gate
+from factory.quality.reasons import is_repairable
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
 log = logging.getLogger(__name__)
+WRITER_THREADS = 2  # PNG encoding (zlib releases the GIL) and file writes overlap repair and each other
 
 
 @dataclass
@@ -39,26 +42,36 @@ class BatchResult:
 
 class Worker:
     def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date_dir: str):
+        t0 = time.perf_counter()
         import torch
 
-        from factory.generation.models import load_clip, load_pipeline
+        from factory.generation.models import import_libraries, load_clip, load_pipeline
 
+        import_libraries()  # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
+        self.startup: dict[str, float] = {"imports_s": time.perf_counter() - t0}
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
         self.cfg, self.runtime = cfg, runtime
         self.date_dir = Path(date_dir)
         self.batch_size = cfg.run.batch_size
+        t0 = time.perf_counter()
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
         self.accel = self._accelerate()
+        self.startup["model_load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.clip = load_clip(cfg.model, runtime.device)
+        self.startup["clip_load_s"] = time.perf_counter() - t0
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
         # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
+        t0 = time.perf_counter()
         self.gate = Gate(self.clip, thresholds, runtime.batch_invariant)
         self.retry = RepairRetry.build(
             self.pipe, self.gate, cfg.repair, cfg.model.guidance_scale, runtime.batch_invariant
         )
+        self.startup["repair_build_s"] = time.perf_counter() - t0
+        self._writers: ThreadPoolExecutor | None = None  # PNG encoding + writes, off the generation thread
 
     @classmethod
     def local(cls, cfg: FactoryConfig, date_dir: str) -> Worker:
@@ -164,25 +177,53 @@ class Worker:
         assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks])
         timings["score_s"] = time.perf_counter() - t0
 
-        # 3. repair what is repairable (inpaint the worst region, re-score, keep the better image)
+        # 3. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
+        # need no repair are already being encoded and written on the writer pool meanwhile
         t0 = time.perf_counter()
-        outcomes = [self.repair(t, im, a) for t, im, a in zip(tasks, images, assessments)]
+        final = [i for i, a in enumerate(assessments) if not self._needs_repair(a)]
+        writes = {i: self._write_async(tasks[i], images[i]) for i in final}
+        outcomes = self.repair(tasks, images, assessments)
+        writes.update(
+            {i: self._write_async(t, o.image) for i, (t, o) in enumerate(zip(tasks, outcomes)) if i not in writes}
+        )
         timings["repair_s"] = time.perf_counter() - t0
 
-        # 4. write images, build records
+        # 4. build records; wait for every write (in task order: the first error is raised here)
         t0 = time.perf_counter()
-        records = self.write(tasks, outcomes)
+        records = self.records(tasks, outcomes)
+        for i in range(len(tasks)):
+            writes[i].result()
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
 
-    def repair(self, task: Task, image: Any, a: Assessment) -> RepairOutcome:
-        return no_repair(image, a) if self.retry is None else self.retry(task, image, a)
+    def _needs_repair(self, a: Assessment) -> bool:
+        return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)
+
+    def repair(self, tasks: tuple[Task, ...], images: list[Any], assessments: list[Assessment]) -> list[RepairOutcome]:
+        if self.retry is None:
+            return [no_repair(im, a) for im, a in zip(images, assessments)]
+        return self.retry.run(list(tasks), images, assessments)
+
+    def _write_async(self, task: Task, image: Any) -> Future:
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="png-writer")
+        return self._writers.submit(self._write_image, task, image)
+
+    def _write_image(self, task: Task, image: Any) -> None:
+        atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image), durable=False)
 
     def write(self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome]) -> list[ImageRecord]:
+        """Write every outcome's image and return the records (tools; `process` writes on the writer pool)."""
+        futures = [self._write_async(t, o.image) for t, o in zip(tasks, outcomes)]
+        records = self.records(tasks, outcomes)
+        for f in futures:
+            f.result()
+        return records
+
+    def records(self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome]) -> list[ImageRecord]:
         records = []
         limit = self.pipe.tokenizer.model_max_length
         for task, outcome, n_tokens in zip(tasks, outcomes, self.prompt_tokens([t.prompt for t in tasks])):
-            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(outcome.image), durable=False)
             records.append(
                 ImageRecord.from_task(
                     task,

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ def repair_seed(seed: int, attempt: int) -> int:
     """
     digest = hashlib.sha256(f"repair\x00{seed}\x00{attempt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def repair_steps(steps: int, strength: float) -> int:
+    """Denoising steps a repair runs for an image generated in `steps` steps: the share of them that `strength`
+    covers, ceil(steps * strength), at least 1 (4 steps at 0.4 -> 2, 8 at 0.4 -> 4).
+
+    A generation spends `steps` steps on the whole noise range; a repair at `strength` starts from the
+    `strength` share of it, so this gives the repaired region as many steps per noise level as the image had,
+    and a repair costs about `strength` of a generation (measured on the tiny model: 2.0x a generation when a
+    repair ran all `steps`; README "Performance"). Image quality of this choice is for real weights to judge.
+    """
+    return max(1, math.ceil(steps * strength - 1e-9))
 
 
 def inference_steps(steps: int, strength: float, max_steps: int | None = None) -> int:
@@ -133,8 +146,7 @@ class Repairer:
         self.pipe = inpaint_pipeline(pipe, **components)
         self.pipe.set_progress_bar_config(disable=True)
         self.batch_invariant = batch_invariant
-        params = inspect.signature(self.pipe.__call__).parameters
-        self._supports_crop = "padding_mask_crop" in params
+        self._supports_crop = hasattr(self.pipe, "mask_processor")  # diffusers' crop-region helper
         # LCMScheduler refuses schedules longer than the distillation schedule (50 steps).
         self._max_steps = getattr(self.pipe.scheduler.config, "original_inference_steps", None)
 
@@ -161,39 +173,108 @@ class Repairer:
         seed      the image's generation seed; the noise comes from `repair_seed(seed, attempt)`, so each retry
                   of the same image gets new noise and a re-run of the same attempt gets the same bytes.
         strength  how far back into the noise schedule the masked region goes (0.3-0.5 keeps the composition).
-        steps     denoising steps that actually run (see `inference_steps`: the schedule is lengthened to match).
+        steps     the generation's step count; the repair runs `repair_steps(steps, strength)` of them.
         padding   crop to the mask's bounding box plus this margin and inpaint the crop at the full image size
                   (ADetailer's "inpaint only masked": more pixels for the defect); None/0 inpaints the whole image.
         Width and height must be multiples of 8, as for generation.
         """
-        image = image.convert("RGB")
-        mask = mask.convert("L")
-        if mask.size != image.size:
-            raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
-        if mask.getbbox() is None:
-            return image.copy()  # nothing to repaint (and get_crop_region would fail on an empty mask)
-        width, height = image.size
-        kwargs: dict[str, Any] = {}
-        if padding and self._supports_crop:
-            kwargs["padding_mask_crop"] = padding
-        generator = torch.Generator("cpu").manual_seed(repair_seed(seed, attempt))
+        item = RepairItem(image, mask, prompt, negative_prompt, seed, attempt)
+        return self.repair_batch([item], strength, steps, padding, guidance_scale)[0]
+
+    def repair_batch(
+        self,
+        items: list[RepairItem],
+        strength: float = 0.4,
+        steps: int = 4,
+        padding: int | None = 32,
+        guidance_scale: float = 1.0,
+    ) -> list[Image.Image]:
+        """`repair` for several images of one size in ONE pipeline call: per-image masks, crops, prompts and
+        seeded generators. Every per-image step (crop, noise, VAE encode, paste-back) is per sample, so with
+        batch-invariant numerics an image's bytes do not depend on the other images in the call."""
+        images = [it.image.convert("RGB") for it in items]
+        masks = [it.mask.convert("L") for it in items]
+        if len({im.size for im in images}) > 1:
+            raise ValueError(f"repair_batch takes images of one size, got {sorted({im.size for im in images})}")
+        for im, m in zip(images, masks):
+            if m.size != im.size:
+                raise ValueError(f"mask size {m.size} differs from image size {im.size}")
+        todo = [i for i, m in enumerate(masks) if m.getbbox() is not None]  # an empty mask repaints nothing
+        out = [im.copy() for im in images]
+        if not todo:
+            return out
+        width, height = images[0].size
+        crops = [self._crop_box(masks[i], width, height, padding) for i in todo]
+        painted = self._inpaint(
+            [images[i].crop(c) for i, c in zip(todo, crops)],
+            [masks[i].crop(c) for i, c in zip(todo, crops)],
+            [items[i] for i in todo],
+            width,
+            height,
+            strength,
+            steps,
+            guidance_scale,
+        )
+        for i, box, patch in zip(todo, crops, painted):
+            out[i] = _paste_back(images[i], masks[i], patch, box)
+        return out
+
+    def _crop_box(self, mask: Image.Image, width: int, height: int, padding: int | None) -> tuple[int, int, int, int]:
+        """The region inpainted at full size: the mask's box plus `padding`, grown to the image's aspect ratio
+        (diffusers' `padding_mask_crop` rule, applied per image so a batch can hold different crops)."""
+        if not padding or not self._supports_crop:
+            return 0, 0, width, height
+        x0, y0, x1, y1 = self.pipe.mask_processor.get_crop_region(mask, width, height, pad=padding)
+        return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+
+    def _inpaint(
+        self,
+        crops: list[Image.Image],
+        masks: list[Image.Image],
+        items: list[RepairItem],
+        width: int,
+        height: int,
+        strength: float,
+        steps: int,
+        guidance_scale: float,
+    ) -> list[Image.Image]:
+        generators = [torch.Generator("cpu").manual_seed(repair_seed(it.seed, it.attempt)) for it in items]
         with torch.inference_mode(), self._numerics():
-            out = self.pipe(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                image=image,
-                mask_image=mask,
+            return self.pipe(
+                prompt=[it.prompt for it in items],
+                negative_prompt=[it.negative_prompt or "" for it in items],
+                image=crops,
+                mask_image=masks,
                 width=width,
                 height=height,
                 strength=strength,
-                num_inference_steps=inference_steps(steps, strength, self._max_steps),
+                num_inference_steps=inference_steps(repair_steps(steps, strength), strength, self._max_steps),
                 guidance_scale=guidance_scale,
-                generator=generator,
+                generator=generators,
                 output_type="pil",
-                **kwargs,
-            ).images[0]
-        if out.size != image.size:  # not expected (width/height given), but the paste-back needs equal sizes
-            out = out.resize(image.size, Image.Resampling.LANCZOS)
-        # Paste back through the feathered mask: where mask == 0 the original bytes are kept exactly (the pipeline
-        # output differs there by a VAE round trip), and the feather blends the repaint in.
-        return Image.composite(out, image, mask)
+            ).images
+
+
+@dataclass(frozen=True)
+class RepairItem:
+    """One image to repair in a `Repairer.repair_batch` call."""
+
+    image: Image.Image
+    mask: Image.Image  # "L", 255 = repaint
+    prompt: str
+    negative_prompt: str | None
+    seed: int  # the image's generation seed (the repair noise is `repair_seed(seed, attempt)`)
+    attempt: int = 0
+
+
+def _paste_back(
+    image: Image.Image, mask: Image.Image, patch: Image.Image, box: tuple[int, int, int, int]
+) -> Image.Image:
+    """The inpainted crop back in place, through the feathered mask: where mask == 0 the original bytes are kept
+    exactly (the pipeline output differs there by a VAE round trip), and the feather blends the repaint in."""
+    x0, y0, x1, y1 = box
+    if patch.size != (x1 - x0, y1 - y0):
+        patch = patch.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
+    full = image.copy()
+    full.paste(patch, (x0, y0))
+    return Image.composite(full, image, mask)

@@ -52,37 +52,63 @@ class RepairRetry:
         return cls(pipe, gate, cfg, guidance_scale, batch_invariant)
 
     def __call__(self, task: Any, image: Any, a: Assessment) -> RepairOutcome:
-        out = RepairOutcome(image, a, initial_reasons=a.reasons)
-        box: Box | None = None
-        for attempt in range(self.cfg.max_attempts):
-            if not out.assessment.reasons or not reasons.is_repairable(out.assessment.reasons):
-                break
-            candidate, changed = self._attempt(task, out.image, out.assessment, attempt)
-            scored = self.gate.assess([candidate], [task.prompt], [task.category])[0]
-            out.attempts = attempt + 1
-            if scored.badness() < out.assessment.badness():
-                out.image, out.assessment = candidate, scored
-                box = _union(box, changed)
-                out.repaired, out.repair_box = True, list(box)
-        return out
+        return self.run([task], [image], [a])[0]
 
-    def _attempt(self, task: Any, image: Any, a: Assessment, attempt: int) -> tuple[Any, Box]:
+    def run(self, tasks: list[Any], images: list[Any], assessments: list[Assessment]) -> list[RepairOutcome]:
+        """Repair a batch's repairable images: per attempt, one inpaint call per (size, steps) group and one
+        re-scoring pass over every candidate. An image's result does not depend on the others in the batch."""
+        outs = [RepairOutcome(im, a, initial_reasons=a.reasons) for im, a in zip(images, assessments)]
+        boxes: list[Box | None] = [None] * len(outs)
+        for attempt in range(self.cfg.max_attempts):
+            todo = [
+                i for i, o in enumerate(outs) if o.assessment.reasons and reasons.is_repairable(o.assessment.reasons)
+            ]
+            if not todo:
+                break
+            candidates = self._attempt({i: (tasks[i], outs[i]) for i in todo}, attempt)
+            scored = self.gate.assess(
+                [candidates[i][0] for i in todo], [tasks[i].prompt for i in todo], [tasks[i].category for i in todo]
+            )
+            for i, a in zip(todo, scored):
+                out, (candidate, changed) = outs[i], candidates[i]
+                out.attempts = attempt + 1
+                if a.badness() < out.assessment.badness():
+                    out.image, out.assessment = candidate, a
+                    boxes[i] = _union(boxes[i], changed)
+                    out.repaired, out.repair_box = True, list(boxes[i])
+        return outs
+
+    def _attempt(self, todo: dict[int, tuple[Any, RepairOutcome]], attempt: int) -> dict[int, tuple[Any, Box]]:
+        """A candidate (image, changed box) per index of `todo`: masks per image, one inpaint call per
+        (size, steps) group, in index order."""
+        from factory.quality.repair import RepairItem
+
         r = self.cfg
-        tile = r.tile or max(8, min(image.size) // 4)
-        defect = defects.defect_mask(image, a.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur)
-        candidate = self.repairer.repair(
-            image,
-            task.prompt,
-            task.negative_prompt,
-            task.seed,
-            defect.mask,
-            strength=r.strength,
-            steps=task.steps,
-            padding=r.padding,
-            guidance_scale=self.guidance_scale,
-            attempt=attempt,
-        )
-        return candidate, defect.changed
+        masks: dict[int, defects.DefectMask] = {}
+        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
+        for i, (task, out) in todo.items():
+            image = out.image
+            tile = r.tile or max(8, min(image.size) // 4)
+            masks[i] = defects.defect_mask(
+                image, out.assessment.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur
+            )
+            groups.setdefault((image.size, task.steps), []).append(i)
+        result: dict[int, tuple[Any, Box]] = {}
+        for (_, steps), idx in groups.items():
+            items = [
+                RepairItem(
+                    todo[i][1].image,
+                    masks[i].mask,
+                    todo[i][0].prompt,
+                    todo[i][0].negative_prompt,
+                    todo[i][0].seed,
+                    attempt,
+                )
+                for i in idx
+            ]
+            painted = self.repairer.repair_batch(items, r.strength, steps, r.padding, self.guidance_scale)
+            result.update({i: (im, masks[i].changed) for i, im in zip(idx, painted)})
+        return result
 
 
 def no_repair(image: Any, a: Assessment) -> RepairOutcome:

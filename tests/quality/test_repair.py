@@ -9,7 +9,7 @@ from factory.config import ModelConfig
 from factory.errors import ModelError
 from factory.generation.models import load_pipeline
 from factory.quality import defects
-from factory.quality.repair import Repairer, inference_steps, repair_seed
+from factory.quality.repair import Repairer, RepairItem, inference_steps, repair_seed, repair_steps
 from factory.tools.tiny_models import build_tiny_sdxl
 from tests.quality.test_checks import blocks
 
@@ -133,3 +133,24 @@ def test_dedicated_9_channel_inpaint_unet(sd, image, quadrant_mask, tmp_path):
     UNet2DConditionModel.from_config(config).save_pretrained(tmp_path / "other")
     with pytest.raises(ModelError, match="cross_attention_dim"):
         Repairer(sd, inpaint_unet=tmp_path / "other")
+
+
+def test_batched_repair_equals_single_calls_and_keeps_outside_pixels(sd):
+    """Three images with different masks and seeds in one call give the bytes of three single calls
+    (batch-invariant numerics), and no pixel outside a mask changes."""
+    repairer = Repairer(sd, batch_invariant=True)
+    boxes = [(32, 32, 64, 64), (0, 0, 24, 40), (16, 8, 48, 32)]
+    items = []
+    for i, box in enumerate(boxes):
+        mask, _ = defects.build_mask((64, 64), box, dilate=2, blur=2)
+        items.append(RepairItem(blocks(size=64, seed=i), mask, f"{PROMPT} {i}", NEGATIVE, SEED + i, attempt=i % 2))
+    batched = repairer.repair_batch(items, steps=2)
+    for it, out in zip(items, batched):
+        single = repairer.repair(it.image, it.prompt, it.negative_prompt, it.seed, it.mask, steps=2, attempt=it.attempt)
+        assert out.tobytes() == single.tobytes()
+        assert outside_equal_inside_changed(it.image, out, it.mask) > 5
+
+
+def test_repair_steps_scale_with_strength():
+    assert [repair_steps(s, 0.4) for s in (1, 2, 4, 6, 8)] == [1, 1, 2, 3, 4]
+    assert repair_steps(4, 1.0) == 4 and repair_steps(4, 0.5) == 2 and repair_steps(4, 0.05) == 1
