@@ -168,18 +168,38 @@ def bench(
     soak: Annotated[int, typer.Option("--soak", help="Also process N batches in one worker; report RSS drift.")] = 0,
     quantization: Annotated[str, typer.Option("--quantization", help="Mode compared with float.")] = "int8-dynamic",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    e2e: Annotated[
+        bool, typer.Option("--e2e", help="Whole processes instead: `adfactory run` vs a plain diffusers loop.")
+    ] = False,
+    images: Annotated[
+        str, typer.Option("--images", help="With --e2e: day sizes in images, comma-separated.")
+    ] = "48,200",
     verbose: VerboseOpt = False,
 ) -> None:
-    """Benchmark: naive loop vs seed-000 batching vs bucketed batches vs the full worker; quantization; memory."""
+    """Benchmark: naive loop vs seed-000 batching vs bucketed batches vs the full worker; quantization; memory.
+    With --e2e: the whole night as a process against a plain diffusers loop over the same images."""
     import json
 
     from factory.config import load_config
+    from factory.errors import ConfigError
     from factory.tools.bench import bench as run_bench
     from factory.tools.bench import format_table
 
     def go() -> None:
-        r = run_bench(load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization)
-        typer.echo(format_table(r))
+        if e2e:
+            from factory.tools.bench_e2e import bench_e2e, format_e2e
+
+            try:
+                sizes = tuple(int(x) for x in images.split(","))
+            except ValueError:
+                raise ConfigError(f"--images must be comma-separated image counts, got {images!r}") from None
+            if not sizes or min(sizes) < 1:
+                raise ConfigError(f"--images must be positive image counts, got {images!r}")
+            r = bench_e2e(load_config(config), sizes)
+            typer.echo(format_e2e(r))
+        else:
+            r = run_bench(load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization)
+            typer.echo(format_table(r))
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(r, indent=2) + "\n")

@@ -82,12 +82,14 @@ class LocalExecutor:
     def run(
         self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
     ) -> dict[str, Any]:
+        import time
         from pathlib import Path
 
         from factory.generation.faults import worker_class
 
         worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date_dir)
         worker.date_dir = Path(date_dir)
+        ready_at = time.perf_counter()  # the worker's models are loaded: start-up ends here
         queue = deque(batches)
         while queue:
             batch = queue.popleft()
@@ -97,7 +99,7 @@ class LocalExecutor:
                 result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
             if result is not None:
                 on_result(result)
-        return {"executor": "local", "workers": 1}
+        return {"executor": "local", "workers": 1, "ready_at": ready_at, "worker_startup": worker.startup}
 
 
 def _init_ray(cfg: FactoryConfig) -> bool:

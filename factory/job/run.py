@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -87,6 +88,7 @@ def run(
     """
     cfg = cfg.absolute(Path.cwd())
     started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
+    process_age = process_age_s()  # interpreter start-up and the CLI's imports, before run() was entered
     run_id = f"{started_at:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
 
     # 1. read, validate, plan (fails here, before any output, on bad input)
@@ -111,6 +113,7 @@ def run(
             todo = [t for t in p.tasks if (t.sku_id, t.variant) not in finished.keys() | {r.key for r in cached}]
             generated, execution = _execute(night, executor, todo, len(finished), len(cached))
         # 7. manifests, run.json, _SUCCESS (last, and only for a night that succeeded)
+        execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, list(finished.values()), cached, generated, execution)
 
 
@@ -180,6 +183,28 @@ class Execution:
     stage: Counter[str]
     execute_s: float
     executor: dict[str, Any]
+    startup: dict[str, Any] = field(default_factory=dict)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where that is not known."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+
+
+def _startup(process_age: float | None, started: float, executor: dict[str, Any]) -> dict[str, Any]:
+    """Start-up of the night: process start -> run() (imports of the CLI), -> the worker ready for its first batch
+    (plan, lock, the worker's imports and model loads). The local executor reports its worker's stages."""
+    ready_at = executor.pop("ready_at", None)
+    out: dict[str, Any] = {"process_to_run_s": process_age, **executor.pop("worker_startup", {})}
+    if ready_at is not None:
+        out["run_to_worker_ready_s"] = ready_at - started
+        out["startup_s"] = (process_age or 0.0) + ready_at - started
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def _execute(
@@ -291,6 +316,7 @@ def _run_info(night: Night, s: RunSummary, ex: Execution) -> dict[str, Any]:
         "by_category": s.by_category,
         "outcomes": s.outcomes,
         "timings": s.timings,
+        "startup": ex.startup,
         "pixels": finalize.pixel_stats(ex.stage),
         "images_per_s": s.images_per_s,
         "config": night.cfg.to_dict(),
