@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,18 +180,22 @@ class Worker:
         # 3. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
         # need no repair are already being encoded and written on the writer pool meanwhile
         t0 = time.perf_counter()
-        final = [i for i, a in enumerate(assessments) if not self._needs_repair(a)]
-        writes = {i: self._write_async(tasks[i], images[i]) for i in final}
-        outcomes = self.repair(tasks, images, assessments)
-        writes.update(
-            {i: self._write_async(t, o.image) for i, (t, o) in enumerate(zip(tasks, outcomes)) if i not in writes}
-        )
-        timings["repair_s"] = time.perf_counter() - t0
+        writes = {
+            i: self._write_async(tasks[i], images[i]) for i, a in enumerate(assessments) if not self._needs_repair(a)
+        }
+        try:
+            outcomes = self.repair(tasks, images, assessments)
+            for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
+                if i not in writes:
+                    writes[i] = self._write_async(task, outcome.image)
+            timings["repair_s"] = time.perf_counter() - t0
 
-        # 4. build records; wait for every write (in task order: the first error is raised here)
-        t0 = time.perf_counter()
-        records = self.records(tasks, outcomes)
-        for i in range(len(tasks)):
+            # 4. build records, then wait for every write; the first failed write (in task order) is raised
+            t0 = time.perf_counter()
+            records = self.records(tasks, outcomes)
+        finally:
+            wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
+        for i in sorted(writes):
             writes[i].result()
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
@@ -211,14 +215,6 @@ class Worker:
 
     def _write_image(self, task: Task, image: Any) -> None:
         atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image), durable=False)
-
-    def write(self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome]) -> list[ImageRecord]:
-        """Write every outcome's image and return the records (tools; `process` writes on the writer pool)."""
-        futures = [self._write_async(t, o.image) for t, o in zip(tasks, outcomes)]
-        records = self.records(tasks, outcomes)
-        for f in futures:
-            f.result()
-        return records
 
     def records(self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome]) -> list[ImageRecord]:
         records = []

@@ -115,3 +115,16 @@ def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_
         np.array_equal(a, b)
         for a, b in zip(pixels(plain, tasks), [np.asarray(r) for r in worker.generate(batch(tasks))])
     )
+
+
+def test_writes_run_on_the_writer_pool_and_their_errors_reach_the_batch(cfg, tmp_path):
+    cfg = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
+    worker = Worker.local(cfg, str(tmp_path / "ok"))
+    tasks = tasks_for(3)
+    result = worker.process(batch(tasks))
+    assert [r.sku_id for r in result.records] == [t.sku_id for t in tasks]  # records in task order
+    assert all((tmp_path / "ok" / t.image_path).is_file() for t in tasks)  # every write drained before returning
+    (tmp_path / "bad").write_text("a file where the date directory should be")
+    worker.date_dir = tmp_path / "bad"
+    with pytest.raises(OSError):
+        worker.process(batch(tasks))
