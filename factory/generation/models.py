@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,11 +110,25 @@ def model_fingerprint(cfg: ModelConfig) -> str:
     return h.hexdigest()[:12]
 
 
-def import_libraries() -> None:
-    """Import what a worker needs to load models (torch, diffusers' pipelines, open_clip), so a worker can time its
-    imports apart from its model loads. Nothing else: torchao only when a night quantizes, ray only for that
-    executor."""
-    import diffusers  # noqa: F401
-    import open_clip  # noqa: F401
-    import torch  # noqa: F401
-    from diffusers import DiffusionPipeline, LCMScheduler  # noqa: F401
+def import_libraries(quantization: str = "none") -> None:
+    """Import what a worker needs to load models (torch, diffusers, transformers, open_clip) once, so the worker
+    times its imports apart from its model loads; ray is never imported here (only its executor does).
+
+    diffusers and transformers import torchao at import time whenever it is installed (to load torchao-serialized
+    checkpoints, which the factory never does): that is seconds of imports for a night that does not quantize. For
+    such a night torchao is hidden while they are imported (`sys.modules[name] = None` makes find_spec answer
+    "not installed"), then un-hidden, so a later `quantize_unet` in the same process still imports it.
+    """
+    hide = quantization == "none" and "diffusers" not in sys.modules and "torchao" not in sys.modules
+    if hide:
+        sys.modules["torchao"] = None  # type: ignore[assignment]
+    try:
+        import diffusers.models.modeling_utils  # noqa: F401
+        import diffusers.quantizers  # noqa: F401
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from diffusers import DiffusionPipeline, LCMScheduler  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["torchao"]

@@ -47,7 +47,9 @@ class Worker:
 
         from factory.generation.models import import_libraries, load_clip, load_pipeline
 
-        import_libraries()  # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
+        import_libraries(
+            runtime.quantization
+        )  # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
         self.startup: dict[str, float] = {"imports_s": time.perf_counter() - t0}
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)

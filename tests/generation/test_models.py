@@ -51,3 +51,20 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_pipeline(ModelConfig(pipeline=str(tmp_path)), "cpu", torch.float32)
     with pytest.raises(ModelError, match="checkpoint not found"):
         load_clip(ModelConfig(clip_pretrained=str(tmp_path / "x.pt"), clip_config_dir=""), "cpu")
+
+
+def test_a_night_without_quantization_never_imports_torchao_or_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from factory.generation.models import import_libraries\n"
+        "import_libraries('none')\n"
+        "import factory.job.run, factory.cli\n"
+        "assert 'torchao' not in sys.modules and 'ray' not in sys.modules, 'imported'\n"
+        "from factory.generation.quantize import quantize_unet\n"
+        "import torchao\n"  # un-hidden: a later quantizing worker in the same process still gets it
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
