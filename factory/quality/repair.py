@@ -20,6 +20,8 @@ Typical use (the worker):
         defect = defects.defect_mask(image, reasons, tile=64)
         fixed = repairer.repair(image, task.prompt, task.negative_prompt, task.seed, defect.mask, attempt=0)
         # then re-score `fixed`; on failure retry with attempt=1, ... or send to review
+    Several images of one size: `repairer.repair_batch([RepairItem(image, mask, prompt, negative, seed, attempt),
+    ...])` (one pipeline call; factory.quality.retry groups a batch's repairs by (size, steps)).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def repair_steps(steps: int, strength: float) -> int:
 
     A generation spends `steps` steps on the whole noise range; a repair at `strength` starts from the
     `strength` share of it, so this gives the repaired region as many steps per noise level as the image had,
-    and a repair costs about `strength` of a generation (measured on the tiny model: 2.0x a generation when a
-    repair ran all `steps`; README "Performance"). Image quality of this choice is for real weights to judge.
+    and a repair's denoising costs about `strength` of a generation's (running all `steps` made a repair cost more
+    than generating the image: README "Performance"). Image quality of this choice is for real weights to judge.
     """
     return max(1, math.ceil(steps * strength - 1e-9))
 
