@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench lint format models validate clean
+.PHONY: demo test test-all bench bench-e2e lint format models validate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-all: models
 # Speed, pixel waste, quantization and memory, side by side in one process (the demo's scaled buckets).
 bench: models
 	$(BIN)/adfactory bench --config data/demo.toml --skus 48 --repeats 2 --soak 200 --json data/output/bench.json
+
+# The whole night (adfactory run --executor local) vs a plain diffusers loop, as processes, at 48 and 200 images.
+bench-e2e: models
+	$(BIN)/adfactory bench --e2e --config data/demo.toml --images 48,200 --json data/output/bench_e2e.json
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check factory tests jobs
