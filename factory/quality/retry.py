@@ -51,9 +51,6 @@ class RepairRetry:
             return None
         return cls(pipe, gate, cfg, guidance_scale, batch_invariant)
 
-    def __call__(self, task: Any, image: Any, a: Assessment) -> RepairOutcome:
-        return self.run([task], [image], [a])[0]
-
     def run(self, tasks: list[Any], images: list[Any], assessments: list[Assessment]) -> list[RepairOutcome]:
         """Repair a batch's repairable images: per attempt, one inpaint call per (size, steps) group and one
         re-scoring pass over every candidate. An image's result does not depend on the others in the batch."""
