@@ -208,6 +208,48 @@ def demo_skus(
     _guard(False, go)
 
 
+@app.command("train-lora")
+def train_lora(
+    images: Annotated[Path, typer.Option("--images", help="Folder of RGB images (+ same-name .txt captions).")],
+    output: Annotated[Path, typer.Option("--output", help="Gets pytorch_lora_weights.safetensors + train.json.")],
+    config: ConfigOpt = None,
+    method: Annotated[str, typer.Option("--method", help="lora (a style LoRA) | lcm-distill (an LCM-LoRA).")] = "lora",
+    caption: Annotated[str, typer.Option("--caption", help="Caption of images without a .txt file.")] = "",
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank (alpha = rank).")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1000,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    resolution: Annotated[int, typer.Option("--resolution", help="Training side in px (multiple of 8).")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the LoRA init, batch order and noise.")] = 0,
+    text_encoder: Annotated[bool, typer.Option("--text-encoder", help="Also train a text-encoder LoRA.")] = False,
+    num_ddim_timesteps: Annotated[int, typer.Option("--num-ddim-timesteps", help="lcm-distill: solver steps.")] = 50,
+    w_min: Annotated[float, typer.Option("--w-min", help="lcm-distill: lowest sampled guidance w.")] = 5.0,
+    w_max: Annotated[float, typer.Option("--w-max", help="lcm-distill: highest sampled guidance w.")] = 15.0,
+    loss_type: Annotated[str, typer.Option("--loss-type", help="lcm-distill: huber | l2.")] = "huber",
+    huber_c: Annotated[float, typer.Option("--huber-c", help="lcm-distill: huber loss constant.")] = 0.001,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a LoRA on a folder of images against the config's base model (diffusers-format output)."""
+    from factory.config import load_config
+    from factory.training.common import TrainArgs
+    from factory.training.train import train
+
+    def go() -> None:
+        args = TrainArgs(
+            images=images, output=output, method=method, caption=caption, rank=rank, steps=steps, lr=lr,
+            resolution=resolution, batch_size=batch_size, seed=seed, text_encoder=text_encoder,
+            num_ddim_timesteps=num_ddim_timesteps, w_min=w_min, w_max=w_max, loss_type=loss_type, huber_c=huber_c,
+        )  # fmt: skip
+        s = train(load_config(config), args)
+        typer.echo(
+            f"trained {s['method']} on {s['images']} images, {s['steps']} steps in {s['time_s']:.1f}s: "
+            f"loss {s['loss_start']:.4f} -> {s['loss_end']:.4f}\n"
+            f"  {output / s['weights']}\n  {output / 'train.json'}"
+        )
+
+    _guard(verbose, go)
+
+
 @models_app.command("init-tiny")
 def init_tiny(
     directory: Annotated[Path, typer.Argument(help="Where to write tiny-sd/ and tiny-clip/.")] = Path("data/models"),

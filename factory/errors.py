@@ -19,6 +19,10 @@ class InputError(FactoryError):
     exit_code = EXIT_BAD_INPUT
 
 
+class TrainingDataError(InputError):
+    """A training image folder (`adfactory train-lora --images`) holds no usable images or a bad file."""
+
+
 class ConfigError(FactoryError):
     """A config or template file is invalid."""
 
