@@ -162,19 +162,24 @@ def loss_summary(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
-def save_lora(output: Path, unet: Any, text_encoder: Any | None = None) -> Path:
-    """`pytorch_lora_weights.safetensors` in diffusers format (as `train_text_to_image_lora.py` saves it),
-    written next to its final name and renamed into place."""
+def save_lora(output: Path, unet: Any, text_encoder: Any | None = None, convert: bool = True) -> Path:
+    """`pytorch_lora_weights.safetensors` for `load_lora_weights`, written next to its final name and renamed.
+
+    `convert`: diffusers' legacy key names (`lora.down`/`lora.up`), as `train_text_to_image_lora.py` saves them;
+    they exist only for attention projections, so an adapter on other layers (lcm-distill's convs, feed-forwards)
+    keeps peft's names (`lora_A`/`lora_B`), as `train_lcm_distill_lora_sd_wds.py` saves it: a file mixing both
+    loads without its attention layers (measured: diffusers drops them with a warning)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    keys = convert_state_dict_to_diffusers if convert else dict
     kwargs: dict[str, Any] = {
-        "unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        "unet_lora_layers": keys(get_peft_model_state_dict(unet)),
         "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),  # rank/alpha travel with the file
     }
     if text_encoder is not None:
-        kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        kwargs["text_encoder_lora_layers"] = keys(get_peft_model_state_dict(text_encoder))
         kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output, prefix=".lora-") as tmp:

@@ -54,7 +54,7 @@ def train(cfg: FactoryConfig, args: TrainArgs) -> dict[str, Any]:
         weights = save_lora(args.output, base.pipe.unet, base.pipe.text_encoder if args.text_encoder else None)
     else:
         losses, student = distill(base, args, examples)
-        weights = save_lora(args.output, student)
+        weights = save_lora(args.output, student, convert=False)
     loss_start, loss_end = loss_summary(losses)
     summary = {
         "method": args.method,
