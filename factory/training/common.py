@@ -176,11 +176,10 @@ def save_lora(output: Path, unet: Any, text_encoder: Any | None = None, convert:
     keys = convert_state_dict_to_diffusers if convert else dict
     kwargs: dict[str, Any] = {
         "unet_lora_layers": keys(get_peft_model_state_dict(unet)),
-        "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),  # rank/alpha travel with the file
-    }
+    }  # no adapter metadata: safetensors writes a metadata map in random key order (measured), and the loader
+    #    infers rank from the shapes and alpha = rank, which is what both methods train with
     if text_encoder is not None:
         kwargs["text_encoder_lora_layers"] = keys(get_peft_model_state_dict(text_encoder))
-        kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output, prefix=".lora-") as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
