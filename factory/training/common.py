@@ -184,4 +184,12 @@ def save_lora(output: Path, unet: Any, text_encoder: Any | None = None, convert:
     with tempfile.TemporaryDirectory(dir=output, prefix=".lora-") as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
         os.replace(Path(tmp) / WEIGHTS_NAME, output / WEIGHTS_NAME)
-    return output / WEIGHTS_NAME
+    return readable(output / WEIGHTS_NAME)
+
+
+def readable(path: Path) -> Path:
+    """Give a file written through a private temp name the permissions the umask allows (temp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+    return path

@@ -15,7 +15,7 @@ from typing import Any
 from factory.config import FactoryConfig, resolve_path
 from factory.errors import ConfigError
 from factory.io.writer import write_json
-from factory.training.common import TrainArgs, load_base, loss_summary, save_lora
+from factory.training.common import TrainArgs, load_base, loss_summary, readable, save_lora
 from factory.training.data import read_examples
 from factory.training.lcm_distill import LOSS_TYPES, distill
 from factory.training.lora import train_lora
@@ -78,4 +78,5 @@ def train(cfg: FactoryConfig, args: TrainArgs) -> dict[str, Any]:
         "losses": [round(x, 6) for x in losses],
     }
     write_json(args.output / "train.json", summary)
+    readable(args.output / "train.json")
     return summary

@@ -5,6 +5,7 @@ direction of the objective, never image quality."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,6 +125,10 @@ def test_same_seed_same_weights_and_text_encoder_lora(tiny_models, tmp_path, one
     b = train(cfg, replace(args, output=tmp_path / "b"))
     assert a["weights_sha256"] == b["weights_sha256"]
     assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in (WEIGHTS_NAME, "train.json"):  # written via private temp names, then given the umask's mode
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o666 & ~mask
     with safe_open(str(tmp_path / "a" / WEIGHTS_NAME), "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
