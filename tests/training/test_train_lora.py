@@ -58,23 +58,25 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def generate(pipe, output_type: str, n: int = 8):
+def generate(pipe, n: int = 8) -> tuple[torch.Tensor, np.ndarray]:
+    """The pipeline's 4-step latents for n seeds and their decoded pixels (0..255), as `output_type="np"` gives."""
     gens = [torch.Generator().manual_seed(s) for s in range(n)]
     kw = dict(num_inference_steps=4, guidance_scale=1.0, height=SIDE, width=SIDE, generator=gens)
-    return pipe([CAPTION] * n, output_type=output_type, **kw).images
+    latents = pipe([CAPTION] * n, output_type="latent", **kw).images
+    with torch.no_grad():
+        img = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return latents, ((img / 2 + 0.5).clamp(0, 1) * 255).permute(0, 2, 3, 1).numpy()
 
 
-def style_stats(pipe, train_latents: torch.Tensor) -> dict[str, float]:
+def style_stats(latents: torch.Tensor, img: np.ndarray, train_latents: torch.Tensor) -> dict[str, float]:
     """Distance of the generated latents to the nearest training latent; palette distance and horizontal-stripe
     energy (share of the row profile's spectrum at the 16 px period) of the decoded pixels."""
-    lat = generate(pipe, "latent").flatten(1)
-    img = generate(pipe, "np") * 255.0
     pal = np.array([c for p in PALETTES for c in p], np.float32)
     prof = img.mean(axis=(2, 3))
     prof -= prof.mean(axis=1, keepdims=True)
     spec = np.abs(np.fft.rfft(prof, axis=1)) ** 2
     return {
-        "latent_dist": torch.cdist(lat, train_latents.flatten(1)).min(dim=1).values.mean().item(),
+        "latent_dist": torch.cdist(latents.flatten(1), train_latents.flatten(1)).min(dim=1).values.mean().item(),
         "palette_dist": float(np.linalg.norm(img[..., None, :] - pal, axis=-1).min(axis=-1).mean()),
         "stripe_energy": float((spec[:, SIDE // 16] / spec[:, 1:].sum(axis=1)).mean()),
     }
@@ -100,11 +102,13 @@ def test_train_lora_cli_trains_saves_and_loads(tiny_models, tmp_path, one_thread
     with torch.no_grad():
         px = torch.stack([load_pixels(e, SIDE) for e in examples])
         train_latents = pipe.vae.encode(px).latent_dist.mode() * pipe.vae.config.scaling_factor
-    before, pixels_before = style_stats(pipe, train_latents), generate(pipe, "np")
+    latents_before, pixels_before = generate(pipe)
     pipe.load_lora_weights(str(out))  # the directory: load_lora_weights finds pytorch_lora_weights.safetensors
-    after, pixels_after = style_stats(pipe, train_latents), generate(pipe, "np")
+    latents_after, pixels_after = generate(pipe)
+    before = style_stats(latents_before, pixels_before, train_latents)
+    after = style_stats(latents_after, pixels_after, train_latents)
     print(f"\nloss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f}; before {before}; after {after}")
-    assert np.abs(pixels_after - pixels_before).mean() > 1e-3  # the adapter is applied
+    assert np.abs(pixels_after - pixels_before).mean() > 0.1  # the adapter is applied
     # Toward the training images where the tiny model can show it (its random VAE cannot render stripes).
     assert after["latent_dist"] < 0.9 * before["latent_dist"]
 
