@@ -136,6 +136,11 @@ def test_same_seed_same_weights_and_text_encoder_lora(tiny_models, tmp_path, one
     with safe_open(str(tmp_path / "a" / WEIGHTS_NAME), "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    pipe = load_pipeline(_model(tiny_models), "cpu", torch.float32)
+    pipe.load_lora_weights(str(tmp_path / "a"))
+    lora_layers = lambda m: {n for n, x in m.named_modules() if hasattr(x, "lora_A")}  # noqa: E731
+    assert len(lora_layers(pipe.text_encoder)) == 2 * 4  # 2 CLIP layers x q/k/v/out_proj
+    assert len(lora_layers(pipe.unet)) == 8 * 4  # 8 attention layers (attn1/attn2) x to_q/k/v/out.0
 
 
 def _bad(tmp_path: Path, name: str, make) -> tuple[Path, Path]:
