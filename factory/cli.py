@@ -114,20 +114,15 @@ def run(
 def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.inputs.planner import make_batches
-    from factory.job.plan import plan
+    from factory.job.plan import summarize
 
     def go() -> None:
         cfg = load_config(config)
-        p = plan(cfg, date or _today(), skus)
-        n_batches = len(make_batches(p.tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding))
-        buckets: dict[str, int] = {}
-        for t in p.tasks:
-            buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
-        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {n_batches} batches")
-        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
-        typer.echo(f"  rejected rows: {len(p.rejected)}")
-        for r in p.rejected:
+        s = summarize(cfg, date or _today(), skus)
+        typer.echo(f"{s.input_path}: {s.input_rows} rows, {s.images} images planned in {s.batches} batches")
+        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in s.buckets.items()) or "none"))
+        typer.echo(f"  rejected rows: {len(s.rejected)}")
+        for r in s.rejected:
             typer.echo(
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )

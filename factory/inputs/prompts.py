@@ -37,7 +37,9 @@ class Template:
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
         """Return (prompt, negative_prompt). `attrs` must contain every required attribute."""
-        values = {**self.optional, **{k: v for k, v in attrs.items() if v is not None}}
+        if None in attrs.values():
+            attrs = {k: v for k, v in attrs.items() if v is not None}
+        values = {**self.optional, **attrs}
         return _render(self.prompt, values), _render(self.negative_prompt, values)
 
     def missing(self, attrs: dict[str, str | None]) -> list[str]:
@@ -49,6 +51,8 @@ def clean_value(value: str) -> str:
 
     A value cannot break prompt or manifest lines.
     """
+    if value.isascii() and value.isprintable():  # the common case: no control character to replace
+        return value.strip()
     return _CONTROL_RE.sub(" ", value).strip()
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
-from factory.inputs.planner import Planner, Task
+from factory.inputs.planner import Planner, Task, count_batches
 from factory.inputs.prompts import Template, load_templates
-from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
+from factory.inputs.skus import Rejected, RowValidator, day_input_path, iter_tables
 
 
 @dataclass
@@ -42,19 +44,73 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
     return thresholds
 
 
-def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
-    date = parse_date(date)
-    timings = {}
-    t0 = time.perf_counter()
+def _stream(
+    cfg: FactoryConfig, date: str, skus_path: str | Path | None, timings: dict[str, float]
+) -> tuple[dict[str, Template], Path, Iterator[tuple[int, list[Task], list[Rejected]]]]:
+    """Templates, the input path, and the day as (rows, tasks, rejected) per record batch: read, validated and
+    planned one batch at a time, so a caller that does not keep the tasks holds one batch in memory. `timings`
+    gets read_s (reading and validating) and plan_s (rendering, buckets, seeds), summed over the batches."""
     templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
-    thresholds = category_thresholds(cfg, templates)
     path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
-    tables = read_tables(path)
-    skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants)
-    timings["read_s"] = time.perf_counter() - t0
+    planner = Planner(cfg.planner, templates)
+    validator = RowValidator(templates, cfg.planner.max_variants)
 
-    t0 = time.perf_counter()
-    tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
-    timings["plan_s"] = time.perf_counter() - t0
-    input_rows = sum(t.num_rows for _, t in tables)
+    timings.update(read_s=0.0, plan_s=0.0)
+
+    def batches() -> Iterator[tuple[int, list[Task], list[Rejected]]]:
+        t0 = time.perf_counter()
+        for source, offset, table in iter_tables(path):
+            skus, rejected = validator.validate(source, table, offset)
+            t1 = time.perf_counter()
+            tasks = planner.plan_tasks(skus, date)
+            t2 = time.perf_counter()
+            timings["read_s"] += t1 - t0
+            timings["plan_s"] += t2 - t1
+            yield table.num_rows, tasks, rejected
+            t0 = time.perf_counter()
+
+    return templates, path, batches()
+
+
+def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
+    """The whole day's tasks and rejected rows (what `run` executes)."""
+    date = parse_date(date)
+    timings: dict[str, float] = {}
+    templates, path, batches = _stream(cfg, date, skus_path, timings)
+    thresholds = category_thresholds(cfg, templates)
+    tasks: list[Task] = []
+    rejected: list[Rejected] = []
+    input_rows = 0
+    for rows, t, r in batches:
+        input_rows += rows
+        tasks += t
+        rejected += r
     return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
+
+
+@dataclass
+class DaySummary:
+    """What `adfactory validate` reports: counts, not tasks (a million-row day stays small in memory)."""
+
+    input_path: Path
+    input_rows: int
+    images: int
+    buckets: dict[str, int]  # images per (target) bucket
+    batches: int
+    rejected: list[Rejected]
+
+
+def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> DaySummary:
+    """Read, validate and plan the day batch by batch, keeping only counts and the rejected rows."""
+    date = parse_date(date)
+    templates, path, batches = _stream(cfg, date, skus_path, {})
+    category_thresholds(cfg, templates)  # the same config errors as a run
+    buckets: Counter[str] = Counter()
+    rejected: list[Rejected] = []
+    input_rows = 0
+    for rows, tasks, r in batches:
+        input_rows += rows
+        buckets.update(t.bucket for t in tasks)
+        rejected += r
+    n_batches = count_batches(buckets, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+    return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)
