@@ -7,6 +7,7 @@ values never reach `str.format`, `%` or any other interpreter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import string
@@ -46,6 +47,7 @@ class Template:
         return [name for name in self.required if not (attrs.get(name) or "").strip()]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # attribute values repeat (colours, brands, styles) across a day's rows
 def clean_value(value: str) -> str:
     """Control characters and line breaks (newline, NEL, U+2028, NUL, escapes) become spaces.
 

@@ -13,7 +13,7 @@ from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
 from factory.inputs.planner import Planner, Task, count_batches
 from factory.inputs.prompts import Template, load_templates
-from factory.inputs.skus import Rejected, RowValidator, day_input_path, iter_tables
+from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 
 
 @dataclass
@@ -45,46 +45,40 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
 
 
 def _stream(
-    cfg: FactoryConfig, date: str, skus_path: str | Path | None, timings: dict[str, float]
-) -> tuple[dict[str, Template], Path, Iterator[tuple[int, list[Task], list[Rejected]]]]:
-    """Templates, the input path, and the day as (rows, tasks, rejected) per record batch: read, validated and
-    planned one batch at a time, so a caller that does not keep the tasks holds one batch in memory. `timings`
-    gets read_s (reading and validating) and plan_s (rendering, buckets, seeds), summed over the batches."""
+    cfg: FactoryConfig, date: str, skus_path: str | Path | None
+) -> tuple[dict[str, Template], Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
+    """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
+    read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
     templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
     path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
-    planner = Planner(cfg.planner, templates)
     validator = RowValidator(templates, cfg.planner.max_variants)
 
-    timings.update(read_s=0.0, plan_s=0.0)
-
-    def batches() -> Iterator[tuple[int, list[Task], list[Rejected]]]:
-        t0 = time.perf_counter()
+    def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
         for source, offset, table in iter_tables(path):
-            skus, rejected = validator.validate(source, table, offset)
-            t1 = time.perf_counter()
-            tasks = planner.plan_tasks(skus, date)
-            t2 = time.perf_counter()
-            timings["read_s"] += t1 - t0
-            timings["plan_s"] += t2 - t1
-            yield table.num_rows, tasks, rejected
-            t0 = time.perf_counter()
+            yield table.num_rows, *validator.validate(source, table, offset)
 
-    return templates, path, batches()
+    return templates, path, Planner(cfg.planner, templates), batches()
 
 
 def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
     """The whole day's tasks and rejected rows (what `run` executes)."""
     date = parse_date(date)
-    timings: dict[str, float] = {}
-    templates, path, batches = _stream(cfg, date, skus_path, timings)
+    timings = {"read_s": 0.0, "plan_s": 0.0}  # reading + validating, and planning, summed over the batches
+    templates, path, planner, batches = _stream(cfg, date, skus_path)
     thresholds = category_thresholds(cfg, templates)
     tasks: list[Task] = []
     rejected: list[Rejected] = []
     input_rows = 0
-    for rows, t, r in batches:
+    t0 = time.perf_counter()
+    for rows, skus, r in batches:
+        t1 = time.perf_counter()
+        tasks += planner.plan_tasks(skus, date)
+        t2 = time.perf_counter()
+        timings["read_s"] += t1 - t0
+        timings["plan_s"] += t2 - t1
         input_rows += rows
-        tasks += t
         rejected += r
+        t0 = time.perf_counter()
     return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
 
 
@@ -103,14 +97,14 @@ class DaySummary:
 def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> DaySummary:
     """Read, validate and plan the day batch by batch, keeping only counts and the rejected rows."""
     date = parse_date(date)
-    templates, path, batches = _stream(cfg, date, skus_path, {})
+    templates, path, planner, batches = _stream(cfg, date, skus_path)
     category_thresholds(cfg, templates)  # the same config errors as a run
     buckets: Counter[str] = Counter()
     rejected: list[Rejected] = []
     input_rows = 0
-    for rows, tasks, r in batches:
+    for rows, skus, r in batches:
         input_rows += rows
-        buckets.update(t.bucket for t in tasks)
+        buckets.update(planner.bucket_counts(skus))
         rejected += r
     n_batches = count_batches(buckets, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)
