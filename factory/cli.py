@@ -183,6 +183,39 @@ def bench(
     _guard(verbose, go)
 
 
+@app.command("scale-bench")
+def scale_bench(
+    mode: Annotated[str, typer.Argument(help="validate | null-night")],
+    rows: Annotated[int, typer.Option("--rows", help="SKU rows in the synthetic day.")] = 1_000_000,
+    config: ConfigOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="null-night output root: a path or URI.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Synthetic days (kept) and the default output.")] = Path(
+        "data/output/scale-bench"
+    ),
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The driver at scale without a model: wall time, driver CPU and peak RSS on a synthetic day."""
+    import json
+
+    from factory.config import load_config
+    from factory.tools.scale_bench import format_result
+    from factory.tools.scale_bench import scale_bench as run_scale_bench
+
+    def go() -> None:
+        cfg = load_config(config, {"run": {"executor": executor, "workers": workers, "batch_size": batch_size}})
+        r = run_scale_bench(cfg, mode, rows, workdir.resolve(), output)
+        typer.echo(format_result(r))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(r, indent=2) + "\n")
+
+    _guard(verbose, go)
+
+
 @app.command("demo-skus")
 def demo_skus(
     date: DateOpt = "",

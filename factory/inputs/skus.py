@@ -84,22 +84,19 @@ def _unreadable(f: Path, exc: BaseException) -> InputError:
 
 
 def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
-    """Read one parquet file, or every *.parquet in a directory (see `input_files`), whole."""
-    tables = []
-    for f in input_files(path):
-        try:
-            table = pq.read_table(f)
-            table.schema.names  # noqa: B018 (column names are decoded lazily: a non-UTF-8 name fails here)
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-            raise _unreadable(f, exc) from None
-        _check_schema(f, table.schema)
-        tables.append((str(f), table))
-    return tables
+    """Each file of the day (see `input_files`) as one table: `iter_tables`' batches put back together."""
+    files: dict[str, list[pa.Table]] = {}
+    for source, _, table in iter_tables(path, empty_files=True):
+        files.setdefault(source, []).append(table)
+    return [(source, pa.concat_tables(tables)) for source, tables in files.items()]
 
 
-def iter_tables(path: str | Path, batch_rows: int = 65_536) -> Iterator[tuple[str, int, pa.Table]]:
+def iter_tables(
+    path: str | Path, batch_rows: int = 65_536, empty_files: bool = False
+) -> Iterator[tuple[str, int, pa.Table]]:
     """The day as (file, first row number, table of at most `batch_rows` rows), read in record batches: memory
-    holds one batch, not the day. Every file's schema is checked before the first batch is yielded."""
+    holds one batch, not the day. Every file's schema is checked before the first batch is yielded. A file without
+    rows yields nothing, or one empty table with `empty_files`."""
     files = []
     for f in input_files(path):
         try:
@@ -115,6 +112,8 @@ def iter_tables(path: str | Path, batch_rows: int = 65_536) -> Iterator[tuple[st
             for batch in pf.iter_batches(batch_size=batch_rows):
                 yield str(f), offset, pa.Table.from_batches([batch])
                 offset += batch.num_rows
+            if offset == 0 and empty_files:
+                yield str(f), 0, pf.schema_arrow.empty_table()
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(f, exc) from None
 

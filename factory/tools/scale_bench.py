@@ -12,6 +12,7 @@ Peak RSS is the driver's (`resource.getrusage(RUSAGE_SELF)`): Ray workers are ot
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import resource
 import time
@@ -24,8 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.config import FactoryConfig
+from factory.errors import ConfigError
+from factory.generation.models import NULL_PIPELINE
 
 SCALE_MODES = ("validate", "null-night")
+BENCH_DATE = "2026-01-01"
 
 # (category, JSON attrs) pairs that satisfy each shipped template's required attributes.
 _ATTRS = [
@@ -75,39 +79,95 @@ def synthetic_day(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def bench_validate(cfg: FactoryConfig, skus: Path, date: str) -> dict[str, Any]:
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _make_day(path: Path, rows: int) -> Path:
+    """The synthetic day, written by a child process: its arrays must not count in this driver's peak RSS."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=synthetic_day, args=(path, rows))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"writing the synthetic day {path} failed (exit {proc.exitcode})")
+    return path
+
+
+def scale_bench(
+    cfg: FactoryConfig, mode: str, rows: int, workdir: Path, output: str | None = None, date: str = BENCH_DATE
+) -> dict[str, Any]:
+    """Run `mode` on a synthetic day of `rows` rows; wall time, driver CPU time and peak RSS of this process."""
+    if mode not in SCALE_MODES:
+        raise ConfigError(f"scale-bench mode must be one of {', '.join(SCALE_MODES)}; got {mode!r}")
+    if rows < 1:
+        raise ConfigError(f"--rows must be at least 1, got {rows}")
+    skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    if mode == "validate":
+        result = _validate(cfg, skus, date)
+    else:
+        result = _null_night(cfg, skus, date, output or str(workdir / "out"))
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    images = result["images"]
+    return {
+        "mode": mode,
+        "rows": rows,
+        **result,
+        "wall_s": round(wall, 2),
+        "driver_cpu_s": round(cpu, 2),
+        "driver_ms_per_image": round(1000 * cpu / images, 4) if images else None,
+        "wall_ms_per_image": round(1000 * wall / images, 4) if images else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "load_average": load_average(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _validate(cfg: FactoryConfig, skus: Path, date: str) -> dict[str, Any]:
     from factory.job.plan import summarize
 
-    t0 = time.perf_counter()
     s = summarize(cfg, date, skus)
-    return {"wall_s": time.perf_counter() - t0, "images_planned": s.images, "rejected_rows": s.rejected_rows}
+    return {"images": s.images, "batches": s.batches, "rejected_rows": len(s.rejected)}
 
 
-def bench_null_night(cfg: FactoryConfig, skus: Path, date: str, output: str) -> dict[str, Any]:
+def _null_night(cfg: FactoryConfig, skus: Path, date: str, output: str) -> dict[str, Any]:
     from factory.job.run import run
 
     cfg = dataclasses.replace(
         cfg,
         paths=dataclasses.replace(cfg.paths, output=output),
-        model=dataclasses.replace(cfg.model, pipeline="null"),
+        model=dataclasses.replace(cfg.model, pipeline=NULL_PIPELINE, lora=""),
         cache=dataclasses.replace(cfg.cache, enabled=False),
     )
-    t0 = time.perf_counter()
     s = run(cfg, date, skus, force=True)
-    wall = time.perf_counter() - t0
-    images = s.counts["images_generated"]
+    c = s.counts
     return {
-        "wall_s": wall,
-        "images_generated": images,
-        "images_per_s": images / wall if wall else 0.0,
-        "driver_ms_per_image": None,
-        "timings": s.timings,
+        "images": c["images_generated"],
+        "batches": c["batches"],
+        "rejected_rows": c["rejected_rows"],
+        "output": output,
+        "executor": cfg.run.executor,
+        "workers": cfg.run.workers,
+        "batch_size": cfg.run.batch_size,
+        "timings": {k: round(v, 2) for k, v in s.timings.items()},
     }
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [f"scale-bench {r['mode']}: {r['rows']} rows -> {r['images']} images, {r['rejected_rows']} rejected"]
+    lines.append(f"  wall {r['wall_s']} s, driver CPU {r['driver_cpu_s']} s, driver peak RSS {r['peak_rss_mb']} MB")
+    lines.append(f"  driver CPU per image {r['driver_ms_per_image']} ms, wall per image {r['wall_ms_per_image']} ms")
+    if "timings" in r:
+        lines.append(f"  {r['executor']} x{r['workers']}, batch {r['batch_size']}: {r['timings']}")
+    lines.append(f"  load average {r['load_average']} on {r['cpus']} CPUs (a shared machine inflates wall times)")
+    return "\n".join(lines)
