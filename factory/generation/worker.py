@@ -53,11 +53,11 @@ class Worker:
         self.accel = self._accelerate()
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
-        # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
-        # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
             self.gate, self.retry = PassingGate(), None
             return
+        # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
+        # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         self.gate = Gate(self.clip, thresholds, runtime.batch_invariant)
         self.retry = RepairRetry.build(
             self.pipe, self.gate, cfg.repair, cfg.model.guidance_scale, runtime.batch_invariant
