@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from factory.errors import InputError, LockError
 from factory.io.records import ImageRecord
+from factory.io.storage import open_store
 from factory.job.lock import RunLock
 from factory.review.apply import apply_decisions
 from factory.review.manifests import APPLYING, open_night
@@ -171,3 +173,21 @@ def test_a_cached_image_carries_no_earlier_decision():
     task = Task(**{k: v for k, v in vars(record).items() if k in Task.__dataclass_fields__})
     carried = record.carried_to(task)
     assert (carried.review_decision, carried.reviewed_by, carried.review_note) == (None, None, None)
+
+
+def test_apply_on_an_object_store(night, tmp_path, s3_uri):
+    """The same rules through the Store on S3 (SeaweedFS): the lease lock, manifests, log, _SUCCESS last."""
+    local, remote = open_store(night.paths.output), open_store(s3_uri, night.storage)
+    for rel in local.list(DATE):
+        remote.put_bytes(rel, local.get_bytes(rel))
+    s3 = dataclasses.replace(night, paths=dataclasses.replace(night.paths, output=s3_uri))
+    decisions = write_csv(tmp_path, "B-bag,approve\nS-shoe,reject\n")
+    result = apply_decisions(open_night(s3, DATE), decisions, "ana")
+    assert len(result.changed) == 2 and result.sheet == f"{s3_uri}/{DATE}/review/sheet.html"
+    with remote.open_input_file(f"{DATE}/manifests/approved.parquet") as f:
+        approved = pq.read_table(f).to_pylist()
+    assert {r["variant"] for r in approved if r["sku_id"] == "B-bag"} == {0, 1}
+    assert json.loads(remote.get_bytes(f"{DATE}/_SUCCESS"))["review"]["approved_skus"] == 1
+    assert not remote.exists(f"{DATE}/.lock") and not remote.exists(f"{DATE}/{APPLYING}")
+    assert len(remote.get_bytes(f"{DATE}/review/decisions.log.jsonl").splitlines()) == 2
+    assert apply_decisions(open_night(s3, DATE), decisions, "ana").changed == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import re
@@ -118,7 +119,7 @@ def test_on_an_object_store_thumbnails_are_embedded(night, s3_uri):
     for rel in local.list(DATE):
         remote.put_bytes(rel, local.get_bytes(rel))
     remote.delete(f"{DATE}/review/sheet.html")
-    s3 = type(night)(**{**vars(night), "paths": type(night.paths)(**{**vars(night.paths), "output": s3_uri})})
+    s3 = dataclasses.replace(night, paths=dataclasses.replace(night.paths, output=s3_uri))
     url = write_sheet(open_night(s3, DATE))
     assert url == f"{s3_uri}/{DATE}/review/sheet.html"
     page = Page(remote.get_bytes(f"{DATE}/review/sheet.html").decode())
