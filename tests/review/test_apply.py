@@ -15,7 +15,7 @@ from factory.io.records import ImageRecord
 from factory.io.storage import open_store
 from factory.job.lock import RunLock
 from factory.review.apply import apply_decisions
-from factory.review.manifests import APPLYING, open_night
+from factory.review.manifests import APPLYING, manifest_relpath, open_night
 from tests.conftest import DATE, cli
 from tests.review.conftest import XSS_ID
 
@@ -25,7 +25,10 @@ def date_dir(cfg) -> Path:
 
 
 def manifest(cfg, name: str) -> list[dict]:
-    return pq.read_table(date_dir(cfg) / "manifests" / f"{name}.parquet").to_pylist()
+    """Raw manifest rows, found where factory.review.manifests says (one place for the layout)."""
+    night = open_night(cfg, DATE)
+    with night.store.open_input_file(manifest_relpath(night, name)) as f:
+        return pq.read_table(f).to_pylist()
 
 
 def snapshot(cfg) -> dict[str, bytes]:
@@ -184,8 +187,7 @@ def test_apply_on_an_object_store(night, tmp_path, s3_uri):
     decisions = write_csv(tmp_path, "B-bag,approve\nS-shoe,reject\n")
     result = apply_decisions(open_night(s3, DATE), decisions, "ana")
     assert len(result.changed) == 2 and result.sheet == f"{s3_uri}/{DATE}/review/sheet.html"
-    with remote.open_input_file(f"{DATE}/manifests/approved.parquet") as f:
-        approved = pq.read_table(f).to_pylist()
+    approved = manifest(s3, "approved")
     assert {r["variant"] for r in approved if r["sku_id"] == "B-bag"} == {0, 1}
     assert json.loads(remote.get_bytes(f"{DATE}/_SUCCESS"))["review"]["approved_skus"] == 1
     assert not remote.exists(f"{DATE}/.lock") and not remote.exists(f"{DATE}/{APPLYING}")

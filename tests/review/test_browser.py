@@ -11,9 +11,9 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from factory.review.manifests import open_night, read_images
 from tests.conftest import DATE, cli
 from tests.review.conftest import XSS_ID
 
@@ -92,6 +92,6 @@ def test_decide_filter_export_and_apply_in_chromium(night, tmp_path):
     )
     done = cli("review", "apply", "--date", DATE, "--output", night.paths.output, str(exported))
     assert done.returncode == 0, done.stderr
-    approved = pq.read_table(Path(night.paths.output) / DATE / "manifests" / "approved.parquet").to_pylist()
-    assert {XSS_ID, "B-bag"} <= {r["sku_id"] for r in approved}
+    approved = read_images(open_night(night, DATE), "approved")
+    assert {XSS_ID, "B-bag"} <= {r.sku_id for r in approved}
     print(f"browser part: {elapsed:.1f} s")

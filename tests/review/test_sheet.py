@@ -10,12 +10,11 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from PIL import Image
 
 from factory.config import FactoryConfig
 from factory.io.storage import open_store
-from factory.review.manifests import open_night
+from factory.review.manifests import open_night, read_images
 from factory.review.sheet import THUMB_PX, write_sheet
 from tests.conftest import DATE, cli
 from tests.review.conftest import XSS_ID
@@ -47,7 +46,7 @@ class Page(HTMLParser):
 
 
 def review_rows(cfg: FactoryConfig) -> list[dict]:
-    return pq.read_table(Path(cfg.paths.output) / DATE / "manifests" / "review.parquet").to_pylist()
+    return [r.to_row() for r in read_images(open_night(cfg, DATE), "review")]
 
 
 def sheet_path(cfg: FactoryConfig) -> Path:
