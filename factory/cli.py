@@ -277,7 +277,9 @@ def _review_night(config: Optional[Path], output: Optional[str], date: str) -> A
 
 
 @review_app.command("sheet")
-def review_sheet(date: DateOpt = "", output: OutputOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False):
+def review_sheet(
+    date: DateOpt = "", output: OutputOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False
+) -> None:
     """Write the night's review sheet (static HTML, opens from disk) and print its path."""
     from factory.review.sheet import write_sheet
 
