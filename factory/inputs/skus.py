@@ -9,16 +9,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from factory.config import StorageConfig
 from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
+from factory.io.storage import looks_like_uri, open_store
 
 RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
@@ -53,19 +57,47 @@ class Rejected:
     detail: str
 
 
-def day_input_path(skus_root: str | Path, date: str) -> Path:
-    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`."""
+def day_input_path(skus_root: str | Path, date: str, storage: StorageConfig | None = None) -> str | Path:
+    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`; `root` may be a URI (s3://...)."""
+    if looks_like_uri(str(skus_root)):
+        store = open_store(str(skus_root), storage, "paths.skus")
+        name = f"{date}.parquet"
+        return store.url(name) if store.exists(name) or not store.list(date) else store.url(date)
     root = Path(skus_root)
     file = root / f"{date}.parquet"
     return file if file.exists() or not (root / date).is_dir() else root / date
 
 
-def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
-    """Read one parquet file, or every *.parquet in a directory (sorted, so row numbers are stable).
+def read_tables(path: str | Path, storage: StorageConfig | None = None) -> list[tuple[str, pa.Table]]:
+    """Read one parquet file, or every *.parquet in a directory (sorted, so row numbers are stable); local or a URI.
 
     In a directory, names starting with `.` or `_` are skipped: Spark and pyarrow use them for in-progress,
     checksum and metadata files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`).
     """
+    tables = []
+    for f, opener in _input_files(path, storage):
+        try:
+            table = pq.read_table(opener())
+            table.schema.names  # noqa: B018 (column names are decoded lazily: a non-UTF-8 name fails here)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{f}: not a readable parquet file ({_first_line(exc)})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)") from None
+        _check_schema(f, table.schema)
+        tables.append((str(f), table))
+    return tables
+
+
+def _input_files(path: str | Path, storage: StorageConfig | None) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, open) for each input file: a local path, or files in a store (the URI of a file or a directory)."""
+    if looks_like_uri(str(path)):
+        store = open_store(str(path), storage, "--skus")
+        if store.info("").type == pafs.FileType.File:
+            return [(store.url(""), lambda: store.open_input_file(""))]
+        names = [n for n in store.list("") if "/" not in n and n.endswith(".parquet") and not n.startswith((".", "_"))]
+        if not names:
+            raise InputError(f"{store.url('')}: no .parquet files there (names starting with . or _ are skipped)")
+        return [(store.url(n), lambda n=n: store.open_input_file(n)) for n in names]
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
@@ -75,18 +107,7 @@ def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
         files = [path]
     else:
         raise InputError(f"{path}: SKU file not found (expected <skus>/<date>.parquet or a directory <skus>/<date>/)")
-    tables = []
-    for f in files:
-        try:
-            table = pq.read_table(f)
-            table.schema.names  # noqa: B018 (column names are decoded lazily: a non-UTF-8 name fails here)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{f}: not a readable parquet file ({_first_line(exc)})") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)") from None
-        _check_schema(f, table.schema)
-        tables.append((str(f), table))
-    return tables
+    return [(str(f), lambda f=f: f) for f in files]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,7 +130,7 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
-def _check_schema(f: Path, schema: pa.Schema) -> None:
+def _check_schema(f: str | Path, schema: pa.Schema) -> None:
     for name in ("sku_id", "category"):
         if name not in schema.names:
             raise InputError(f"{f}: missing required column '{name}' (columns: {', '.join(schema.names) or 'none'})")

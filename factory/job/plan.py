@@ -12,12 +12,13 @@ from factory.inputs.arguments import parse_date
 from factory.inputs.planner import Planner, Task
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
+from factory.io.storage import looks_like_uri
 
 
 @dataclass
 class Plan:
     date: str
-    input_path: Path
+    input_path: str | Path  # a local path or a URI
     input_rows: int
     tasks: list[Task]
     rejected: list[Rejected]
@@ -48,8 +49,11 @@ def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> 
     t0 = time.perf_counter()
     templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
     thresholds = category_thresholds(cfg, templates)
-    path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
-    tables = read_tables(path)
+    if skus_path:
+        path: str | Path = str(skus_path) if looks_like_uri(str(skus_path)) else Path(skus_path)
+    else:
+        path = day_input_path(cfg.paths.skus, date, cfg.storage)
+    tables = read_tables(path, cfg.storage)
     skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants)
     timings["read_s"] = time.perf_counter() - t0
 
