@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from factory.config import QualityConfig
+from factory.errors import StorageError
 from factory.inputs.planner import Task
 from factory.io import layout
 from factory.io.records import ImageRecord
@@ -85,7 +86,8 @@ def cache_hits(
         target = layout.image_key(date, t.image_path)
         try:
             store.copy(src["image_path"], target)
-        except FileNotFoundError:  # the source image was deleted since: generate it again
+        except (FileNotFoundError, StorageError) as exc:  # e.g. the source image was deleted since: generate it
+            log.warning("cache hit %s not reusable (%s); generating it", src["image_path"], exc)
             continue
         hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"], image_path=target))
     return hits

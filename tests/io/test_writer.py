@@ -1,11 +1,9 @@
-import os
 from pathlib import Path
 
 import pytest
 
 from factory.io.paths import image_relpath
 from factory.io.storage import open_store
-from factory.io.writer import atomic_write_bytes
 
 HOSTILE = [
     "../../etc/passwd",
@@ -49,10 +47,3 @@ def test_names_never_collide():
 def test_store_refuses_escape(tmp_path):
     with pytest.raises(ValueError):
         open_store(str(tmp_path)).path("2026-11-21/../../x.png")
-
-
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "d" / "f.bin"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["f.bin"]

@@ -124,10 +124,11 @@ def test_per_category_overrides_and_template_quality(cfg, day_file, tmp_path):
 
 def test_calibration_snippet_is_accepted_by_run(cfg, day_file, tmp_path):
     report = calibrate(with_run(cfg, executor="local"), DATE, sample=9, percentile=10)
-    assert report.samples == 9 and report.toml_path.is_file() and report.report_path.is_file()
-    assert "| clip_score |" in report.report_path.read_text()
+    toml_path, report_path = Path(report.toml_path), Path(report.report_path)
+    assert report.samples == 9 and toml_path.is_file() and report_path.is_file()
+    assert "| clip_score |" in report_path.read_text()
     config = tmp_path / "calibrated.toml"
-    config.write_text((REPO / "data" / "demo.toml").read_text().split("[quality]")[0] + report.toml_path.read_text())
+    config.write_text((REPO / "data" / "demo.toml").read_text().split("[quality]")[0] + toml_path.read_text())
     loaded = load_config(config)
     assert loaded.quality.clip_threshold == report.thresholds["all"]["clip_threshold"]
     s = run(dataclasses.replace(cfg, quality=loaded.quality, run=dataclasses.replace(cfg.run, executor="local")), DATE)
