@@ -119,3 +119,12 @@ def assert_invariant_s3(out: str, rows: list[dict]) -> None:
     keyed = [(r["sku_id"], r["variant"]) for r in m["approved"] + m["review"]]
     assert sorted(keyed) == sorted((r["sku_id"], 0) for r in rows) and not m["rejected"]
     assert all(r["image_path"].startswith(f"{DATE}/images/") for r in m["approved"] + m["review"])
+
+
+def test_a_malformed_uri_is_exit_2_and_never_a_local_dir(tmp_path, s3_uri):
+    skus = write_skus(tmp_path / "skus" / f"{DATE}.parquet", many_rows(1), SAMPLE_SCHEMA)
+    bucket_path = s3_uri.removeprefix("s3://")
+    env = {"PYTHONPATH": str(REPO)}
+    res = cli("run", "--date", DATE, "--skus", str(skus), "--output", f"s3:/{bucket_path}", cwd=tmp_path, env=env)
+    assert res.returncode == 2 and "neither a local path nor a URI" in res.stderr, res.stderr[-2000:]
+    assert not list(tmp_path.rglob("s3:*"))
