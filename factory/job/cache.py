@@ -43,9 +43,7 @@ def load_previous(store: Store, date: str, lookback_days: int) -> dict[str, dict
             continue
         try:
             table = layout.read_manifest(store, "approved", day)
-        except (pa.ArrowException, OSError):
-            continue
-        if "cache_key" not in table.column_names:
+        except (pa.ArrowException, OSError, KeyError):  # missing, unreadable, or written by another version
             continue
         for row in table.to_pylist():
             found.setdefault(row["cache_key"], row)
