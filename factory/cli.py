@@ -22,7 +22,8 @@ app.add_typer(review_app, name="review")
 
 DateOpt = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD (default: today).")]
 SkusOpt = Annotated[
-    Optional[Path], typer.Option("--skus", help="SKU parquet file or directory (default: <paths.skus>/<date>.parquet).")
+    Optional[str],
+    typer.Option("--skus", help="SKU parquet file or directory, or a URI (default: <paths.skus>/<date>.parquet)."),
 ]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: ./factory.toml).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")]
@@ -58,7 +59,10 @@ def _guard(verbose: bool, fn: Callable[[], Any]) -> Any:
 def run(
     date: DateOpt = "",
     skus: SkusOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     config: ConfigOpt = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
@@ -94,7 +98,8 @@ def run(
             f"{c['cache_hits']} from cache\n"
             f"  throughput     {s.images_per_s:.2f} images/s "
             f"({c['images_generated']} generated in {s.timings['total_s']:.1f}s)\n"
-            f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
+            f"  outputs        {s.output}/{s.date}/ (images/, run.json, _SUCCESS); "
+            f"manifests in {s.output}/manifests/{{approved,review,rejected}}/run_date={s.date}/"
         )
         o = s.outcomes.get("all")
         if o:
@@ -137,7 +142,10 @@ def calibrate(
     date: DateOpt = "",
     skus: SkusOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     sample: Annotated[int, typer.Option("--sample", help="Images to generate and score.")] = 64,
     percentile: Annotated[float, typer.Option("--percentile", help="Share (%) of the sample each check fails.")] = 5.0,
     verbose: VerboseOpt = False,

@@ -215,7 +215,10 @@ class FactoryConfig:
 
 
 def _is_uri(p: str) -> bool:
-    return "://" in p
+    """The test of factory.io.storage (`s3:/b` too, so it gets an error rather than becoming a local `s3:` dir)."""
+    from factory.io.storage import looks_like_uri
+
+    return looks_like_uri(p)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -17,10 +17,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from factory.config import StorageConfig
 from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
+from factory.io.storage import looks_like_uri, open_store
 
 RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
@@ -55,52 +58,66 @@ class Rejected:
     detail: str
 
 
-def day_input_path(skus_root: str | Path, date: str) -> Path:
-    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`."""
+def day_input_path(skus_root: str | Path, date: str, storage: StorageConfig | None = None) -> str | Path:
+    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`; `root` may be a URI (s3://...)."""
+    if looks_like_uri(str(skus_root)):
+        store = open_store(str(skus_root), storage, "paths.skus")
+        name = f"{date}.parquet"
+        return store.url(name) if store.exists(name) or not store.list(date) else store.url(date)
     root = Path(skus_root)
     file = root / f"{date}.parquet"
     return file if file.exists() or not (root / date).is_dir() else root / date
 
 
-def input_files(path: str | Path) -> list[Path]:
-    """The day's parquet files: `path` itself, or every *.parquet in the directory `path` (sorted, so row numbers
-    are stable). In a directory, names starting with `.` or `_` are skipped: Spark and pyarrow use them for
-    in-progress, checksum and metadata files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`)."""
+def input_files(path: str | Path, storage: StorageConfig | None = None) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, open) for each of the day's parquet files: `path` itself, or every *.parquet in the directory `path`
+    (sorted, so row numbers are stable); a local path or a URI (a file or a directory in a store). In a directory,
+    names starting with `.` or `_` are skipped: Spark and pyarrow use them for in-progress, checksum and metadata
+    files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`)."""
+    if looks_like_uri(str(path)):
+        store = open_store(str(path), storage, "--skus")
+        if store.info("").type == pafs.FileType.File:
+            return [(store.url(""), lambda: store.open_input_file(""))]
+        names = [n for n in store.list("") if "/" not in n and n.endswith(".parquet") and not n.startswith((".", "_"))]
+        if not names:
+            raise InputError(f"{store.url('')}: no .parquet files there (names starting with . or _ are skipped)")
+        return [(store.url(n), lambda n=n: store.open_input_file(n)) for n in names]
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
         if not files:
             raise InputError(f"{path}: directory contains no .parquet files (names starting with . or _ are skipped)")
-        return files
-    if path.is_file():
-        return [path]
-    raise InputError(f"{path}: SKU file not found (expected <skus>/<date>.parquet or a directory <skus>/<date>/)")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise InputError(f"{path}: SKU file not found (expected <skus>/<date>.parquet or a directory <skus>/<date>/)")
+    return [(str(f), lambda f=f: f) for f in files]
 
 
-def _unreadable(f: Path, exc: BaseException) -> InputError:
+def _unreadable(f: str, exc: BaseException) -> InputError:
     if isinstance(exc, UnicodeDecodeError):
         return InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)")
     return InputError(f"{f}: not a readable parquet file ({_first_line(exc)})")
 
 
-def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
+def read_tables(path: str | Path, storage: StorageConfig | None = None) -> list[tuple[str, pa.Table]]:
     """Each file of the day (see `input_files`) as one table: `iter_tables`' batches put back together."""
     files: dict[str, list[pa.Table]] = {}
-    for source, _, table in iter_tables(path, empty_files=True):
+    for source, _, table in iter_tables(path, empty_files=True, storage=storage):
         files.setdefault(source, []).append(table)
     return [(source, pa.concat_tables(tables)) for source, tables in files.items()]
 
 
 def iter_tables(
-    path: str | Path, batch_rows: int = 65_536, empty_files: bool = False
+    path: str | Path, batch_rows: int = 65_536, empty_files: bool = False, storage: StorageConfig | None = None
 ) -> Iterator[tuple[str, int, pa.Table]]:
     """The day as (file, first row number, table of at most `batch_rows` rows), read in record batches: memory
     holds one batch, not the day. Every file's schema is checked before the first batch is yielded. A file without
     rows yields nothing, or one empty table with `empty_files`."""
     files = []
-    for f in input_files(path):
+    for f, opener in input_files(path, storage):
         try:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(opener())
             pf.schema_arrow.names  # noqa: B018 (a non-UTF-8 column name fails here)
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise _unreadable(f, exc) from None
@@ -110,10 +127,10 @@ def iter_tables(
         offset = 0
         try:
             for batch in pf.iter_batches(batch_size=batch_rows):
-                yield str(f), offset, pa.Table.from_batches([batch])
+                yield f, offset, pa.Table.from_batches([batch])
                 offset += batch.num_rows
             if offset == 0 and empty_files:
-                yield str(f), 0, pf.schema_arrow.empty_table()
+                yield f, 0, pf.schema_arrow.empty_table()
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(f, exc) from None
 
@@ -138,7 +155,7 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
-def _check_schema(f: Path, schema: pa.Schema) -> None:
+def _check_schema(f: str | Path, schema: pa.Schema) -> None:
     for name in ("sku_id", "category"):
         if name not in schema.names:
             raise InputError(f"{f}: missing required column '{name}' (columns: {', '.join(schema.names) or 'none'})")

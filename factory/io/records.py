@@ -67,7 +67,7 @@ class ImageRecord:
     repaired: bool = col(pa.bool_(), False, False)
     attempts: int = col(pa.int32(), False, 0)
     repair_box: list[int] | None = col(pa.list_(pa.int32()))
-    image_path: str | None = col(pa.string())  # relative to the date directory; None when there is no image
+    image_path: str | None = col(pa.string())  # relative to the output root (<date>/images/...); None: no image
     model: str = col(pa.string(), False, "")
     template_version: str = col(pa.string(), False, "")
     prompt_tokens: int | None = col(pa.int32())

@@ -14,12 +14,13 @@ from factory.inputs.arguments import parse_date
 from factory.inputs.planner import Planner, Task, count_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
+from factory.io.storage import looks_like_uri
 
 
 @dataclass
 class Plan:
     date: str
-    input_path: Path
+    input_path: str | Path  # a local path or a URI
     input_rows: int
     tasks: list[Task]
     rejected: list[Rejected]
@@ -46,15 +47,18 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
 
 def _stream(
     cfg: FactoryConfig, date: str, skus_path: str | Path | None
-) -> tuple[dict[str, Template], Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
+) -> tuple[dict[str, Template], str | Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
     """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
     read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
     templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
-    path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
+    if skus_path:
+        path: str | Path = str(skus_path) if looks_like_uri(str(skus_path)) else Path(skus_path)
+    else:
+        path = day_input_path(cfg.paths.skus, date, cfg.storage)
     validator = RowValidator(templates, cfg.planner.max_variants)
 
     def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
-        for source, offset, table in iter_tables(path):
+        for source, offset, table in iter_tables(path, storage=cfg.storage):
             yield table.num_rows, *validator.validate(source, table, offset)
 
     return templates, path, Planner(cfg.planner, templates), batches()
@@ -86,7 +90,7 @@ def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> 
 class DaySummary:
     """What `adfactory validate` reports: counts, not tasks (a million-row day stays small in memory)."""
 
-    input_path: Path
+    input_path: str | Path
     input_rows: int
     images: int
     buckets: dict[str, int]  # images per (target) bucket

@@ -32,9 +32,10 @@ def manifest(cfg, name: str) -> list[dict]:
 
 
 def snapshot(cfg) -> dict[str, bytes]:
-    """Every file of the date except images (manifests, run.json, _SUCCESS, sheet, log)."""
-    d = date_dir(cfg)
-    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file() and "images" not in p.parts}
+    """Every output file of the date except images: its manifest partitions, run.json, _SUCCESS, sheet, log."""
+    root = Path(cfg.paths.output)
+    files = [p for p in root.rglob("*") if p.is_file() and "images" not in p.parts]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "decisions.csv") -> Path:

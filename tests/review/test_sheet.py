@@ -60,10 +60,10 @@ def test_the_run_writes_a_sheet_with_every_review_sku(night):
     assert [c["data-sku"] for c in cards] == sorted({r["sku_id"] for r in rows})  # one card per SKU, all of them
     images = page.find("img")
     assert len(images) == sum(1 for r in rows if r["image_path"])
-    date_dir = sheet_path(night).parent.parent
+    root = sheet_path(night).parent.parent.parent  # the output root: manifests' image_path is relative to it
     for img, row in zip(images, sorted(rows, key=lambda r: (r["sku_id"], r["variant"]))):
-        assert img["src"].startswith("../images/")  # relative: the page opens from disk, next to the PNGs
-        assert (sheet_path(night).parent / img["src"]).resolve() == (date_dir / row["image_path"]).resolve()
+        assert img["src"].startswith("../../") and "/images/" in img["src"]  # relative: opens from disk
+        assert (sheet_path(night).parent / img["src"]).resolve() == (root / row["image_path"]).resolve()
     assert "low_clip_score" in text and "blurry" in text  # reasons
     assert all(r["prompt"].split(",")[0].replace("<", "&lt;").replace(">", "&gt;") in text for r in rows)
 
