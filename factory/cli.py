@@ -17,10 +17,13 @@ from factory.errors import EXIT_FAILED, FactoryError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(models_app, name="models")
+review_app = typer.Typer(no_args_is_help=True, help="Human review of a night: the review sheet and the decisions.")
+app.add_typer(review_app, name="review")
 
 DateOpt = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD (default: today).")]
 SkusOpt = Annotated[
-    Optional[Path], typer.Option("--skus", help="SKU parquet file or directory (default: <paths.skus>/<date>.parquet).")
+    Optional[str],
+    typer.Option("--skus", help="SKU parquet file or directory, or a URI (default: <paths.skus>/<date>.parquet)."),
 ]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: ./factory.toml).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")]
@@ -56,7 +59,10 @@ def _guard(verbose: bool, fn: Callable[[], Any]) -> Any:
 def run(
     date: DateOpt = "",
     skus: SkusOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     config: ConfigOpt = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
@@ -92,7 +98,8 @@ def run(
             f"{c['cache_hits']} from cache\n"
             f"  throughput     {s.images_per_s:.2f} images/s "
             f"({c['images_generated']} generated in {s.timings['total_s']:.1f}s)\n"
-            f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
+            f"  outputs        {s.output}/{s.date}/ (images/, run.json, _SUCCESS); "
+            f"manifests in {s.output}/manifests/{{approved,review,rejected}}/run_date={s.date}/"
         )
         o = s.outcomes.get("all")
         if o:
@@ -114,20 +121,15 @@ def run(
 def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.inputs.planner import make_batches
-    from factory.job.plan import plan
+    from factory.job.plan import summarize
 
     def go() -> None:
         cfg = load_config(config)
-        p = plan(cfg, date or _today(), skus)
-        n_batches = len(make_batches(p.tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding))
-        buckets: dict[str, int] = {}
-        for t in p.tasks:
-            buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
-        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {n_batches} batches")
-        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
-        typer.echo(f"  rejected rows: {len(p.rejected)}")
-        for r in p.rejected:
+        s = summarize(cfg, date or _today(), skus)
+        typer.echo(f"{s.input_path}: {s.input_rows} rows, {s.images} images planned in {s.batches} batches")
+        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in s.buckets.items()) or "none"))
+        typer.echo(f"  rejected rows: {len(s.rejected)}")
+        for r in s.rejected:
             typer.echo(
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )
@@ -140,7 +142,10 @@ def calibrate(
     date: DateOpt = "",
     skus: SkusOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     sample: Annotated[int, typer.Option("--sample", help="Images to generate and score.")] = 64,
     percentile: Annotated[float, typer.Option("--percentile", help="Share (%) of the sample each check fails.")] = 5.0,
     verbose: VerboseOpt = False,
@@ -184,6 +189,39 @@ def bench(
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(r, indent=2) + "\n")
             typer.echo(f"json: {json_out}")
+
+    _guard(verbose, go)
+
+
+@app.command("scale-bench")
+def scale_bench(
+    mode: Annotated[str, typer.Argument(help="validate | null-night")],
+    rows: Annotated[int, typer.Option("--rows", help="SKU rows in the synthetic day.")] = 1_000_000,
+    config: ConfigOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="null-night output root: a path or URI.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Synthetic days (kept) and the default output.")] = Path(
+        "data/output/scale-bench"
+    ),
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The driver at scale without a model: wall time, driver CPU and peak RSS on a synthetic day."""
+    import json
+
+    from factory.config import load_config
+    from factory.tools.scale_bench import format_result
+    from factory.tools.scale_bench import scale_bench as run_scale_bench
+
+    def go() -> None:
+        cfg = load_config(config, {"run": {"executor": executor, "workers": workers, "batch_size": batch_size}})
+        r = run_scale_bench(cfg, mode, rows, workdir.resolve(), output)
+        typer.echo(format_result(r))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(r, indent=2) + "\n")
 
     _guard(verbose, go)
 
@@ -302,6 +340,53 @@ def check(
         )
         notes = f" ({report.warnings} warning{'s' * (report.warnings != 1)})" if report.warnings else ""
         typer.echo(f"OK{notes}: {directory} loads, generates and repairs as a night would (image quality not judged)")
+
+    _guard(verbose, go)
+
+
+OutputOpt = Annotated[Optional[str], typer.Option("--output", help="Output root or URI (default: data/output).")]
+
+
+def _review_night(config: Optional[Path], output: Optional[str], date: str) -> Any:
+    from factory.config import load_config
+    from factory.review.manifests import open_night
+
+    return open_night(load_config(config, {"paths": {"output": output}}), date or _today())
+
+
+@review_app.command("sheet")
+def review_sheet(
+    date: DateOpt = "", output: OutputOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False
+) -> None:
+    """Write the night's review sheet (static HTML, opens from disk) and print its path."""
+    from factory.review.sheet import write_sheet
+
+    _guard(verbose, lambda: typer.echo(write_sheet(_review_night(config, output, date))))
+
+
+@review_app.command("apply")
+def review_apply(
+    decisions: Annotated[Path, typer.Argument(help="CSV exported from the sheet: sku_id,decision[,note].")],
+    date: DateOpt = "",
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who decided (default: $USER).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Apply a reviewer's decisions: approved SKUs move to the approved manifest, rejected ones are marked."""
+    from factory.review.apply import apply_decisions
+
+    def go() -> None:
+        r = apply_decisions(_review_night(config, output, date), decisions, reviewer)
+        if not r.changed:
+            typer.echo(f"nothing to change: all {r.unchanged} decisions were already applied")
+            return
+        n = {d: sum(1 for c in r.changed if c.decision == d) for d in ("approve", "reject")}
+        typer.echo(
+            f"applied {len(r.changed)} decisions ({n['approve']} approve, {n['reject']} reject; "
+            f"{r.unchanged} already applied); now {r.counts['approved_skus']} approved and "
+            f"{r.counts['review_skus']} review SKUs\nsheet: {r.sheet}"
+        )
 
     _guard(verbose, go)
 

@@ -134,6 +134,15 @@ def s3_uri(s3_server, monkeypatch, request) -> str:
     return f"s3://{BUCKET}/{name}-{next(_S3_PREFIXES)}"
 
 
+def read_manifests(output: str | Path, date: str = DATE) -> dict[str, list[dict]]:
+    """The night's rows of the approved/review/rejected tables under an output root (a directory or a URI)."""
+    from factory.io.layout import MANIFEST_KINDS, read_manifest
+    from factory.io.storage import open_store
+
+    store = open_store(str(output))
+    return {kind: read_manifest(store, kind, date).to_pylist() for kind in MANIFEST_KINDS}
+
+
 def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
     """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
     m = cfg.model

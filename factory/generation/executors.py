@@ -80,14 +80,12 @@ class LocalExecutor:
         return local_device(self.cfg)
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
-        from pathlib import Path
-
         from factory.generation.faults import worker_class
 
-        worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date_dir)
-        worker.date_dir = Path(date_dir)
+        worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date)
+        worker.target(self.cfg, date)
         queue = deque(batches)
         while queue:
             batch = queue.popleft()
@@ -157,11 +155,11 @@ class RayExecutor:
         return "cuda", ray.get(ray.remote(num_gpus=1)(_cuda_capability).remote())
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
         n = max(1, min(self.cfg.run.workers, len(batches)))
         remote, gpus = self._actor_class(n, runtime)
-        args = (self.cfg, runtime, thresholds, date_dir)
+        args = (self.cfg, runtime, thresholds, date)  # each actor opens its own Store on cfg.paths.output
         self.actors = [remote.remote(*args) for _ in range(n)]
         _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result).drain()
         return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}

@@ -1,15 +1,15 @@
-"""The end of a night: the approve/review split, the three manifests, counts, run.json, and `_SUCCESS` last."""
+"""The end of a night: the approve/review split, the three manifest partitions, counts, run.json, `_SUCCESS` last."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from factory.io.records import MANIFEST_SCHEMAS, SIBLING_IN_REVIEW, ImageRecord, RejectedRow
-from factory.io.writer import write_json, write_manifest
+from factory.io import layout
+from factory.io.records import SIBLING_IN_REVIEW, ImageRecord, RejectedRow
+from factory.io.storage import Store
 from factory.job import parts
 
 
@@ -33,11 +33,11 @@ def split_outcomes(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], l
 
 
 def write_manifests(
-    date_dir: Path, approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
-):
-    manifests = date_dir / "manifests"
-    for name, records in (("approved", approved), ("review", review), ("rejected", rejected)):
-        write_manifest(manifests / f"{name}.parquet", [r.to_row() for r in records], MANIFEST_SCHEMAS[name])
+    store: Store, date: str, approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
+) -> None:
+    """Replace the night's partition of each manifest table (factory.io.layout)."""
+    for kind, records in (("approved", approved), ("review", review), ("rejected", rejected)):
+        layout.write_manifest(store, kind, date, [r.to_row() for r in records])
 
 
 def outcome_rates(approved: list[ImageRecord], review: list[ImageRecord]) -> dict[str, dict[str, float]]:
@@ -80,10 +80,13 @@ def pixel_stats(stage: Counter[str]) -> dict[str, Any]:
     }
 
 
-def write_run_info(date_dir: Path, info: dict[str, Any], success: bool) -> None:
-    """run.json always (a failed night says why); `_SUCCESS` only for a night that succeeded, and last."""
+def write_run_info(store: Store, date: str, info: dict[str, Any], success: bool, lock: Any = None) -> None:
+    """run.json always (a failed night says why); `_SUCCESS` only for a night that succeeded, and last. `lock`
+    (RunLock / ObjectLease) is checked first: a run that lost its lease must not mark the night complete."""
     info = {**info, "finished_at": dt.datetime.now(dt.UTC).isoformat(), "status": "ok" if success else "failed"}
-    write_json(date_dir / "run.json", info)
+    parts.write_json(store, layout.run_info_path(date), info)
     if success:
+        if lock is not None:
+            lock.check()
         keep = ("run_id", "run_date", "finished_at", "counts", "timings", "by_category")
-        parts.write_success(date_dir, {k: info[k] for k in keep})
+        parts.write_success(store, date, {k: info[k] for k in keep})

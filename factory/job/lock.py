@@ -70,6 +70,9 @@ class RunLock:
     def _is_stale(self, holder: dict) -> bool:
         return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
 
+    def check(self) -> None:
+        """Nothing to check: a local lock file is held until released (ObjectLease can lose its lease)."""
+
     def release(self) -> None:
         holder = self._read()
         if holder is not None and holder.get("run_id") == self.owner["run_id"]:
