@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -162,8 +161,8 @@ def loss_summary(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
-def save_lora(output: Path, unet: Any, text_encoder: Any | None = None, convert: bool = True) -> Path:
-    """`pytorch_lora_weights.safetensors` for `load_lora_weights`, written next to its final name and renamed.
+def lora_bytes(unet: Any, text_encoder: Any | None = None, convert: bool = True) -> bytes:
+    """`pytorch_lora_weights.safetensors` for `load_lora_weights`, as bytes (the caller stores them atomically).
 
     `convert`: diffusers' legacy key names (`lora.down`/`lora.up`), as `train_text_to_image_lora.py` saves them;
     they exist only for attention projections, so an adapter on other layers (lcm-distill's convs, feed-forwards)
@@ -174,22 +173,11 @@ def save_lora(output: Path, unet: Any, text_encoder: Any | None = None, convert:
     from peft.utils import get_peft_model_state_dict
 
     keys = convert_state_dict_to_diffusers if convert else dict
-    kwargs: dict[str, Any] = {
-        "unet_lora_layers": keys(get_peft_model_state_dict(unet)),
-    }  # no adapter metadata: safetensors writes a metadata map in random key order (measured), and the loader
-    #    infers rank from the shapes and alpha = rank, which is what both methods train with
+    # No adapter metadata: safetensors writes a metadata map in random key order (measured: same weights, other
+    # bytes), and the loader infers the rank from the shapes and alpha = rank, which is what both methods train.
+    kwargs: dict[str, Any] = {"unet_lora_layers": keys(get_peft_model_state_dict(unet))}
     if text_encoder is not None:
         kwargs["text_encoder_lora_layers"] = keys(get_peft_model_state_dict(text_encoder))
-    output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output, prefix=".lora-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="adfactory-lora-") as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
-        os.replace(Path(tmp) / WEIGHTS_NAME, output / WEIGHTS_NAME)
-    return readable(output / WEIGHTS_NAME)
-
-
-def readable(path: Path) -> Path:
-    """Give a file written through a private temp name the permissions the umask allows (temp files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
-    return path
+        return (Path(tmp) / WEIGHTS_NAME).read_bytes()

@@ -1,21 +1,23 @@
 """`adfactory train-lora`: the one typed entry point (`train(cfg, args)`) the CLI and the tests call.
 
 Order: check the flags, check every image and caption (exit 2 naming the file, before any model loads), load the
-base model from the config as a night does, train, then write the LoRA and `train.json` (both atomically).
+base model from the config as a night does, train, then write the LoRA and `train.json` (both atomically, through
+the output Store).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 from dataclasses import asdict
 from typing import Any
 
 from factory.config import FactoryConfig, resolve_path
 from factory.errors import ConfigError
-from factory.io.writer import write_json
-from factory.training.common import TrainArgs, load_base, loss_summary, readable, save_lora
+from factory.io.storage import open_store
+from factory.training.common import WEIGHTS_NAME, TrainArgs, load_base, lora_bytes, loss_summary
 from factory.training.data import read_examples
 from factory.training.lcm_distill import LOSS_TYPES, distill
 from factory.training.lora import train_lora
@@ -51,10 +53,10 @@ def train(cfg: FactoryConfig, args: TrainArgs) -> dict[str, Any]:
     base = load_base(cfg)
     if args.method == "lora":
         losses = train_lora(base, args, examples, cfg.model.guidance_scale)
-        weights = save_lora(args.output, base.pipe.unet, base.pipe.text_encoder if args.text_encoder else None)
+        weights = lora_bytes(base.pipe.unet, base.pipe.text_encoder if args.text_encoder else None)
     else:
         losses, student = distill(base, args, examples)
-        weights = save_lora(args.output, student, convert=False)
+        weights = lora_bytes(student, convert=False)
     loss_start, loss_end = loss_summary(losses)
     summary = {
         "method": args.method,
@@ -70,13 +72,14 @@ def train(cfg: FactoryConfig, args: TrainArgs) -> dict[str, Any]:
             "guidance_scale": cfg.model.guidance_scale if base.pipe.unet.config.time_cond_proj_dim else None,
         },
         "arguments": {k: str(v) if hasattr(v, "__fspath__") else v for k, v in asdict(args).items()},
-        "weights": weights.name,
-        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "weights": WEIGHTS_NAME,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "device": base.device,
         "started_at": started.isoformat(timespec="seconds"),
         "time_s": round(time.perf_counter() - t0, 3),
         "losses": [round(x, 6) for x in losses],
     }
-    write_json(args.output / "train.json", summary)
-    readable(args.output / "train.json")
+    store = open_store(str(args.output), what="--output")  # atomic writes, files get the umask's mode
+    store.put_bytes(WEIGHTS_NAME, weights)
+    store.put_bytes("train.json", (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
