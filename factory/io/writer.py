@@ -2,7 +2,8 @@
 
 Everything is written to a temporary name in the destination directory and renamed into place (`os.replace` is
 atomic on POSIX), so a reader never sees a half-written PNG, manifest or run.json, and rewriting the same file
-(a retried batch, a rerun) is idempotent.
+(a retried batch, a rerun) is idempotent. Files are created 0666 and directories 0777, minus the umask (0644 and
+0755 under the usual 022), so the people and services that read a night's outputs can.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ import pyarrow.parquet as pq
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Temp file + rename. `durable` also fsyncs (manifests, parts, markers); images skip it: a crash of the
     process cannot leave a half file either way, and an image lost to a power cut is regenerated on resume."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)  # 0777 minus the umask
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # 0666 minus the umask, like any new file: mkstemp's 0600 would hide every output from the reviewers' group.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

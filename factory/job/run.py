@@ -19,6 +19,7 @@ from typing import Any
 
 from factory.config import FactoryConfig
 from factory.errors import FactoryError
+from factory.generation.cluster import check_capacity
 from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
@@ -93,11 +94,13 @@ def run(
     p = plan(cfg, date, skus_path)
     date_dir = Path(cfg.paths.output) / p.date
     check_output_dir(cfg.paths.output, date_dir)
+    check_capacity(cfg)  # a worker pool the local cluster cannot hold: refused before anything is written
 
     # 2. one run per date and output root
     with RunLock(date_dir, run_id) as lock:
         if lock.stale_taken_over:
-            log.warning("took over a stale lock from dead run %s", lock.stale_taken_over.get("run_id"))
+            held = lock.stale_taken_over
+            log.warning("took over a stale lock: %s", held.get("note") or f"dead run {held.get('run_id')}")
         done = _completed(date_dir, force)
         if done is not None:
             return done
