@@ -1,4 +1,5 @@
 import os
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -63,3 +64,26 @@ def test_manifests_have_explicit_schemas_even_when_empty(tmp_path):
     for name, schema in MANIFEST_SCHEMAS.items():
         write_manifest(tmp_path / f"{name}.parquet", [], schema)
         assert pq.read_schema(tmp_path / f"{name}.parquet").equals(schema, check_metadata=False)
+
+
+@pytest.mark.parametrize(
+    "umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)], ids=["umask022", "umask027"]
+)
+def test_outputs_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """PNGs, manifests, run.json and the lock as the umask says (mkstemp would make them 0600)."""
+    from factory.io.writer import link_or_copy, write_json
+    from factory.job.lock import RunLock
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "d" / "images" / "a.png", b"png", durable=False)
+        write_json(tmp_path / "d" / "run.json", {"a": 1})
+        write_manifest(tmp_path / "d" / "manifests" / "approved.parquet", [], MANIFEST_SCHEMAS["approved"])
+        link_or_copy(tmp_path / "d" / "run.json", tmp_path / "e" / "linked.json")
+        with RunLock(tmp_path / "d", "r"):
+            lock_mode = stat.S_IMODE((tmp_path / "d" / ".lock").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert lock_mode == file_mode
+    for p in (tmp_path / "d").rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (dir_mode if p.is_dir() else file_mode), p
