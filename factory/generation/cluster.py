@@ -77,12 +77,15 @@ def probe(address: str, source: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     host, port = _host_port(address, source)
     what = f"the Ray cluster at {address} (from {source})"
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(_H2_PREFACE)
-            reply = sock.recv(9)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise FactoryError(f"cannot reach {what}: {exc.strerror or exc}; start it, or unset {source}") from None
+    with sock:
+        try:
+            sock.sendall(_H2_PREFACE)
+            reply = sock.recv(9)
+        except OSError:
+            reply = b""
     if len(reply) < 4 or reply[3] != 0x04:  # a gRPC server answers the preface with a SETTINGS frame
         raise FactoryError(f"{what} does not answer as a Ray cluster (no gRPC reply in {timeout:g} s)")
 
