@@ -53,6 +53,9 @@ def _guard(verbose: bool, fn: Callable[[], Any], log_format: str = "text") -> An
             traceback.print_exc()
         typer.echo(logs.error_line(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from None
+    except Terminated as exc:
+        typer.echo(logs.error_line(str(exc)), err=True)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo(logs.error_line("interrupted"), err=True)
         raise typer.Exit(130) from None

@@ -50,7 +50,10 @@ class ModelInputError(ModelError):
     exit_code = EXIT_BAD_INPUT
 
 
-class Terminated(FactoryError):
-    """The process got SIGTERM (cron timeout, Kubernetes eviction): unwinds like a crash, releasing the lock."""
+class Terminated(BaseException):
+    """The process got SIGTERM (cron timeout, Kubernetes eviction): unwinds like a crash, releasing the lock.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` (a batch's error isolation, a model
+    load's error wrapping) takes it for a failure to record and carry on from."""
 
     exit_code = EXIT_TERMINATED
