@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,8 @@ def _guard(verbose: bool, fn: Callable[[], Any], log_format: str = "text") -> An
     Kubernetes eviction) raises Terminated in the main thread, so the run unwinds as from a crash: the executor
     and its local cluster shut down, the date's lock is released, `_SUCCESS` is not written, parts stay."""
     logs.setup(verbose, log_format)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         logs.check_format(log_format)
         return fn()
@@ -66,7 +68,8 @@ def _guard(verbose: bool, fn: Callable[[], Any], log_format: str = "text") -> An
         typer.echo(logs.error_line(msg), err=True)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

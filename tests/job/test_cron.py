@@ -103,8 +103,10 @@ def test_cron_log_is_clean_and_json_lines_parse(nights):
     assert (again.stdout + again.stderr).count("already completed") == 1
 
 
-def test_log_format_is_declared_once_and_checked(capsys):
+def test_log_format_is_declared_once_and_checked(monkeypatch):
     import logging
+
+    from factory import logs
 
     record = logging.LogRecord("factory.job.run", logging.WARNING, "", 0, "a %s b", ("é",), None)
     assert json.loads(JsonFormatter().format(record)) | {"ts": "t"} == {
@@ -114,6 +116,9 @@ def test_log_format_is_declared_once_and_checked(capsys):
         "msg": "a é b",
     }
     assert check_format("json") == "json"
+    monkeypatch.setattr(logs, "_format", "json")
+    err = json.loads(logs.error_line("bad 'x'"))
+    assert err["level"] == "ERROR" and err["logger"] == "factory.cli" and err["msg"] == "bad 'x'"
     res = cli("run", "--log-format", "xml")
     assert res.returncode == 2 and res.stderr.strip() == (
         "error: command line --log-format: must be one of text, json, got 'xml'"
