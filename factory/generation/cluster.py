@@ -64,7 +64,7 @@ def connect(cfg: FactoryConfig) -> bool:
     forward = logging.getLogger("factory").isEnabledFor(logging.DEBUG)  # worker output in the log: --verbose
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": forward}
     if address:
-        probe(address, source)
+        probe(_resolve_auto(address, source), source)
         _join_with_deadline(address, source, **kwargs)
     else:
         check_capacity(cfg)
@@ -88,6 +88,21 @@ def probe(address: str, source: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             reply = b""
     if len(reply) < 4 or reply[3] != 0x04:  # a gRPC server answers the preface with a SETTINGS frame
         raise FactoryError(f"{what} does not answer as a Ray cluster (no gRPC reply in {timeout:g} s)")
+
+
+def _resolve_auto(address: str, source: str) -> str:
+    """ "auto" asks Ray for the cluster this machine last started (`ray_current_cluster`); others are as given."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError) as exc:
+        raise FactoryError(f"{source}=auto: {str(exc).splitlines()[0]}") from None
+    if not found:
+        raise FactoryError(f"{source}=auto: no Ray cluster was started on this machine (ray start)")
+    return found
 
 
 def _host_port(address: str, source: str) -> tuple[str, int]:
