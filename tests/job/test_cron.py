@@ -135,3 +135,33 @@ def test_log_format_is_declared_once_and_checked(monkeypatch):
     assert res.returncode == 2 and res.stderr.strip() == (
         "error: command line --log-format: must be one of text, json, got 'xml'"
     )
+
+
+@pytest.mark.slow
+def test_sigterm_on_its_own_local_ray_cluster(tiny_models, tmp_path):
+    """ray.init replaces the driver's SIGTERM handler (sys.exit); ours is put back, so the Ray path also exits 143
+    with the lock released, and the local cluster it started is shut down."""
+    skus = write_skus(tmp_path / f"{DATE}.parquet", many_rows(16), SAMPLE_SCHEMA)
+    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    out = tmp_path / "out"
+    args = cli_args(
+        "run", "--date", DATE, "--skus", str(skus), "--output", str(out), "--config", str(config),
+        "--executor", "ray", "--workers", "2", "--batch-size", "2",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=cli_env({"RAY_ADDRESS": ""}), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and not list((out / DATE / "manifests" / "_parts").glob("*.parquet")):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_TERMINATED, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
+    assert not (out / DATE / ".lock").exists() and not (out / DATE / "_SUCCESS").exists()
