@@ -41,10 +41,12 @@ def local_cpus() -> int:
 
 def check_capacity(cfg: FactoryConfig) -> None:
     """Refuse, before the night starts, a pool a local cluster cannot hold (its actors would wait forever)."""
+    if cfg.run.executor != "ray" or address_of(cfg)[0]:
+        return  # a joined cluster's CPUs are checked once it is joined (RayExecutor)
     import ray
 
-    if cfg.run.executor != "ray" or address_of(cfg)[0] or ray.is_initialized():
-        return  # a joined cluster's CPUs are checked once it is joined (RayExecutor)
+    if ray.is_initialized():
+        return  # this process joined one already (a notebook, the tests' session cluster)
     need, have = cfg.run.workers * cfg.run.cpus_per_worker, local_cpus()
     if need > have:
         raise ConfigError(
