@@ -5,8 +5,14 @@
 
 import dataclasses
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +20,57 @@ from factory.errors import ConfigError, FactoryError
 from factory.generation.cluster import address_of, probe
 from tests.conftest import DATE, cli, demo_config_file
 
+RAY = str(Path(sys.executable).parent / "ray")
+
 
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture(scope="module")
+def head_node():
+    """A real `ray start --head` on loopback ports, token auth off, a private temp dir; stopped by its pid."""
+    tmp = Path(tempfile.mkdtemp(prefix="adf-head-", dir="/tmp"))  # short: Ray's socket paths live under it
+    port = closed_port()
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp / 'ray'}"],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, "ray start --head exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group (gcs, raylet, workers): SIGTERM drains for 30 s
+        proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_probe_accepts_a_real_ray_head(head_node):
+    probe(head_node, "RAY_ADDRESS")  # its GCS answers the gRPC preface at once
+
+
+@pytest.mark.slow
+def test_a_night_joins_a_running_cluster_by_address(head_node, day_file, cfg, tmp_path):
+    """ray.init from the deadline thread: the night runs on the joined cluster, its log clean."""
+    config = demo_config_file(tmp_path / "c.toml", cfg)
+    res = cli(
+        "run", "--date", DATE, "--skus", str(day_file), "--output", str(tmp_path / "out"), "--config", str(config),
+        "--executor", "ray", "--workers", "2", "--batch-size", "4",
+        env={"RAY_ADDRESS": head_node, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "approved SKUs" in res.stdout and "SIGTERM handler" not in res.stderr and "(Worker" not in res.stderr
 
 
 def test_probe_names_the_address_and_where_it_came_from(cfg, monkeypatch):
