@@ -16,7 +16,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from factory.errors import EXIT_TERMINATED
+from factory.errors import EXIT_TERMINATED, ConfigError
 from factory.logs import JsonFormatter, check_format
 from tests.conftest import DATE, SAMPLE_SCHEMA, TEST_BUCKETS, cli, cli_args, cli_env, make_cfg, write_skus
 from tests.job.test_reliability import assert_invariant, many_rows
@@ -131,10 +131,9 @@ def test_log_format_is_declared_once_and_checked(monkeypatch):
     monkeypatch.setattr(logs, "_format", "json")
     err = json.loads(logs.error_line("bad 'x'"))
     assert err["level"] == "ERROR" and err["logger"] == "factory.cli" and err["msg"] == "bad 'x'"
-    res = cli("run", "--log-format", "xml")
-    assert res.returncode == 2 and res.stderr.strip() == (
-        "error: command line --log-format: must be one of text, json, got 'xml'"
-    )
+    with pytest.raises(ConfigError, match="command line --log-format: must be one of text, json, got 'xml'") as err:
+        check_format("xml")
+    assert err.value.exit_code == 2
 
 
 @pytest.mark.slow
