@@ -142,20 +142,15 @@ def validate(
 ) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.inputs.planner import make_batches
-    from factory.job.plan import plan
+    from factory.job.plan import summarize
 
     def go() -> None:
         cfg = load_config(config)
-        p = plan(cfg, date or _today(), skus)
-        n_batches = len(make_batches(p.tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding))
-        buckets: dict[str, int] = {}
-        for t in p.tasks:
-            buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
-        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {n_batches} batches")
-        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
-        typer.echo(f"  rejected rows: {len(p.rejected)}")
-        for r in p.rejected:
+        s = summarize(cfg, date or _today(), skus)
+        typer.echo(f"{s.input_path}: {s.input_rows} rows, {s.images} images planned in {s.batches} batches")
+        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in s.buckets.items()) or "none"))
+        typer.echo(f"  rejected rows: {len(s.rejected)}")
+        for r in s.rejected:
             typer.echo(
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )
@@ -213,6 +208,39 @@ def bench(
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(r, indent=2) + "\n")
             typer.echo(f"json: {json_out}")
+
+    _guard(verbose, go)
+
+
+@app.command("scale-bench")
+def scale_bench(
+    mode: Annotated[str, typer.Argument(help="validate | null-night")],
+    rows: Annotated[int, typer.Option("--rows", help="SKU rows in the synthetic day.")] = 1_000_000,
+    config: ConfigOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="null-night output root: a path or URI.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Synthetic days (kept) and the default output.")] = Path(
+        "data/output/scale-bench"
+    ),
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The driver at scale without a model: wall time, driver CPU and peak RSS on a synthetic day."""
+    import json
+
+    from factory.config import load_config
+    from factory.tools.scale_bench import format_result
+    from factory.tools.scale_bench import scale_bench as run_scale_bench
+
+    def go() -> None:
+        cfg = load_config(config, {"run": {"executor": executor, "workers": workers, "batch_size": batch_size}})
+        r = run_scale_bench(cfg, mode, rows, workdir.resolve(), output)
+        typer.echo(format_result(r))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(r, indent=2) + "\n")
 
     _guard(verbose, go)
 

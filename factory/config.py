@@ -48,7 +48,7 @@ class PathsConfig:
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL)
+    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL); "null": no model
     lora: str = ""  # optional LCM-LoRA (or brand LoRA) weights path; fused before use
     clip_model: str = "tiny-clip"  # open_clip model name (built-in like "ViT-B-32", or a config in clip_config_dir)
     clip_pretrained: str = "data/models/tiny-clip/open_clip_model.safetensors"  # local checkpoint path
@@ -195,6 +195,8 @@ class FactoryConfig:
         def fix(p: str) -> str:
             return str((base / Path(p).expanduser()).resolve()) if p and not _is_uri(p) else p
 
+        from factory.generation.models import NULL_PIPELINE
+
         paths, m = self.paths, self.model
         return dataclasses.replace(
             self,
@@ -203,7 +205,7 @@ class FactoryConfig:
             ),
             model=dataclasses.replace(
                 m,
-                pipeline=fix(m.pipeline),
+                pipeline=m.pipeline if m.pipeline == NULL_PIPELINE else fix(m.pipeline),
                 lora=fix(m.lora),
                 clip_pretrained=fix(m.clip_pretrained),
                 clip_config_dir=fix(m.clip_config_dir),
@@ -264,6 +266,7 @@ def _validate_planner(planner: PlannerConfig) -> None:
 
 def _validate_model(model: ModelConfig) -> None:
     from factory.generation.accel import COMPILE_MODES
+    from factory.generation.models import NULL_PIPELINE
     from factory.generation.quantize import QUANT_MODES
     from factory.generation.runtime import DETERMINISM_MODES, DEVICES, DTYPES
 
@@ -272,6 +275,8 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.compile", model.compile, COMPILE_MODES)
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if model.pipeline == NULL_PIPELINE and model.lora:
+        raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
         raise ConfigError(
             "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"

@@ -24,7 +24,7 @@ from factory.inputs.planner import Batch, Task
 from factory.io.paths import safe_join
 from factory.io.records import ImageRecord
 from factory.io.writer import atomic_write_bytes, png_bytes
-from factory.quality.gate import Assessment, Gate
+from factory.quality.gate import Assessment, Gate, PassingGate
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Worker:
     def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date_dir: str):
         import torch
 
-        from factory.generation.models import load_clip, load_pipeline
+        from factory.generation.models import NULL_PIPELINE, load_clip, load_pipeline
 
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
@@ -53,6 +53,9 @@ class Worker:
         self.accel = self._accelerate()
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
+            self.gate, self.retry = PassingGate(), None
+            return
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
         # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         self.gate = Gate(self.clip, thresholds, runtime.batch_invariant)
@@ -77,11 +80,13 @@ class Worker:
     def _quantize(self) -> dict[str, Any]:
         from factory.generation.quantize import quantize_unet
 
+        if self.pipe.unet is None:  # the null pipeline
+            return {}
         return quantize_unet(self.pipe.unet, self.runtime.quantization)  # the VAE and text encoders stay float
 
     def _accelerate(self) -> dict[str, Any]:
         """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
-        if self.runtime.device != "cuda":
+        if self.runtime.device != "cuda" or self.pipe.unet is None:
             return {}
         from factory.generation.accel import optimize_pipeline, warmup
 

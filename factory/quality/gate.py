@@ -60,6 +60,13 @@ def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
     return codes.sort_reasons(found)
 
 
+class PassingGate:
+    """`model.pipeline = "null"` (no model, no CLIP): every image passes, unscored. For orchestration benchmarks."""
+
+    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+        return [Assessment(None, None, None, None, None, {}) for _ in images]  # type: ignore[arg-type]
+
+
 class Gate:
     """Per worker: holds the CLIP model and a cache of constant text features (IQA pairs, unsafe concepts)."""
 

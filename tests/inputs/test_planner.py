@@ -1,8 +1,9 @@
 import dataclasses
 import random
+from collections import Counter
 
 from factory.config import PlannerConfig
-from factory.inputs.planner import Planner, derive_seed, make_batches
+from factory.inputs.planner import Planner, count_batches, derive_seed, make_batches
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import REPO, TEST_BUCKETS
@@ -83,3 +84,14 @@ def test_padding_in_size_promotes_a_remainder_only_when_it_wastes_less():
     # never across aspect ratios: the square "large" remainder does not go to the landscape poster bucket
     tasks = _tasks_in("large", 1) + _tasks_in("poster", 1, start=100)
     assert [(b.width, b.height) for b in make_batches(tasks, 4, TEST_BUCKETS, "size")] == [(128, 128), (128, 64)]
+
+
+def test_counts_without_tasks_match_the_planned_batches():
+    skus = [sku(i, color="blue HD" if i % 4 == 0 else "red") for i in range(37)] + [sku(99, variants=3, age="banner")]
+    tasks = PLANNER.plan_tasks(skus, "2026-11-21")
+    counts = PLANNER.bucket_counts(skus)
+    assert counts == Counter(t.bucket for t in tasks)
+    for padding in ("none", "count", "size"):
+        for batch_size in (1, 3, 4, 16):
+            expected = len(make_batches(tasks, batch_size, TEST_BUCKETS, padding))
+            assert count_batches(counts, batch_size, TEST_BUCKETS, padding) == expected

@@ -26,7 +26,18 @@ TEMPLATES = load_templates(REPO / "templates", {"small", "medium", "large", "pos
 
 
 def _validate(path: Path) -> tuple[list[S.Sku], list[S.Rejected]]:
-    return S.validate_rows(S.read_tables(path), TEMPLATES, 8)
+    whole = S.validate_rows(S.read_tables(path), TEMPLATES, 8)
+    assert streamed(path) == whole  # what `run` does: record batches (of 2 rows here), one validator
+    return whole
+
+
+def streamed(path: Path, batch_rows: int = 2) -> tuple[list[S.Sku], list[S.Rejected]]:
+    validator, skus, rejected = S.RowValidator(TEMPLATES, 8), [], []
+    for source, offset, table in S.iter_tables(path, batch_rows):
+        s, r = validator.validate(source, table, offset)
+        skus += s
+        rejected += r
+    return skus, rejected
 
 
 def _write(path: Path, table: pa.Table) -> Path:
