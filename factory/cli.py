@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from factory.errors import EXIT_FAILED, FactoryError
+from factory import logs
+from factory.errors import EXIT_FAILED, FactoryError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
@@ -27,32 +29,50 @@ SkusOpt = Annotated[
 ]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: ./factory.toml).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")]
+LogFormatOpt = Annotated[
+    str, typer.Option("--log-format", help=f"stderr log lines: {' | '.join(logs.LOG_FORMATS)} (json: one per line).")
+]
 
 
 def _today() -> str:
     return dt.date.today().isoformat()
 
 
-def _guard(verbose: bool, fn: Callable[[], Any]) -> Any:
-    """Run `fn`; user errors become one line on stderr and a documented exit code."""
-    # Libraries (open_clip logs to the root logger) stay at WARNING; the factory's own progress is INFO.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    logging.getLogger("factory").setLevel(logging.DEBUG if verbose else logging.INFO)
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the unwinding kills outright
+    raise Terminated("stopped by SIGTERM; the lock is released and finished images are kept: rerun to resume")
+
+
+def _guard(verbose: bool, fn: Callable[[], Any], log_format: str = "text") -> Any:
+    """Run `fn`; user errors become one line on stderr and a documented exit code. SIGTERM (a cron timeout, a
+    Kubernetes eviction) raises Terminated in the main thread, so the run unwinds as from a crash: the executor
+    and its local cluster shut down, the date's lock is released, `_SUCCESS` is not written, parts stay."""
+    logs.setup(verbose, log_format)
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
+        logs.check_format(log_format)
         return fn()
     except FactoryError as exc:
         if verbose:
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(logs.error_line(str(exc)), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Terminated as exc:
+        typer.echo(logs.error_line(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
+        typer.echo(logs.error_line("interrupted"), err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --verbose
         if verbose:
             traceback.print_exc()
-        typer.echo(f"error: run failed: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", err=True)
+        msg = f"run failed: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)"
+        typer.echo(logs.error_line(msg), err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -70,6 +90,7 @@ def run(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Regenerate everything, even for a completed date.")] = False,
     verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Generate the day's ad images and write approved/review/rejected manifests."""
     from factory.config import load_config
@@ -85,8 +106,7 @@ def run(
         )
         s = run_factory(cfg, date or _today(), skus, force=force)
         if s.already_done:
-            typer.echo(f"{s.date} already completed (run {s.run_id}); nothing to do. Use --force to regenerate.")
-            return
+            return  # run() logged it, once
         c = s.counts
         typer.echo(
             f"\nadfactory {s.date} (run {s.run_id})\n"
@@ -114,11 +134,17 @@ def run(
                         f"{c['review']:>4} review"
                     )
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()
-def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+def validate(
+    date: DateOpt = "",
+    skus: SkusOpt = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
+) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
     from factory.job.plan import summarize
@@ -134,7 +160,7 @@ def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None,
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()
@@ -149,6 +175,7 @@ def calibrate(
     sample: Annotated[int, typer.Option("--sample", help="Images to generate and score.")] = 64,
     percentile: Annotated[float, typer.Option("--percentile", help="Share (%) of the sample each check fails.")] = 5.0,
     verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Score a sample of the day's images and suggest per-category quality thresholds (a TOML snippet)."""
     from factory.config import load_config
@@ -162,7 +189,7 @@ def calibrate(
             typer.echo(f"  {k} = {v}")
         typer.echo(f"report: {r.report_path}\nsnippet: {r.toml_path}")
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()

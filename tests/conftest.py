@@ -108,7 +108,7 @@ def ray_cluster():
     """One local Ray cluster for the whole session; `run()` joins it instead of starting its own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a stale cluster
     yield ray
     ray.shutdown()
 
@@ -157,14 +157,23 @@ def cli_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "factory.cli", *args]
 
 
-def cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `adfactory ARGS` as a real subprocess (exit codes, stderr, its own Ray cluster)."""
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout's `factory` first, whatever the working directory."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def cli(
+    *args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300, umask: int = -1
+) -> subprocess.CompletedProcess:
+    """Run `adfactory ARGS` as a real subprocess (exit codes, stderr, its own Ray cluster); umask -1 = inherited."""
     return subprocess.run(
         cli_args(*args),
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=cli_env(env),
         start_new_session=True,
+        umask=umask,
     )

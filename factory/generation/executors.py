@@ -15,7 +15,6 @@ are idempotent. A batch that still fails is reported as `generation_error` recor
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -98,25 +97,6 @@ class LocalExecutor:
         return {"executor": "local", "workers": 1}
 
 
-def _init_ray(cfg: FactoryConfig) -> bool:
-    """Join $RAY_ADDRESS / run.ray_address if given, else start a local cluster. Returns True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        needed = cfg.run.workers * cfg.run.cpus_per_worker
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, needed),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-        )
-    return True
-
-
 def _cuda_capability() -> tuple[int, int]:
     import torch
 
@@ -132,7 +112,9 @@ class RayExecutor:
         self.actors: list[Any] = []
 
     def __enter__(self) -> RayExecutor:
-        self.started = _init_ray(self.cfg)
+        from factory.generation.cluster import connect
+
+        self.started = connect(self.cfg)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from factory.config import FactoryConfig
 from factory.errors import FactoryError
+from factory.generation.cluster import check_capacity
 from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
@@ -100,11 +101,13 @@ def run(
     store = open_store(cfg.paths.output, cfg.storage)
     if store.kind == "local":
         check_output_dir(store.root, Path(store.path(p.date)))
+    check_capacity(cfg)  # a worker pool the local cluster cannot hold: refused before anything is written
 
     # 2. one run per date and output root (a lock file locally, a lease object on object stores)
     with open_run_lock(store, p.date, run_id, cfg.storage) as lock:
         if lock.stale_taken_over:
-            log.warning("took over a stale lock from dead run %s", lock.stale_taken_over.get("run_id"))
+            held = lock.stale_taken_over
+            log.warning("took over a stale lock: %s", held.get("note") or f"dead run {held.get('run_id')}")
         done = _completed(store, p.date, force)
         if done is not None:
             return done

@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,26 @@ def test_names_never_collide():
 def test_store_refuses_escape(tmp_path):
     with pytest.raises(ValueError):
         open_store(str(tmp_path)).path("2026-11-21/../../x.png")
+
+
+@pytest.mark.parametrize(
+    "umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)], ids=["umask022", "umask027"]
+)
+def test_outputs_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """PNGs, manifest partitions, run.json and the lock as the umask says (mkstemp would make them 0600)."""
+    from factory.io import layout
+    from factory.job.lock import RunLock
+
+    old = os.umask(umask)
+    try:
+        store = open_store(str(tmp_path))
+        store.put_bytes("d/images/a.png", b"png", durability="none")
+        store.put_bytes("d/run.json", b"{}")
+        layout.write_manifest(store, "approved", "2026-11-21", [])
+        with RunLock(tmp_path / "d", "r"):
+            lock_mode = stat.S_IMODE((tmp_path / "d" / ".lock").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert lock_mode == file_mode
+    for p in tmp_path.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (dir_mode if p.is_dir() else file_mode), p

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -116,27 +119,31 @@ def test_cli_validate_prints_rejections_and_writes_nothing(day_file, cfg, tmp_pa
 
 
 def test_cli_run_on_its_own_local_ray_cluster(day_file, cfg, tmp_path):
-    """The command cron runs: `adfactory run`, starting its own local Ray cluster."""
+    """The command cron runs: `adfactory run`, starting its own local Ray cluster, though an earlier `ray start`
+    left a `ray_current_cluster` file naming a cluster that is gone (it must not be joined); its log is clean
+    (stderr is a pipe, not a TTY) and its outputs readable as the umask says."""
     config = demo_config_file(tmp_path / "factory.toml", cfg)
     out = tmp_path / "cli-out"
-    res = cli(
-        "run",
-        "--date",
-        DATE,
-        "--skus",
-        str(day_file),
-        "--output",
-        str(out),
-        "--config",
-        str(config),
-        "--workers",
-        "2",
-        "--batch-size",
-        "2",
-        cwd=tmp_path,
-        env={"RAY_ADDRESS": ""},
-    )
+    ray_tmp = Path(tempfile.mkdtemp(prefix="adf-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # stale, from an earlier `ray start`
+    try:
+        res = cli(
+            "run", "--date", DATE, "--skus", str(day_file), "--output", str(out), "--config", str(config),
+            "--workers", "2", "--batch-size", "2",
+            cwd=tmp_path,
+            env={"RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)},
+            umask=0o022,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "approved SKUs" in res.stdout and "images/s" in res.stdout
     run_json = json.loads((out / DATE / "run.json").read_text())
     assert run_json["executor"]["executor"] == "ray" and run_json["counts"]["rejected_rows"] == 4
+    # cron log: no library noise, no colour codes, nothing from workers (last line: 100 %)
+    for noise in ("_pytree", "torchao", "Token authentication", "\x1b[", "(Worker", "(pid="):
+        assert noise not in res.stderr, (noise, res.stderr[-2000:])
+    assert "(100%)" in res.stderr.strip().splitlines()[-1]
+    for p in (out / DATE).rglob("*"):  # images, parts, manifests, run.json, _SUCCESS (written by Ray workers too)
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
