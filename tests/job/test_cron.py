@@ -48,7 +48,7 @@ def nights(tiny_models, tmp_path_factory):
         "run", "--date", DATE, "--skus", str(skus), "--output", str(out), "--config", str(config),
         "--executor", "local", "--batch-size", "2",
     )  # fmt: skip
-    parts = out / DATE / "manifests" / "_parts"
+    parts = out / DATE / "_parts"
     proc = subprocess.Popen(
         args, cwd=tmp, env=cli_env(), umask=UMASK, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -75,7 +75,7 @@ def nights(tiny_models, tmp_path_factory):
     }
     rerun = cli(*args[3:], "--log-format", "json", cwd=tmp, umask=UMASK)
     again = cli(*args[3:], cwd=tmp, umask=UMASK)
-    return {"out": out / DATE, "killed": after_kill, "rerun": rerun, "again": again}
+    return {"out": out, "date_dir": out / DATE, "killed": after_kill, "rerun": rerun, "again": again}
 
 
 def test_sigterm_releases_the_lock_keeps_parts_and_the_rerun_resumes(nights):
@@ -86,17 +86,18 @@ def test_sigterm_releases_the_lock_keeps_parts_and_the_rerun_resumes(nights):
     assert not k["lock"] and not k["success"] and 0 < k["parts_rows"] < len(ROWS)
     r = nights["rerun"]
     assert r.returncode == 0, r.stderr[-2000:]
-    info = json.loads((nights["out"] / "run.json").read_text())
+    info = json.loads((nights["date_dir"] / "run.json").read_text())
     assert info["counts"]["images_resumed"] >= k["parts_rows"]
     assert info["counts"]["images_resumed"] + info["counts"]["images_generated"] == len(ROWS)
     assert_invariant(nights["out"], ROWS)
-    assert not (nights["out"] / ".lock").exists()
+    assert not (nights["date_dir"] / ".lock").exists()
 
 
 def test_outputs_are_readable_as_the_umask_says(nights):
     """PNGs, part files, manifests, run.json, _SUCCESS: 0640 under umask 027 (not mkstemp's 0600); dirs 0750."""
     paths = list(nights["out"].rglob("*"))
-    assert any(p.suffix == ".png" for p in paths) and (nights["out"] / "_SUCCESS") in paths
+    assert any(p.suffix == ".png" for p in paths) and (nights["date_dir"] / "_SUCCESS") in paths
+    assert any(p.name == "part-0.parquet" for p in paths)  # the manifest partitions too
     wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
     wrong = {p: m for p, m in wrong.items() if m != ("0o750" if os.path.isdir(p) else "0o640")}
     assert not wrong
@@ -153,7 +154,7 @@ def test_sigterm_on_its_own_local_ray_cluster(tiny_models, tmp_path):
     )  # fmt: skip
     try:
         deadline = time.time() + 400
-        while time.time() < deadline and not list((out / DATE / "manifests" / "_parts").glob("*.parquet")):
+        while time.time() < deadline and not list((out / DATE / "_parts").glob("*.parquet")):
             assert proc.poll() is None, proc.stderr.read()[-2000:]
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
