@@ -54,7 +54,8 @@ def make_cfg(tiny_models: dict[str, Path], tmp_path: Path) -> FactoryConfig:
             clip_config_dir=str(tiny_models["clip"]),
         ),
         planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS)),
-        quality=dataclasses.replace(base.quality, clip_threshold=-0.15),
+        # the tiny CLIP puts every pair of images at cosine ~0.99: near-duplicate search off unless a test sets it
+        quality=dataclasses.replace(base.quality, clip_threshold=-0.15, near_duplicate=1.01),
         run=dataclasses.replace(base.run, workers=2, batch_size=4),
     )
 

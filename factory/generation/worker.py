@@ -22,8 +22,9 @@ from factory.errors import ModelError
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
 from factory.io.paths import safe_join
+from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
-from factory.io.writer import atomic_write_bytes, png_bytes
+from factory.io.writer import atomic_write_bytes
 from factory.quality.gate import Assessment, Gate
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
@@ -41,7 +42,7 @@ class Worker:
     def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date_dir: str):
         import torch
 
-        from factory.generation.models import load_clip, load_pipeline
+        from factory.generation.models import load_clip, load_pipeline, model_fingerprint
 
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
@@ -59,6 +60,8 @@ class Worker:
         self.retry = RepairRetry.build(
             self.pipe, self.gate, cfg.repair, cfg.model.guidance_scale, runtime.batch_invariant
         )
+        m = cfg.model
+        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
 
     @classmethod
     def local(cls, cfg: FactoryConfig, date_dir: str) -> Worker:
@@ -182,12 +185,14 @@ class Worker:
         records = []
         limit = self.pipe.tokenizer.model_max_length
         for task, outcome, n_tokens in zip(tasks, outcomes, self.prompt_tokens([t.prompt for t in tasks])):
-            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(outcome.image), durable=False)
+            stamped = self.stamper.png(outcome.image, task)  # labels, parameters, pixel hash (+ C2PA signature)
+            atomic_write_bytes(safe_join(self.date_dir, task.image_path), stamped.data, durable=False)
             records.append(
                 ImageRecord.from_task(
                     task,
                     **outcome.assessment.columns(),
                     **outcome.columns(),
+                    produce_id=stamped.produce_id,
                     prompt_tokens=n_tokens,
                     prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
                 )

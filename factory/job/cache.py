@@ -12,6 +12,7 @@ With `planner.seed_scope = "date"` (the default) the seed changes every day, so 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from factory.inputs.planner import Task
 from factory.io.paths import safe_join
 from factory.io.records import ImageRecord
 from factory.io.writer import link_or_copy
+from factory.job.finalize import EMBEDDINGS_FILE
 from factory.job.parts import read_success
 from factory.quality.gate import failing_checks
 
@@ -92,5 +94,18 @@ def cache_hits(
         if not still_passes(record, thresholds[t.category]) or not src_path.is_file():
             continue
         link_or_copy(src_path, safe_join(date_dir, t.image_path))
-        hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"]))
+        embedding = _embeddings(src["date_dir"]).get((src["sku_id"], src["variant"]))
+        hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"], clip_embedding=embedding))
     return hits
+
+
+@functools.lru_cache(maxsize=16)
+def _embeddings(date_dir: Path) -> dict[tuple[str, int], list[float]]:
+    """A completed date's CLIP image embeddings (finalize writes them), so cache hits join the night's
+    near-duplicate and reference checks; {} for dates from before embeddings were kept."""
+    path = date_dir / "manifests" / EMBEDDINGS_FILE
+    try:
+        rows = pq.read_table(path, columns=["sku_id", "variant", "clip_embedding"]).to_pylist()
+    except (pa.ArrowException, OSError):
+        return {}
+    return {(r["sku_id"], r["variant"]): r["clip_embedding"] for r in rows}

@@ -8,9 +8,70 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from factory.io.records import MANIFEST_SCHEMAS, SIBLING_IN_REVIEW, ImageRecord, RejectedRow
+import numpy as np
+
+from factory.config import QualityConfig
+from factory.io.records import EMBEDDING_SCHEMA, MANIFEST_SCHEMAS, SIBLING_IN_REVIEW, ImageRecord, RejectedRow
 from factory.io.writer import write_json, write_manifest
 from factory.job import parts
+from factory.quality import duplicates
+from factory.quality.reasons import NEAR_DUPLICATE, REFERENCE_MATCH, sort_reasons
+
+EMBEDDINGS_FILE = "embeddings.parquet"  # manifests/: what the next nights' cache hits carry into their checks
+
+
+def flag_similar(
+    records: list[ImageRecord], thresholds: dict[str, QualityConfig], refs: duplicates.References | None
+) -> tuple[list[ImageRecord], dict[str, Any]]:
+    """Add near_duplicate / reference_match to the night's images (quality/duplicates.py), per category, in
+    (sku_id, variant) order. Records without an embedding (errors, images from before embeddings were kept) are
+    left as they are and counted."""
+    records = sorted(records, key=lambda r: r.key)
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        if r.clip_embedding is not None and not r.error:
+            by_cat[r.category].append(i)
+    info = {"method": "numpy", "images_compared": 0, "missing_embeddings": 0, "near_duplicates": 0}
+    info["missing_embeddings"] = sum(1 for r in records if r.clip_embedding is None and not r.error)
+    info["reference_images"], info["reference_matches"] = len(refs.names) if refs else 0, 0
+    for cat, rows in sorted(by_cat.items()):
+        emb = np.array([records[i].clip_embedding for i in rows], dtype=np.float32)
+        q = thresholds[cat]
+        dups = duplicates.near_duplicates([records[i].sku_id for i in rows], emb, q.near_duplicate)
+        refm = duplicates.reference_matches(emb, refs, [q.reference_threshold] * len(rows)) if refs else {}
+        info["images_compared"] += len(rows)
+        if duplicates.similarity_method(len(rows)) == "faiss":
+            info["method"] = "faiss"
+        for k, i in enumerate(rows):
+            records[i] = _with_matches(records[i], dups.get(k), refm.get(k))
+        info["near_duplicates"] += len(dups)
+        info["reference_matches"] += len(refm)
+    return records, info
+
+
+def _with_matches(r: ImageRecord, dup: duplicates.Match | None, ref: duplicates.Match | None) -> ImageRecord:
+    found = ([NEAR_DUPLICATE] if dup else []) + ([REFERENCE_MATCH] if ref else [])
+    return r.replace(
+        reasons=sort_reasons(r.reasons + found) if found else r.reasons,
+        duplicate_of=dup.other if dup else None,
+        duplicate_score=dup.score if dup else None,
+        reference_file=ref.other if ref else None,
+        reference_score=ref.score if ref else None,
+    )
+
+
+def _similarity_detail(r: ImageRecord) -> str | None:
+    notes = []
+    if r.duplicate_of is not None:
+        notes.append(f"near_duplicate of {r.duplicate_of!r} (cosine {r.duplicate_score:.3f})")
+    if r.reference_file is not None:
+        notes.append(f"reference_match {r.reference_file!r} (cosine {r.reference_score:.3f})")
+    return "; ".join(notes) or None
+
+
+def write_embeddings(date_dir: Path, records: list[ImageRecord]) -> None:
+    rows = [r.to_row() for r in sorted(records, key=lambda r: r.key) if r.clip_embedding is not None]
+    write_manifest(date_dir / "manifests" / EMBEDDINGS_FILE, rows, EMBEDDING_SCHEMA)
 
 
 def split_outcomes(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -25,7 +86,7 @@ def split_outcomes(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], l
             review.append(
                 r.replace(
                     reason=",".join(r.reasons) or SIBLING_IN_REVIEW,
-                    detail=r.error,
+                    detail=r.error or _similarity_detail(r),
                     image_path=None if r.error else r.image_path,
                 )
             )

@@ -29,6 +29,7 @@ from factory.job import cache, finalize, keys, parts
 from factory.job.lock import RunLock
 from factory.job.plan import Plan, plan
 from factory.job.progress import Progress
+from factory.quality.duplicates import References, clip_encoder, load_references
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Night:
     model: keys.ModelKey
     cache_keys: dict[tuple[str, int], str]
     task_keys: dict[tuple[str, int], str]
+    references: References | None = None  # quality.reference_dir's embeddings (reference_match at finalize)
 
     def stamp(self, record: ImageRecord) -> ImageRecord:
         """The run's own fields on a record (every record of this night's manifests gets them)."""
@@ -93,6 +95,7 @@ def run(
     p = plan(cfg, date, skus_path)
     date_dir = Path(cfg.paths.output) / p.date
     check_output_dir(cfg.paths.output, date_dir)
+    references = _references(cfg)  # a bad reference set stops the run here, before any image
 
     # 2. one run per date and output root
     with RunLock(date_dir, run_id) as lock:
@@ -105,6 +108,7 @@ def run(
             # 3. resolve every "auto" for the device the workers run on, then the keys
             runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
             night = _night(cfg, p, date_dir, run_id, started, started_at, runtime)
+            night.references = references
             # 4. resume, 5. cross-day cache, 6. generate the rest
             finished = parts.finished(date_dir, night.task_keys)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in finished])
@@ -112,6 +116,16 @@ def run(
             generated, execution = _execute(night, executor, todo, len(finished), len(cached))
         # 7. manifests, run.json, _SUCCESS (last, and only for a night that succeeded)
         return _finalize(night, list(finished.values()), cached, generated, execution)
+
+
+def _references(cfg: FactoryConfig) -> References | None:
+    """Embeddings of quality.reference_dir, cached by file hash under <output>/_reference_cache/ per CLIP model."""
+    if not cfg.quality.reference_dir:
+        return None
+    cache_file = Path(cfg.paths.output) / "_reference_cache" / f"{keys.clip_key(cfg)}.parquet"
+    refs, encoded = load_references(Path(cfg.quality.reference_dir), cache_file, clip_encoder(cfg.model))
+    log.info("reference set: %d images (%d newly encoded)", len(refs.names), encoded)
+    return refs
 
 
 def _completed(date_dir: Path, force: bool) -> RunSummary | None:
@@ -220,10 +234,13 @@ def _finalize(
     night: Night, resumed: list[ImageRecord], cached: list[ImageRecord], generated: list[ImageRecord], ex: Execution
 ) -> RunSummary:
     p, t0 = night.plan, time.perf_counter()
-    approved, review = finalize.split_outcomes(resumed + cached + generated)
+    everything, similarity = finalize.flag_similar(resumed + cached + generated, p.thresholds, night.references)
+    similarity_s = time.perf_counter() - t0
+    approved, review = finalize.split_outcomes(everything)
     run_date = dt.date.fromisoformat(p.date)
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
     finalize.write_manifests(night.date_dir, approved, review, rejected)
+    finalize.write_embeddings(night.date_dir, everything)
     errors = sum(1 for r in generated if r.error)
     counts = _counts(night, approved, review, rejected, resumed, cached, generated, ex.batches)
     total_s = time.perf_counter() - night.started
@@ -233,10 +250,12 @@ def _finalize(
         "generate_s": ex.stage["generate_s"],  # summed over workers
         "score_s": ex.stage["score_s"],
         "repair_s": ex.stage["repair_s"],
-        "write_images_s": ex.stage["write_s"],
-        "write_manifests_s": time.perf_counter() - t0,
+        "write_images_s": ex.stage["write_s"],  # PNG encoding with provenance marks (and signing) included
+        "similarity_s": similarity_s,  # near-duplicate and reference search at finalize
+        "write_manifests_s": time.perf_counter() - t0 - similarity_s,
         "total_s": total_s,
     }
+    counts.update({k: similarity[k] for k in ("near_duplicates", "reference_matches")})
     summary = RunSummary(
         run_id=night.run_id,
         date=p.date,
@@ -248,7 +267,8 @@ def _finalize(
         outcomes=finalize.outcome_rates(approved, review),
     )
     failed = bool(generated) and errors > night.cfg.run.max_error_share * len(generated)
-    finalize.write_run_info(night.date_dir, _run_info(night, summary, ex), success=not failed)
+    info = {**_run_info(night, summary, ex), "similarity": similarity}
+    finalize.write_run_info(night.date_dir, info, success=not failed)
     if failed:
         raise FactoryError(
             f"{errors} of {len(generated)} images failed to generate (more than run.max_error_share = "
