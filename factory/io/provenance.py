@@ -232,6 +232,38 @@ class Report:
     def ok(self) -> bool:
         return not self.problems
 
+    def describe(self) -> str:
+        """Human-readable lines: what the file carries, then OK or each problem."""
+        lines = [f"{self.path}:"]
+        if self.label is not None:
+            lines.append(f"  GB 45438 label (XMP TC260:AIGC): {json.dumps(self.label, ensure_ascii=False)}")
+        if self.digital_source_type:
+            lines.append(f"  IPTC digital source type: {self.digital_source_type}")
+        if self.parameters is not None:
+            lines.append("  parameters: " + self.parameters.replace("\n", " | "))
+        if self.c2pa is not None:
+            c = self.c2pa
+            lines.append(f"  C2PA: {c['state']} (source type {c['source_type']}, issuer {c['issuer']})")
+        else:
+            lines.append("  C2PA: none")
+        lines.append(f"  pixel sha256: {self.pixel_hash}")
+        lines += [f"  PROBLEM: {p}" for p in self.problems] or ["  OK: label present and pixel hash matches"]
+        return "\n".join(lines)
+
+
+def verify_files(files: list[Path], trust_anchors: Path | None = None) -> list[Report]:
+    """`inspect` each file; InputError (exit 2) for a missing file or an unreadable trust-anchor file."""
+    anchors = ""
+    if trust_anchors is not None:
+        try:
+            anchors = trust_anchors.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--trust-anchors {trust_anchors}: cannot read ({exc})") from None
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"{f}: no such file")
+    return [inspect(f, anchors) for f in files]
+
 
 def inspect(path: str | Path, trust_anchors: str = "") -> Report:
     """Read every mark of a PNG and check it: the label exists, ReservedCode1 equals the pixels' hash now, and a

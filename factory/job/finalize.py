@@ -21,11 +21,14 @@ EMBEDDINGS_FILE = "embeddings.parquet"  # manifests/: what the next nights' cach
 
 
 def flag_similar(
-    records: list[ImageRecord], thresholds: dict[str, QualityConfig], refs: duplicates.References | None
+    records: list[ImageRecord],
+    thresholds: dict[str, QualityConfig],
+    refs: duplicates.References | None,
+    method: str | None = None,
 ) -> tuple[list[ImageRecord], dict[str, Any]]:
     """Add near_duplicate / reference_match to the night's images (quality/duplicates.py), per category, in
     (sku_id, variant) order. Records without an embedding (errors, images from before embeddings were kept) are
-    left as they are and counted."""
+    left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks, tests)."""
     records = sorted(records, key=lambda r: r.key)
     by_cat: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
@@ -37,10 +40,11 @@ def flag_similar(
     for cat, rows in sorted(by_cat.items()):
         emb = np.array([records[i].clip_embedding for i in rows], dtype=np.float32)
         q = thresholds[cat]
-        dups = duplicates.near_duplicates([records[i].sku_id for i in rows], emb, q.near_duplicate)
-        refm = duplicates.reference_matches(emb, refs, [q.reference_threshold] * len(rows)) if refs else {}
+        how = method or duplicates.similarity_method(len(rows))
+        dups = duplicates.near_duplicates([records[i].sku_id for i in rows], emb, q.near_duplicate, how)
+        refm = duplicates.reference_matches(emb, refs, [q.reference_threshold] * len(rows), how) if refs else {}
         info["images_compared"] += len(rows)
-        if duplicates.similarity_method(len(rows)) == "faiss":
+        if how == "faiss":
             info["method"] = "faiss"
         for k, i in enumerate(rows):
             records[i] = _with_matches(records[i], dups.get(k), refm.get(k))

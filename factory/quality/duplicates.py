@@ -28,6 +28,7 @@ from factory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+SEARCH_METHODS = ("numpy", "faiss")  # both exact; chosen by size (similarity_method) unless a caller names one
 FAISS_MIN_IMAGES = 4096  # per category; below it a numpy matrix product in blocks is as fast (measured, README)
 _BLOCK = 1024  # rows per numpy block: bounds the similarity matrix to BLOCK x n floats
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -49,11 +50,13 @@ def similarity_method(n: int) -> str:
     return "faiss" if n >= FAISS_MIN_IMAGES else "numpy"
 
 
-def near_duplicates(skus: Sequence[str], emb: np.ndarray, threshold: float) -> dict[int, Match]:
+def near_duplicates(
+    skus: Sequence[str], emb: np.ndarray, threshold: float, method: str | None = None
+) -> dict[int, Match]:
     """Rows (already in (sku_id, variant) order) -> the best match among earlier rows of another SKU, where the
     cosine is >= threshold. Ties go to the earliest row."""
     best: dict[int, tuple[float, int]] = {}
-    for i, j, score in _pairs(emb, threshold):
+    for i, j, score in _pairs(emb, threshold, method or similarity_method(len(emb))):
         if j >= i or skus[j] == skus[i]:
             continue
         current = best.get(i)
@@ -62,28 +65,31 @@ def near_duplicates(skus: Sequence[str], emb: np.ndarray, threshold: float) -> d
     return {i: Match(skus[j], score) for i, (score, j) in sorted(best.items())}
 
 
-def _pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+def _pairs(emb: np.ndarray, threshold: float, method: str) -> list[tuple[int, int, float]]:
     """All (i, j, cosine) with j < i and cosine >= threshold, exactly."""
     n = len(emb)
     if n < 2 or threshold > 1:
         return []
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     out: list[tuple[int, int, float]] = []
-    if similarity_method(n) == "faiss":
+    index = None
+    if method == "faiss":
         import faiss
 
         index = faiss.IndexFlatIP(emb.shape[1])
-        index.add(emb)
         # range_search keeps scores > radius: step just below the threshold so that >= holds
-        lims, scores, ids = index.range_search(emb, float(np.nextafter(np.float32(threshold), np.float32(-2))))
-        for i in range(n):
-            for s, j in zip(scores[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]):
-                if j < i and s >= threshold:
-                    out.append((i, int(j), float(s)))
-        return out
-    for start in range(0, n, _BLOCK):
+        radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
+    for start in range(0, n, _BLOCK):  # each block against the rows up to its end: half the all-pairs work
         stop = min(start + _BLOCK, n)
-        sims = emb[start:stop] @ emb[:stop].T  # only earlier (and same-block) rows matter
+        if index is not None:
+            index.add(emb[start:stop])
+            lims, scores, ids = index.range_search(emb[start:stop], radius)
+            for r in range(stop - start):
+                for s, j in zip(scores[lims[r] : lims[r + 1]].tolist(), ids[lims[r] : lims[r + 1]].tolist()):
+                    if j < start + r and s >= threshold:
+                        out.append((start + r, j, s))
+            continue
+        sims = emb[start:stop] @ emb[:stop].T
         rows, cols = np.nonzero(sims >= threshold)
         for r, j in zip(rows.tolist(), cols.tolist()):
             if j < start + r:
@@ -91,12 +97,14 @@ def _pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     return out
 
 
-def reference_matches(emb: np.ndarray, refs: References, thresholds: Sequence[float]) -> dict[int, Match]:
+def reference_matches(
+    emb: np.ndarray, refs: References, thresholds: Sequence[float], method: str | None = None
+) -> dict[int, Match]:
     """Rows -> the closest reference image when its cosine is >= that row's threshold."""
     if not len(refs.names) or not len(emb):
         return {}
     emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if similarity_method(len(emb)) == "faiss":
+    if (method or similarity_method(len(emb))) == "faiss":
         import faiss
 
         index = faiss.IndexFlatIP(refs.embeddings.shape[1])
