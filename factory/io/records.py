@@ -147,7 +147,7 @@ SIMILARITY = ("duplicate_of", "duplicate_score", "reference_file", "reference_sc
 REVIEW_ONLY = ("reason", "detail")
 EMBEDDING = ("clip_embedding",)
 PART_ONLY = ("error", "task_key")
-_STAMPED = frozenset(RUN_STAMP + SIMILARITY + REVIEW_ONLY + PART_ONLY)
+_STAMPED = frozenset(RUN_STAMP + SIMILARITY + REVIEW_ONLY + PART_ONLY + EMBEDDING)  # not carried by carried_to
 IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + PART_ONLY + EMBEDDING)
 EMBEDDING_COLUMNS = ("sku_id", "variant", "cache_key", "clip_embedding")
 
