@@ -197,6 +197,16 @@ class C2paSigner:
             raise ConfigError(f"provenance.c2pa_cert/c2pa_key: not a usable {cfg.c2pa_alg} signer ({exc})") from None
         self.context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
 
+    @classmethod
+    def check(cls, cfg: ProvenanceConfig) -> None:
+        """Sign a 1-pixel PNG once, so a wrong chain or key stops the run before any image (ConfigError, exit 2)."""
+        import c2pa
+
+        try:
+            cls(cfg).sign(png_bytes(Image.new("RGB", (1, 1))), "check.png")
+        except c2pa.C2paError as exc:
+            raise ConfigError(f"provenance.c2pa_cert/c2pa_key: signing fails ({exc})") from None
+
     def sign(self, png: bytes, title: str) -> bytes:
         import c2pa
 

@@ -24,6 +24,7 @@ from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.planner import Task, make_batches
+from factory.io.provenance import C2paSigner
 from factory.io.records import ImageRecord, RejectedRow
 from factory.job import cache, finalize, keys, parts
 from factory.job.lock import RunLock
@@ -96,6 +97,8 @@ def run(
     date_dir = Path(cfg.paths.output) / p.date
     check_output_dir(cfg.paths.output, date_dir)
     references = _references(cfg)  # a bad reference set stops the run here, before any image
+    if cfg.provenance.c2pa_cert:
+        C2paSigner.check(cfg.provenance)  # so does a signing chain that cannot sign
 
     # 2. one run per date and output root
     with RunLock(date_dir, run_id) as lock:

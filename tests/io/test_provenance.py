@@ -175,4 +175,8 @@ def test_provenance_config_is_validated(tmp_path):
     missing = ProvenanceConfig(c2pa_cert=str(tmp_path / "no.pem"), c2pa_key=str(tmp_path / "no.key"))
     with pytest.raises(ConfigError, match="cannot read"):
         provenance.Stamper(missing, "abc", "m", 1.0)
+    first, second = make_signing_chain(tmp_path / "one"), make_signing_chain(tmp_path / "two")
+    mismatched = ProvenanceConfig(c2pa_cert=str(first.chain), c2pa_key=str(second.key))
+    with pytest.raises(ConfigError, match="c2pa_key"):
+        provenance.C2paSigner.check(mismatched)
     shutil.rmtree(tmp_path, ignore_errors=True)
