@@ -296,7 +296,7 @@ def _counts(night: Night, approved, review, rejected, resumed, cached, generated
         "rejected_rows": len(rejected),
         "approved_images": len(approved),
         "review_images": len(review),
-        "generation_errors": sum(1 for r in review if r.detail),
+        "generation_errors": sum(1 for r in review if r.error),  # detail also explains similarity matches
         "prompts_truncated": sum(1 for r in approved + review if r.prompt_truncated),
     }
 
