@@ -24,7 +24,6 @@ from factory.io.writer import PngText, png_bytes
 from factory.job.finalize import flag_similar
 from factory.quality import duplicates
 
-
 PLAIN = ProvenanceConfig()
 
 
