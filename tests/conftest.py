@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,8 @@ def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
     """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
     m = cfg.model
     text = (REPO / "data" / "demo.toml").read_text()
+    # demo.toml's relative reference_dir means data/reference next to it: keep it pointing there from a tmp copy
+    text = re.sub(r'(?m)^reference_dir = "[^"]*"', f'reference_dir = "{REPO / "data" / "reference"}"', text)
     text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
     text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
     path.write_text(text)
