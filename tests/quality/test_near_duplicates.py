@@ -169,3 +169,17 @@ def test_numpy_and_faiss_find_the_same_pairs():
     assert found["numpy"].keys() == found["faiss"].keys() and len(found["numpy"]) > 10
     for i, match in found["numpy"].items():
         assert match.other == found["faiss"][i].other and match.other < skus[i]
+
+
+def test_similarity_config_is_validated():
+    from factory.config import FactoryConfig, QualityConfig
+    from factory.errors import ConfigError
+
+    for quality in (
+        QualityConfig(near_duplicate=-1.5),
+        QualityConfig(reference_threshold=-2.0),
+        QualityConfig(categories={"shoes": {"reference_dir": "/elsewhere"}}),  # global only: never silently ignored
+    ):
+        with pytest.raises(ConfigError):
+            dataclasses.replace(FactoryConfig(), quality=quality).validate()
+    dataclasses.replace(FactoryConfig(), quality=QualityConfig(near_duplicate=1.01)).validate()  # > 1: off
