@@ -31,6 +31,8 @@ from factory.job.lock import RunLock
 from factory.job.plan import Plan, plan
 from factory.job.progress import Progress
 from factory.quality.duplicates import References, clip_encoder, load_references
+from factory.review import manifests as review_outputs
+from factory.review.sheet import write_sheet
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,7 @@ def _finalize(
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
     finalize.write_manifests(night.date_dir, approved, review, rejected)
     finalize.write_embeddings(night.date_dir, everything)
+    write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     errors = sum(1 for r in generated if r.error)
     counts = _counts(night, approved, review, rejected, resumed, cached, generated, ex.batches)
     total_s = time.perf_counter() - night.started
