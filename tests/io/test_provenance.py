@@ -26,12 +26,22 @@ ROWS = [
     {"sku_id": "P1", "category": "shoes", "attrs": json.dumps({"brand": "Peak", "color": "红色"}), "variants": 2},
     {"sku_id": "P2", "category": "bags", "attrs": json.dumps({"brand": "Acme", "color": "tan"}), "variants": 1},
 ]
-LABELLED = ProvenanceConfig(producer="TEST-PRODUCER-001", visible_label="AI生成", visible_label_corner="top-left")
 
 
-def night(tiny_models, tmp: Path, batch_size: int, marks: ProvenanceConfig = LABELLED):
+def every_mark(chain) -> ProvenanceConfig:
+    """Producer code, a visible label and C2PA signing with a self-made chain: every mark on."""
+    return ProvenanceConfig(
+        producer="TEST-PRODUCER-001",
+        visible_label="AI生成",
+        visible_label_corner="top-left",
+        c2pa_cert=str(chain.chain),
+        c2pa_key=str(chain.key),
+    )
+
+
+def night(tiny_models, tmp: Path, batch_size: int, chain):
     cfg = with_run(make_cfg(tiny_models, tmp), executor="local", workers=1, batch_size=batch_size)
-    cfg = dataclasses.replace(cfg, provenance=marks)
+    cfg = dataclasses.replace(cfg, provenance=every_mark(chain))
     write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", ROWS)
     summary = run(cfg, DATE)
     rows = pq.read_table(summary.date_dir / "manifests" / "approved.parquet").to_pylist()
@@ -40,17 +50,34 @@ def night(tiny_models, tmp: Path, batch_size: int, marks: ProvenanceConfig = LAB
 
 
 @pytest.fixture(scope="module")
-def labelled_night(tiny_models, tmp_path_factory):
-    return night(tiny_models, tmp_path_factory.mktemp("marks"), batch_size=3)
+def chain(tmp_path_factory):
+    return make_signing_chain(tmp_path_factory.mktemp("ca"))
 
 
-def test_every_png_carries_the_label_the_parameters_and_the_pixel_hash(labelled_night):
+@pytest.fixture(scope="module")
+def labelled_night(tiny_models, tmp_path_factory, chain):
+    return night(tiny_models, tmp_path_factory.mktemp("marks"), batch_size=3, chain=chain)
+
+
+def without_c2pa(png: bytes) -> bytes:
+    """The PNG minus its caBX chunk (signing inserts only that chunk; everything else is byte-for-byte kept)."""
+    out, pos = [png[:8]], 8
+    while pos < len(png):
+        length = struct.unpack(">I", png[pos : pos + 4])[0]
+        if png[pos + 4 : pos + 8] != b"caBX":
+            out.append(png[pos : pos + 12 + length])
+        pos += 12 + length
+    return b"".join(out)
+
+
+def test_every_png_carries_the_label_the_parameters_and_the_pixel_hash(labelled_night, chain):
     date_dir, rows = labelled_night
     assert len(rows) == 3
     for r in rows:
         path = date_dir / r["image_path"]
-        report = provenance.inspect(path)
+        report = provenance.inspect(path, chain.root.read_text())
         assert report.ok, report.problems
+        assert report.c2pa["state"] == "Trusted" and report.c2pa["source_type"].endswith("/trainedAlgorithmicMedia")
         with Image.open(path) as im:
             pixels = hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
             assert im.text["XML:com.adobe.xmp"].startswith("<?xpacket")
@@ -108,11 +135,13 @@ def test_tampered_pixels_are_detected_and_verify_exits_1(labelled_night, tmp_pat
     assert missing.returncode == 2 and "nope.png: no such file" in missing.stderr
 
 
-def test_same_bytes_across_batch_sizes_with_marks_on(labelled_night, tiny_models, tmp_path):
+def test_same_bytes_across_batch_sizes_with_marks_on(labelled_night, tiny_models, tmp_path, chain):
+    """Every byte but the C2PA signature's (a random instance id and ECDSA nonce) is the same at batch size 1."""
     date_dir, rows = labelled_night
-    other_dir, other_rows = night(tiny_models, tmp_path, batch_size=1)
+    other_dir, other_rows = night(tiny_models, tmp_path, batch_size=1, chain=chain)
     for a, b in zip(rows, other_rows):
-        assert (date_dir / a["image_path"]).read_bytes() == (other_dir / b["image_path"]).read_bytes()
+        signed_a, signed_b = (date_dir / a["image_path"]).read_bytes(), (other_dir / b["image_path"]).read_bytes()
+        assert without_c2pa(signed_a) == without_c2pa(signed_b) and b"caBX" in signed_a
         assert a["produce_id"] == b["produce_id"]
 
 
