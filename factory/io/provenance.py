@@ -2,13 +2,14 @@
 an optional visible label, optional C2PA signing, and `inspect()` which reads all of it back (`adfactory provenance
 verify`). README "Provenance and labelling" says which rule each mark serves.
 
-Chunks, in file order (written by `factory.io.writer.png_bytes`):
+Chunks after IHDR, in file order (text chunks written by `factory.io.writer.png_bytes`):
   iTXt `XML:com.adobe.xmp`  XMP packet: `TC260:AIGC` (namespace TC260_NS) = the Annex E JSON {Label, ContentProducer,
                             ProduceID, ReservedCode1, ContentPropagator, PropagateID, ReservedCode2}, plus IPTC
                             `Iptc4xmpExt:DigitalSourceType` = trainedAlgorithmicMedia (what image hosts read)
   tEXt/iTXt `parameters`    prompt, "Negative prompt: ...", "Steps: .., Sampler: LCM, CFG scale: .., Seed: ..,
                             Size: WxH, Model hash: .., Model: .." (iTXt when the text is not Latin-1)
   caBX                      the C2PA manifest store, only when `provenance.c2pa_cert`/`c2pa_key` are set
+                            (c2pa inserts it right after IHDR and changes no other byte)
 
 Determinism: nothing here depends on the run (no run id, no clock): ReservedCode1 is the SHA-256 of the pixels and
 ProduceID is derived from the SKU, the variant and that hash, so the same pixels give the same bytes whatever the
