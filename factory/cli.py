@@ -19,6 +19,8 @@ from factory.errors import EXIT_FAILED, FactoryError, Terminated
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(models_app, name="models")
+provenance_app = typer.Typer(no_args_is_help=True, help="Provenance marks of generated PNGs.")
+app.add_typer(provenance_app, name="provenance")
 review_app = typer.Typer(no_args_is_help=True, help="Human review of a night: the review sheet and the decisions.")
 app.add_typer(review_app, name="review")
 
@@ -367,6 +369,49 @@ def check(
         )
         notes = f" ({report.warnings} warning{'s' * (report.warnings != 1)})" if report.warnings else ""
         typer.echo(f"OK{notes}: {directory} loads, generates and repairs as a night would (image quality not judged)")
+
+    _guard(verbose, go)
+
+
+@provenance_app.command("verify")
+def provenance_verify(
+    files: Annotated[list[Path], typer.Argument(help="PNG files written by a night.")],
+    trust_anchors: Annotated[
+        Optional[Path], typer.Option("--trust-anchors", help="PEM root certificates to trust for C2PA signatures.")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the marks each file carries and whether its pixels still match the label's hash (exit 1 if not)."""
+    from factory.io.provenance import verify_files
+
+    def go() -> int:
+        reports = verify_files(files, trust_anchors)
+        for r in reports:
+            typer.echo(r.describe())
+        return 0 if all(r.ok for r in reports) else EXIT_FAILED
+
+    code = _guard(verbose, go)
+    if code:
+        raise typer.Exit(code)
+
+
+@provenance_app.command("bench")
+def provenance_bench(
+    size: Annotated[int, typer.Option("--size", help="Image side in px.")] = 256,
+    images: Annotated[int, typer.Option("--images", help="Images per measurement.")] = 50,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Cost per image of the provenance marks (and C2PA signing) and of the near-duplicate search."""
+    from factory.tools.provenance_bench import provenance_costs, similarity_costs
+
+    def go() -> None:
+        for key, value in provenance_costs(size, images).items():
+            typer.echo(f"{key:<20} {value}")
+        for row in similarity_costs():
+            typer.echo(
+                f"similarity {row['method']:<6} {row['images']:>6} images  {row['total_s']:>8.3f} s  "
+                f"{row['us_per_image']:>8.1f} us/image"
+            )
 
     _guard(verbose, go)
 

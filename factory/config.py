@@ -106,6 +106,9 @@ class QualityConfig:
     saturation_mean: float = 0.80  # mean HSV saturation above this -> oversaturated
     iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in IQA_PAIRS])  # [positive, negative]
     unsafe_concepts: list[str] = field(default_factory=lambda: list(UNSAFE_CONCEPTS))  # brand-safety concepts
+    near_duplicate: float = 0.94  # CLIP image cosine to an earlier SKU of the night's category >= this -> review
+    reference_threshold: float = 0.94  # CLIP image cosine to an image of reference_dir >= this -> review (>1: off)
+    reference_dir: str = ""  # images the night must not resemble (competitor logos, protected artwork); "" = none
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
@@ -132,6 +135,21 @@ class RepairConfig:
     tile: int = 0  # px tile of the defect map; 0 = a quarter of the shorter image side
     top_k: int = 1  # worst tiles repaired per attempt
     inpaint_unet: str = ""  # optional dedicated 9-channel inpainting UNet dir (e.g. SD1.5-inpainting)
+
+
+@dataclass
+class ProvenanceConfig:
+    """What every PNG says about itself (factory/io/provenance.py; README "Provenance and labelling")."""
+
+    producer: str = "adfactory"  # GB 45438 ContentProducer: your organisation's name or code
+    propagator: str = ""  # GB 45438 ContentPropagator (a distributor's code); "" leaves it to the platform
+    reserved_code2: str = ""  # GB 45438 ReservedCode2 (free use by the producer)
+    visible_label: str = ""  # explicit label drawn on the image, e.g. "AI生成"; "" = off
+    visible_label_corner: str = "bottom-right"  # bottom-right | bottom-left | top-right | top-left
+    visible_label_size: float = 0.05  # text height as a share of the shorter side (GB 45438: at least 0.05)
+    c2pa_cert: str = ""  # PEM certificate chain (signer first, then intermediates); with c2pa_key: C2PA signing on
+    c2pa_key: str = ""  # PEM private key of the signing certificate
+    c2pa_alg: str = "es256"  # es256 | es384 | ps256 (must match the key)
 
 
 @dataclass
@@ -174,6 +192,7 @@ class FactoryConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -186,6 +205,7 @@ class FactoryConfig:
         _validate_planner(self.planner)
         _validate_model(self.model)
         _validate_quality_repair(self.quality, self.repair)
+        _validate_provenance(self.provenance)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
 
@@ -211,6 +231,10 @@ class FactoryConfig:
                 clip_config_dir=fix(m.clip_config_dir),
             ),
             repair=dataclasses.replace(self.repair, inpaint_unet=fix(self.repair.inpaint_unet)),
+            quality=dataclasses.replace(self.quality, reference_dir=fix(self.quality.reference_dir)),
+            provenance=dataclasses.replace(
+                self.provenance, c2pa_cert=fix(self.provenance.c2pa_cert), c2pa_key=fix(self.provenance.c2pa_key)
+            ),
         )
 
 
@@ -290,7 +314,9 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
     from factory.quality.retry import REPAIR_MODES
 
     _check_gate(quality, "quality")
-    for category in quality.categories:
+    for category, overrides in quality.categories.items():
+        if "reference_dir" in overrides:
+            raise ConfigError(f"[quality.categories.{category}]: reference_dir is global; set it in [quality]")
         _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
     _one_of("repair.mode", repair.mode, REPAIR_MODES)
     if not 0 < repair.strength <= 1:
@@ -302,7 +328,26 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
         raise ConfigError(f"repair.tile must be 0 (a quarter of the shorter side) or at least 8 px, got {repair.tile}")
 
 
+def _validate_provenance(p: ProvenanceConfig) -> None:
+    from factory.io.provenance import C2PA_ALGS, CORNERS, MIN_LABEL_SIZE
+
+    if not p.producer.strip():
+        raise ConfigError("provenance.producer must name the producer (GB 45438 ContentProducer)")
+    _one_of("provenance.visible_label_corner", p.visible_label_corner, CORNERS)
+    _one_of("provenance.c2pa_alg", p.c2pa_alg, C2PA_ALGS)
+    if not MIN_LABEL_SIZE <= p.visible_label_size <= 0.5:
+        raise ConfigError(
+            f"provenance.visible_label_size must be between {MIN_LABEL_SIZE} and 0.5 of the shorter side, "
+            f"got {p.visible_label_size}"
+        )
+    if bool(p.c2pa_cert) != bool(p.c2pa_key):
+        raise ConfigError("provenance.c2pa_cert and provenance.c2pa_key must be set together (C2PA signing)")
+
+
 def _check_gate(q: QualityConfig, where: str) -> None:
+    for name in ("near_duplicate", "reference_threshold"):
+        if getattr(q, name) < -1:  # a cosine; above 1 turns the check off
+            raise ConfigError(f"{where}: {name} is a cosine threshold and must be at least -1, got {getattr(q, name)}")
     if not q.iqa_pairs:
         raise ConfigError(f"{where}: iqa_pairs must list at least one [positive, negative] pair")
     if not q.unsafe_concepts or not all(isinstance(c, str) and c for c in q.unsafe_concepts):

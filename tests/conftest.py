@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def make_cfg(tiny_models: dict[str, Path], tmp_path: Path) -> FactoryConfig:
             clip_config_dir=str(tiny_models["clip"]),
         ),
         planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS)),
-        quality=dataclasses.replace(base.quality, clip_threshold=-0.15),
+        # the tiny CLIP puts every pair of images at cosine ~0.99: near-duplicate search off unless a test sets it
+        quality=dataclasses.replace(base.quality, clip_threshold=-0.15, near_duplicate=1.01),
         run=dataclasses.replace(base.run, workers=2, batch_size=4),
     )
 
@@ -147,6 +149,8 @@ def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
     """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
     m = cfg.model
     text = (REPO / "data" / "demo.toml").read_text()
+    # demo.toml's relative reference_dir means data/reference next to it: keep it pointing there from a tmp copy
+    text = re.sub(r'(?m)^reference_dir = "[^"]*"', f'reference_dir = "{REPO / "data" / "reference"}"', text)
     text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
     text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
     path.write_text(text)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -23,9 +24,9 @@ from factory.errors import ModelError
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
 from factory.io.layout import image_key
+from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
-from factory.io.writer import png_bytes
 from factory.quality.gate import Assessment, Gate, PassingGate
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
@@ -44,7 +45,7 @@ class Worker:
         """`date`: the night whose images this worker writes (`<paths.output>/<date>/images/...`)."""
         import torch
 
-        from factory.generation.models import NULL_PIPELINE, load_clip, load_pipeline
+        from factory.generation.models import NULL_PIPELINE, load_clip, load_pipeline, model_fingerprint
 
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
@@ -56,6 +57,8 @@ class Worker:
         self.accel = self._accelerate()
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        m = cfg.model
+        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
         if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
             self.gate, self.retry = PassingGate(), None
             return
@@ -200,13 +203,15 @@ class Worker:
         limit = self.pipe.tokenizer.model_max_length
         for task, outcome, n_tokens in zip(tasks, outcomes, self.prompt_tokens([t.prompt for t in tasks])):
             key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
-            self.store.put_bytes(key, png_bytes(outcome.image), durability="none")
+            stamped = self.stamper.png(outcome.image, task)  # labels, parameters, pixel hash (+ C2PA signature)
+            self.store.put_bytes(key, stamped.data, durability="none")
             records.append(
                 ImageRecord.from_task(
                     task,
                     image_path=key,
                     **outcome.assessment.columns(),
                     **outcome.columns(),
+                    produce_id=stamped.produce_id,
                     prompt_tokens=n_tokens,
                     prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
                 )

@@ -27,6 +27,7 @@ from factory.inputs.planner import Task
 from factory.io import layout
 from factory.io.records import ImageRecord
 from factory.io.storage import Store
+from factory.job.finalize import read_embeddings
 from factory.job.parts import read_success
 from factory.quality.gate import failing_checks
 
@@ -73,6 +74,7 @@ def cache_hits(
     if not tasks or lookback_days <= 0:
         return []
     previous = load_previous(store, date, lookback_days)
+    embeddings: dict[str, dict[tuple[str, int], list[float]]] = {}  # per source date, read once
     hits = []
     for t in tasks:
         src = previous.get(keys[(t.sku_id, t.variant)])
@@ -87,5 +89,13 @@ def cache_hits(
         except (FileNotFoundError, StorageError) as exc:  # e.g. the source image was deleted since: generate it
             log.warning("cache hit %s not reusable (%s); generating it", src["image_path"], exc)
             continue
-        hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"], image_path=target))
+        day = src["run_date"].isoformat()
+        if day not in embeddings:
+            embeddings[day] = read_embeddings(store, day)
+        embedding = embeddings[day].get((src["sku_id"], src["variant"]))
+        hits.append(
+            record.carried_to(
+                t, cached=True, cache_source_date=src["run_date"], image_path=target, clip_embedding=embedding
+            )
+        )
     return hits

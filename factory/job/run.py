@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -25,12 +26,14 @@ from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.planner import Task, make_batches
+from factory.io.provenance import C2paSigner
 from factory.io.records import ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
 from factory.job.lease import open_run_lock
 from factory.job.plan import Plan, plan
 from factory.job.progress import Progress
+from factory.quality.duplicates import References, clip_encoder, load_references
 from factory.review import manifests as review_outputs
 from factory.review.sheet import write_sheet
 
@@ -64,6 +67,7 @@ class Night:
     model: keys.ModelKey
     cache_keys: dict[tuple[str, int], str]
     task_keys: dict[tuple[str, int], str]
+    references: References | None = None  # quality.reference_dir's embeddings (reference_match at finalize)
 
     def stamp(self, record: ImageRecord) -> ImageRecord:
         """The run's own fields on a record (every record of this night's manifests gets them)."""
@@ -102,6 +106,9 @@ def run(
     if store.kind == "local":
         check_output_dir(store.root, Path(store.path(p.date)))
     check_capacity(cfg)  # a worker pool the local cluster cannot hold: refused before anything is written
+    references = _references(cfg, store)  # a bad reference set stops the run here, before any image
+    if cfg.provenance.c2pa_cert:
+        C2paSigner.check(cfg.provenance)  # so does a signing chain that cannot sign
 
     # 2. one run per date and output root (a lock file locally, a lease object on object stores)
     with open_run_lock(store, p.date, run_id, cfg.storage) as lock:
@@ -115,6 +122,7 @@ def run(
             # 3. resolve every "auto" for the device the workers run on, then the keys
             runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
             night = _night(cfg, p, store, run_id, started, started_at, runtime)
+            night.references = references
             # 4. resume, 5. cross-day cache, 6. generate the rest
             finished = parts.finished(store, p.date, night.task_keys)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in finished])
@@ -122,6 +130,18 @@ def run(
             generated, execution = _execute(night, executor, todo, len(finished), len(cached))
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         return _finalize(night, list(finished.values()), cached, generated, execution, lock)
+
+
+def _references(cfg: FactoryConfig, store: Store) -> References | None:
+    """Embeddings of quality.reference_dir, cached by file hash per CLIP model: under <output>/_reference_cache/ on
+    a local output, in the temp dir when the output is an object store (the cache is a local speed-up only)."""
+    if not cfg.quality.reference_dir:
+        return None
+    cache_root = Path(store.root) if store.kind == "local" else Path(tempfile.gettempdir()) / "adfactory"
+    cache_file = cache_root / "_reference_cache" / f"{keys.clip_key(cfg)}.parquet"
+    refs, encoded = load_references(Path(cfg.quality.reference_dir), cache_file, clip_encoder(cfg.model))
+    log.info("reference set: %d images (%d newly encoded)", len(refs.names), encoded)
+    return refs
 
 
 def _completed(store: Store, date: str, force: bool) -> RunSummary | None:
@@ -225,10 +245,13 @@ def _finalize(
     lock: Any,
 ) -> RunSummary:
     p, t0 = night.plan, time.perf_counter()
-    approved, review = finalize.split_outcomes(resumed + cached + generated)
+    everything, similarity = finalize.flag_similar(resumed + cached + generated, p.thresholds, night.references)
+    similarity_s = time.perf_counter() - t0
+    approved, review = finalize.split_outcomes(everything)
     run_date = dt.date.fromisoformat(p.date)
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
     finalize.write_manifests(night.store, p.date, approved, review, rejected)
+    finalize.write_embeddings(night.store, p.date, everything)
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     errors = sum(1 for r in generated if r.error)
     counts = _counts(night, approved, review, rejected, resumed, cached, generated, ex.batches)
@@ -239,10 +262,12 @@ def _finalize(
         "generate_s": ex.stage["generate_s"],  # summed over workers
         "score_s": ex.stage["score_s"],
         "repair_s": ex.stage["repair_s"],
-        "write_images_s": ex.stage["write_s"],
-        "write_manifests_s": time.perf_counter() - t0,
+        "write_images_s": ex.stage["write_s"],  # PNG encoding with provenance marks (and signing) included
+        "similarity_s": similarity_s,  # near-duplicate and reference search at finalize
+        "write_manifests_s": time.perf_counter() - t0 - similarity_s,
         "total_s": total_s,
     }
+    counts.update({k: similarity[k] for k in ("near_duplicates", "reference_matches")})
     summary = RunSummary(
         run_id=night.run_id,
         date=p.date,
@@ -254,7 +279,8 @@ def _finalize(
         outcomes=finalize.outcome_rates(approved, review),
     )
     failed = bool(generated) and errors > night.cfg.run.max_error_share * len(generated)
-    finalize.write_run_info(night.store, p.date, _run_info(night, summary, ex), success=not failed, lock=lock)
+    info = {**_run_info(night, summary, ex), "similarity": similarity}
+    finalize.write_run_info(night.store, p.date, info, success=not failed, lock=lock)
     if failed:
         raise FactoryError(
             f"{errors} of {len(generated)} images failed to generate (more than run.max_error_share = "
@@ -279,7 +305,7 @@ def _counts(night: Night, approved, review, rejected, resumed, cached, generated
         "rejected_rows": len(rejected),
         "approved_images": len(approved),
         "review_images": len(review),
-        "generation_errors": sum(1 for r in review if r.detail),
+        "generation_errors": sum(1 for r in review if r.error),  # detail also explains similarity matches
         "prompts_truncated": sum(1 for r in approved + review if r.prompt_truncated),
     }
 
