@@ -168,6 +168,6 @@ def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:
 APPROVED_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + DECISION_COLUMNS)
 REVIEW_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + REVIEW_ONLY + DECISION_COLUMNS)
 PART_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + PART_ONLY + EMBEDDING)
-EMBEDDING_SCHEMA = _schema(ImageRecord, EMBEDDING_COLUMNS)  # manifests/embeddings.parquet
+EMBEDDING_SCHEMA = _schema(ImageRecord, EMBEDDING_COLUMNS)  # <date>/embeddings.parquet
 REJECTED_SCHEMA = _schema(RejectedRow, tuple(f.name for f in dataclasses.fields(RejectedRow)))
 MANIFEST_SCHEMAS = {"approved": APPROVED_SCHEMA, "review": REVIEW_SCHEMA, "rejected": REJECTED_SCHEMA}

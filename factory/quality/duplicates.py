@@ -8,7 +8,7 @@ reference_match  an image whose cosine to an image of `quality.reference_dir` is
 
 Both run on the driver at finalize, where every image of the night is known: fresh ones (embedding in the worker's
 result), resumed ones (embedding in the part file) and cross-day cache hits (embedding from the source date's
-`manifests/embeddings.parquet`). Search is exact: numpy blocks for nights up to FAISS_MIN_IMAGES images per
+`<date>/embeddings.parquet`). Search is exact: numpy blocks for nights up to FAISS_MIN_IMAGES images per
 category, a faiss `IndexFlatIP` (exact inner product) at or above it. Reference embeddings are cached by file hash.
 """
 

@@ -1,9 +1,9 @@
 """`model.pipeline = "null"`: no model, solid colours from the seed, a passing gate, through the real night path."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -11,7 +11,7 @@ from factory.config import load_config
 from factory.errors import ConfigError
 from factory.generation.models import NULL_PIPELINE
 from factory.job.run import run
-from tests.conftest import DATE, REPO, with_run
+from tests.conftest import DATE, REPO, read_manifests, with_run
 
 
 def _null(cfg):
@@ -23,12 +23,12 @@ def test_null_night_goes_through_the_executor_worker_and_writer(cfg, day_file, e
     if executor == "ray":
         request.getfixturevalue("ray_cluster")
     s = run(with_run(_null(cfg), executor=executor, workers=2), DATE)
-    approved = pq.read_table(s.date_dir / "manifests" / "approved.parquet").to_pylist()
+    approved = read_manifests(s.output, s.date)["approved"]
     assert s.counts["approved_images"] == s.counts["images_planned"] == len(approved) == 9
     assert s.counts["review_images"] == 0 and s.counts["rejected_rows"] == 4
     assert {r["model"] for r in approved} == {"null@null"}
     for r in approved:
-        pixels = np.asarray(Image.open(s.date_dir / r["image_path"]))
+        pixels = np.asarray(Image.open(Path(s.output) / r["image_path"]))
         assert pixels.shape == (r["height"], r["width"], 3)
         seed = r["seed"]
         assert (pixels == [seed >> 40 & 255, seed >> 24 & 255, seed & 255]).all()  # one colour, from the seed

@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -20,7 +19,7 @@ from factory.errors import ConfigError
 from factory.io import provenance
 from factory.job.run import run
 from factory.tools.signing_chain import make_signing_chain
-from tests.conftest import DATE, cli, make_cfg, with_run, write_skus
+from tests.conftest import DATE, cli, make_cfg, read_manifests, with_run, write_skus
 
 ROWS = [
     {"sku_id": "P1", "category": "shoes", "attrs": json.dumps({"brand": "Peak", "color": "红色"}), "variants": 2},
@@ -44,9 +43,9 @@ def night(tiny_models, tmp: Path, batch_size: int, chain):
     cfg = dataclasses.replace(cfg, provenance=every_mark(chain))
     write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", ROWS)
     summary = run(cfg, DATE)
-    rows = pq.read_table(summary.date_dir / "manifests" / "approved.parquet").to_pylist()
-    rows += pq.read_table(summary.date_dir / "manifests" / "review.parquet").to_pylist()
-    return summary.date_dir, sorted(rows, key=lambda r: (r["sku_id"], r["variant"]))
+    m = read_manifests(summary.output, summary.date)
+    rows = m["approved"] + m["review"]
+    return Path(summary.output), sorted(rows, key=lambda r: (r["sku_id"], r["variant"]))  # image_path: from the root
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +70,10 @@ def without_c2pa(png: bytes) -> bytes:
 
 
 def test_every_png_carries_the_label_the_parameters_and_the_pixel_hash(labelled_night, chain):
-    date_dir, rows = labelled_night
+    root, rows = labelled_night
     assert len(rows) == 3
     for r in rows:
-        path = date_dir / r["image_path"]
+        path = root / r["image_path"]
         report = provenance.inspect(path, chain.root.read_text())
         assert report.ok, report.problems
         assert report.c2pa["state"] == "Trusted" and report.c2pa["source_type"].endswith("/trainedAlgorithmicMedia")
@@ -112,8 +111,8 @@ def test_visible_label_is_drawn_in_the_configured_corner_at_5_percent(tmp_path):
 
 
 def test_tampered_pixels_are_detected_and_verify_exits_1(labelled_night, tmp_path):
-    date_dir, rows = labelled_night
-    original = date_dir / rows[0]["image_path"]
+    root, rows = labelled_night
+    original = root / rows[0]["image_path"]
     tampered = tmp_path / "tampered.png"
     with Image.open(original) as im:
         info = PngInfo()
@@ -137,10 +136,10 @@ def test_tampered_pixels_are_detected_and_verify_exits_1(labelled_night, tmp_pat
 
 def test_same_bytes_across_batch_sizes_with_marks_on(labelled_night, tiny_models, tmp_path, chain):
     """Every byte but the C2PA signature's (a random instance id and ECDSA nonce) is the same at batch size 1."""
-    date_dir, rows = labelled_night
+    root, rows = labelled_night
     other_dir, other_rows = night(tiny_models, tmp_path, batch_size=1, chain=chain)
     for a, b in zip(rows, other_rows):
-        signed_a, signed_b = (date_dir / a["image_path"]).read_bytes(), (other_dir / b["image_path"]).read_bytes()
+        signed_a, signed_b = (root / a["image_path"]).read_bytes(), (other_dir / b["image_path"]).read_bytes()
         assert without_c2pa(signed_a) == without_c2pa(signed_b) and b"caBX" in signed_a
         assert a["produce_id"] == b["produce_id"]
 

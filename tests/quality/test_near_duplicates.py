@@ -15,11 +15,10 @@ import pytest
 from PIL import Image
 
 from factory.io.records import ImageRecord
-from factory.job import parts
 from factory.job.finalize import flag_similar
 from factory.job.run import run
 from factory.quality import duplicates
-from tests.conftest import DATE, make_cfg, with_run, write_skus
+from tests.conftest import DATE, make_cfg, read_manifests, with_run, write_skus
 
 NEXT_DATE = (dt.date.fromisoformat(DATE) + dt.timedelta(days=1)).isoformat()
 SHOES = ["D1", "D2", "D3", "D4"]
@@ -55,7 +54,7 @@ def first_night(tiny_models, tmp_path_factory):
     for date in (DATE, NEXT_DATE):
         write_skus(Path(cfg.paths.skus) / f"{date}.parquet", ROWS)
     summary = run(cfg, DATE)
-    emb = pq.read_table(summary.date_dir / "manifests" / "embeddings.parquet").to_pylist()
+    emb = pq.read_table(Path(summary.output) / summary.date / "embeddings.parquet").to_pylist()
     return cfg, summary, {r["sku_id"]: np.array(r["clip_embedding"], dtype=np.float32) for r in emb}
 
 
@@ -100,32 +99,34 @@ def test_resumed_rows_and_cache_hits_join_the_search_and_references_match(first_
     # the reference set: a copy of the bag's image (under another name) and an unrelated image
     refs = tmp_path / "refs"
     (refs / "logos").mkdir(parents=True)
-    bag = pq.read_table(day1.date_dir / "manifests" / "approved.parquet").to_pylist()
-    shutil.copy(day1.date_dir / next(r["image_path"] for r in bag if r["sku_id"] == "D5"), refs / "logos" / "acme.png")
+    bag = read_manifests(day1.output, day1.date)["approved"]
+    shutil.copy(
+        Path(day1.output) / next(r["image_path"] for r in bag if r["sku_id"] == "D5"), refs / "logos" / "acme.png"
+    )
     Image.new("RGB", (64, 64), (200, 30, 30)).save(refs / "plain-red.png")
     cfg = configure(cfg, near_duplicate=t, reference_threshold=0.9999, reference_dir=str(refs))
 
     # 1. resume: the night "crashed" before _SUCCESS; the rerun generates nothing, yet finalize flags resumed rows
-    parts.success_path(day1.date_dir).unlink()
+    (Path(day1.output) / day1.date / "_SUCCESS").unlink()
     again = run(cfg, DATE)
     assert again.counts["images_generated"] == 0 and again.counts["images_resumed"] == 5
     assert again.counts["generation_errors"] == 0  # a match's detail is not an error: the date stays completed
-    check_review(again.date_dir, expected)
+    check_review(again, expected)
 
     # 2. next day: unflagged images are cross-day cache hits (embeddings from day 1's embeddings.parquet)
     day2 = run(cfg, NEXT_DATE)
     assert day2.counts["cache_hits"] == 4 - len(expected)  # day 1 approved the shoes that were not flagged
-    review = check_review(day2.date_dir, expected)
-    approved = pq.read_table(day2.date_dir / "manifests" / "approved.parquet").to_pylist()
+    review = check_review(day2, expected)
+    approved = read_manifests(day2.output, day2.date)["approved"]
     cached = {r["sku_id"] for r in approved + review if r["cached"]}
     assert cached == set(SHOES) - set(expected)
     assert cached & set(expected.values())  # an earlier SKU named by a flag came from the cache: it still counts
-    run_json = json.loads((day2.date_dir / "run.json").read_text())
+    run_json = json.loads(((Path(day2.output) / day2.date) / "run.json").read_text())
     assert run_json["similarity"]["missing_embeddings"] == 0 and run_json["counts"]["reference_matches"] == 1
 
 
-def check_review(date_dir: Path, expected: dict[str, str]) -> list[dict]:
-    review = pq.read_table(date_dir / "manifests" / "review.parquet").to_pylist()
+def check_review(summary, expected: dict[str, str]) -> list[dict]:
+    review = read_manifests(summary.output, summary.date)["review"]
     by_sku = {r["sku_id"]: r for r in review}
     assert set(by_sku) == set(expected) | {"D5"}
     for sku, earlier in expected.items():

@@ -109,7 +109,7 @@ def test_cli_prints_the_path_and_refuses_a_date_without_a_night(night):
     assert Path(done.stdout.strip()) == sheet_path(night) and sheet_path(night).is_file()
     missing = cli("review", "sheet", "--date", "2026-11-22", "--output", night.paths.output)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
-    assert "review.parquet does not exist" in missing.stderr
+    assert "does not exist: run the night" in missing.stderr
 
 
 def test_on_an_object_store_thumbnails_are_embedded(night, s3_uri):
