@@ -134,8 +134,6 @@ def load_references(
 ) -> tuple[References, int]:
     """The reference set's embeddings, by file hash from `cache_file` (one per CLIP model) and `encode` (the CLIP
     image encoder, called only for files not cached yet). Returns the references and how many were encoded."""
-    from factory.io.writer import write_manifest
-
     files = reference_files(reference_dir)
     digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     cached: dict[str, list[float]] = {}
@@ -149,7 +147,7 @@ def load_references(
         for (_, digest), vector in zip(missing, encode([f for f, _ in missing])):
             cached[digest] = [float(x) for x in vector]
         rows = [{"sha256": d, "embedding": cached[d]} for d in sorted(set(digests))]
-        write_manifest(cache_file, rows, _CACHE_SCHEMA)
+        _write_cache(cache_file, pa.Table.from_pylist(rows, schema=_CACHE_SCHEMA))
     names = [f.relative_to(reference_dir).as_posix() for f in files]
     dim = len(next(iter(cached.values()))) if cached else 0
     matrix = np.array([cached[d] for d in digests], dtype=np.float32).reshape(len(files), dim)
@@ -177,3 +175,11 @@ def clip_encoder(model_cfg: object) -> Callable[[list[Path]], np.ndarray]:
         return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
     return encode
+
+
+def _write_cache(cache_file: Path, table: pa.Table) -> None:
+    """Atomically (a local Store: temp file + rename), so two nights sharing the cache never read half a file."""
+    from factory.io.storage import open_store
+
+    with open_store(str(cache_file.parent)).open_output_stream(cache_file.name) as f:
+        pq.write_table(table, f, compression="zstd")

@@ -115,7 +115,7 @@ def test_cli_prints_the_path_and_refuses_a_date_without_a_night(night):
 def test_on_an_object_store_thumbnails_are_embedded(night, s3_uri):
     """An S3 output: the page (written to the store) carries downscaled data-URI thumbnails, no links."""
     local, remote = open_store(night.paths.output), open_store(s3_uri, night.storage)
-    for rel in local.list(DATE):
+    for rel in local.list(DATE) + local.list("manifests"):  # the night's files and its manifest partitions
         remote.put_bytes(rel, local.get_bytes(rel))
     remote.delete(f"{DATE}/review/sheet.html")
     s3 = dataclasses.replace(night, paths=dataclasses.replace(night.paths, output=s3_uri))
