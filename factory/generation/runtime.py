@@ -67,6 +67,8 @@ def resolve(cfg: FactoryConfig, device: str, cuda_capability: tuple[int, int] | 
 
     m, cpu = cfg.model, device == "cpu"
     quantization = default_quantization_for(device, cuda_capability) if m.quantization == "auto" else m.quantization
+    if cfg.lora.adapters and m.quantization == "auto":
+        quantization = "none"  # style adapters run unfused over float Linear weights (README: brand styles)
     runtime = Runtime(
         device=device,
         dtype=("float32" if cpu else "float16") if m.dtype == "auto" else m.dtype,

@@ -19,6 +19,7 @@ from PIL import Image
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
+from factory.generation.adapters import Adapters
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
 from factory.io.paths import safe_join
@@ -51,6 +52,7 @@ class Worker:
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
         self.accel = self._accelerate()
+        self.adapters = Adapters(self.pipe, cfg.lora.adapters)  # style LoRAs, loaded on first use, never unloaded
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
@@ -67,7 +69,7 @@ class Worker:
         from factory.inputs.prompts import load_templates
         from factory.job.plan import category_thresholds
 
-        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
         return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date_dir)
 
     @property
@@ -103,6 +105,7 @@ class Worker:
         import torch
 
         pad_to = self.batch_size if pad_to is None else pad_to
+        self.adapters.activate(batch.adapters)  # a no-op unless the previous batch had another adapter set
         try:
             return self._generate(batch, pad_to)
         except torch.cuda.OutOfMemoryError:
@@ -153,10 +156,11 @@ class Worker:
 
         # 1. generate
         t0 = time.perf_counter()
-        computed_before = self.pixels_computed
+        computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
         images = self.generate(batch)
         timings["generate_s"] = time.perf_counter() - t0
         timings["pixels_computed"] = self.pixels_computed - computed_before
+        timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
 
         # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)

@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 
-from factory.config import Bucket, PlannerConfig
+from factory.config import AdapterConfig, Bucket, PlannerConfig
 from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
 from factory.io.paths import image_relpath
@@ -44,6 +44,17 @@ class Task:
     template_version: str
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # style adapter set as "name@weight", sorted by name (the manifests' `adapters`)
+
+
+def adapter_entry(name: str, weight: float) -> str:
+    """`name@weight`; repr() is the shortest text that reads back as the same float."""
+    return f"{name}@{weight!r}"
+
+
+def parse_adapter_entry(entry: str) -> tuple[str, float]:
+    name, _, weight = entry.rpartition("@")
+    return name, float(weight)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Batch:
     height: int
     steps: int
     tasks: tuple[Task, ...]
+    adapters: tuple[str, ...] = ()  # every task's adapter set (a batch never mixes them)
 
     def split(self, at: int) -> tuple[Batch, Batch]:
         """Two batches (ids suffixed a/b): bisection of a poison batch, or halving after CUDA out-of-memory."""
@@ -76,8 +88,11 @@ def _keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
 
 
 class Planner:
-    def __init__(self, cfg: PlannerConfig, templates: dict[str, Template]):
+    def __init__(
+        self, cfg: PlannerConfig, templates: dict[str, Template], adapters: dict[str, AdapterConfig] | None = None
+    ):
         self.templates = templates
+        self.adapters = adapters or {}
         self.seed_scope = cfg.seed_scope
         self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
         self.landscape = cfg.landscape_bucket
@@ -94,12 +109,18 @@ class Planner:
             return self.buckets[self.ladder[min(self.ladder.index(hint) + 1, len(self.ladder) - 1)]]
         return self.buckets[hint]
 
+    def adapter_set(self, template: Template, sku: Sku) -> tuple[str, ...]:
+        """The category's adapters plus the SKU's own, with their configured weights, sorted by name."""
+        names = sorted(set(template.adapters) | set(sku.adapters))
+        return tuple(adapter_entry(n, self.adapters[n].weight) for n in names)
+
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
         tasks = []
         for sku in skus:
             template = self.templates[sku.category]
             prompt, negative = template.render(sku.attrs)
             bucket = self.choose_bucket(template.bucket, prompt)
+            adapters = self.adapter_set(template, sku)
             for variant in range(sku.variants):
                 tasks.append(
                     Task(
@@ -117,41 +138,67 @@ class Planner:
                         template_version=template.version,
                         source_file=sku.source_file,
                         source_row=sku.source_row,
+                        adapters=adapters,
                     )
                 )
         return tasks
 
 
 def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
-    """Group tasks by bucket (same width, height, steps) and cut each group into batches of `batch_size`.
+    """Group tasks by adapter set and bucket (same width, height, steps, adapters) and cut each group into batches
+    of `batch_size`.
 
-    With padding = "size", a bucket's remainder (its last, partial batch) moves up into the next larger bucket of
-    the same aspect ratio when rendering it larger (then resizing down) wastes fewer pixels than padding the partial
-    batch in count; the remainder that is left is padded in count by the worker. Input order is kept inside a
-    group, so the plan is a pure function of the input and config.
+    Batches come out ordered by adapter set first (no adapters first), then bucket: the executors dispatch in list
+    order, so a worker switches adapter sets as few times as possible. With padding = "size", a bucket's remainder
+    (its last, partial batch) moves up into the next larger bucket of the same aspect ratio (and adapter set) when
+    rendering it larger (then resizing down) wastes fewer pixels than padding the partial batch in count; the
+    remainder that is left is padded in count by the worker. Input order is kept inside a group, so the plan is a
+    pure function of the input and config.
     """
+    by_set: dict[tuple[str, ...], list[Task]] = {}
+    for t in tasks:
+        by_set.setdefault(t.adapters, []).append(t)
+    batches = []
+    for adapters in sorted(by_set):
+        batches += _bucket_batches(by_set[adapters], batch_size, buckets, padding, adapters)
+    return batches
+
+
+def _set_tag(adapters: tuple[str, ...]) -> str:
+    """A short, file-name-safe tag of an adapter set for batch ids ("" for no adapters: ids stay as before)."""
+    return f"a{hashlib.sha256(chr(0).join(adapters).encode()).hexdigest()[:8]}-" if adapters else ""
+
+
+def _bucket_batches(
+    tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str, adapters: tuple[str, ...]
+) -> list[Batch]:
     order = {b.name: i for i, b in enumerate(buckets)}
     groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
     for t in tasks:
         groups[t.bucket].append(t)
     render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
     if padding == "size":
-        by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
-        for i, small in enumerate(by_pixels):
-            rest = len(groups[small.name]) % batch_size
-            bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
-            if not rest or bigger is None:
-                continue
-            promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
-            pad_cost = (batch_size - rest) * small.width * small.height
-            if promote_cost < pad_cost:
-                groups[bigger.name] += groups[small.name][-rest:]
-                del groups[small.name][-rest:]
-    batches = []
+        _promote(groups, buckets, order, batch_size)
+    batches, tag = [], _set_tag(adapters)
     for b in buckets:
         items = groups[b.name]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])
-            batch_id = f"{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
-            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk))
+            batch_id = f"{tag}{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
+            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
     return batches
+
+
+def _promote(groups: dict[str, list[Task]], buckets: list[Bucket], order: dict[str, int], batch_size: int) -> None:
+    """padding = "size": move remainders up a same-aspect bucket where that costs fewer pixels than padding."""
+    by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
+    for i, small in enumerate(by_pixels):
+        rest = len(groups[small.name]) % batch_size
+        bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+        if not rest or bigger is None:
+            continue
+        promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
+        pad_cost = (batch_size - rest) * small.width * small.height
+        if promote_cost < pad_cost:
+            groups[bigger.name] += groups[small.name][-rest:]
+            del groups[small.name][-rest:]

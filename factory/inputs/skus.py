@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
 
-RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs"}
+RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
 
 # Row-level reason codes (documented in README, column `reason` of rejected.parquet).
@@ -31,6 +32,7 @@ UNKNOWN_CATEGORY = "unknown_category"
 INVALID_ATTRS = "invalid_attrs"
 INVALID_VARIANTS = "invalid_variants"
 MISSING_ATTRIBUTE = "missing_attribute"
+UNKNOWN_ADAPTER = "unknown_adapter"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Sku:
     variants: int
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # per-SKU style adapters (the `adapters` column), sorted, no duplicates
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ def _check_schema(f: Path, schema: pa.Schema) -> None:
         t = _plain_type(schema.field("attrs").type)
         if not (_is_text(t) or pa.types.is_map(t) or pa.types.is_struct(t)):
             raise InputError(f"{f}: column 'attrs' must be map<string,string>, struct or a JSON string, found {t}")
+    if "adapters" in schema.names:
+        t = _plain_type(schema.field("adapters").type)
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+        if not (_is_text(t) or (is_list and _is_text(t.value_type))):
+            raise InputError(f"{f}: column 'adapters' must be list<string> or a comma-separated string, found {t}")
 
 
 @dataclass(frozen=True)
@@ -251,10 +259,28 @@ def _variants(value: Any, max_variants: int) -> int:
     return value
 
 
+def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
+    """The `adapters` cell: a list of names or a comma-separated string (blanks ignored). Raises ValueError."""
+    if value is None:
+        return ()
+    if isinstance(value, Undecodable) or (isinstance(value, list) and any(isinstance(v, Undecodable) for v in value)):
+        raise ValueError("adapters is not valid UTF-8")
+    names = value.split(",") if isinstance(value, str) else [v for v in value if v is not None]
+    names = {n.strip() for n in names if n.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown adapter {clean_value(unknown[0])[:64]!r} (not in [lora.adapters])")
+    return tuple(sorted(names))
+
+
 def validate_rows(
-    tables: list[tuple[str, pa.Table]], templates: dict[str, Template], max_variants: int
+    tables: list[tuple[str, pa.Table]],
+    templates: dict[str, Template],
+    max_variants: int,
+    adapter_names: Collection[str] = (),
 ) -> tuple[list[Sku], list[Rejected]]:
     """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists.
+    `adapter_names`: the configured [lora.adapters] (an `adapters` cell naming another one rejects the row).
 
     Only a valid row claims its `sku_id`: a later row with the same id is a duplicate of that one, and a
     rejected row never shadows a valid one that follows it.
@@ -269,12 +295,19 @@ def validate_rows(
         for row in range(table.num_rows):
             sku_id, category = cols["sku_id"][row], cols["category"][row]
             outcome = _check_row(cols, attr_cols, row, templates, max_variants, kept)
+            if not isinstance(outcome[0], str) and "adapters" in cols:
+                try:
+                    adapters = _row_adapters(cols["adapters"][row], adapter_names)
+                except ValueError as exc:
+                    outcome = (UNKNOWN_ADAPTER, str(exc))
+            else:
+                adapters = ()
             if isinstance(outcome[0], str):  # (reason, detail)
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
                 attrs, variants = outcome
                 kept[sku_id] = f"row {row} of {file_name}"
-                skus.append(Sku(sku_id, category, attrs, variants, source, row))
+                skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters))
     return skus, rejected
 
 

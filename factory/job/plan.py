@@ -42,19 +42,28 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
     return thresholds
 
 
+def check_adapter_paths(cfg: FactoryConfig) -> None:
+    """Every configured style adapter exists, before anything is written (a typo'd path is exit 2, not a night of
+    generation errors)."""
+    for name, a in cfg.lora.adapters.items():
+        if not Path(a.path).exists():
+            raise ConfigError(f"[lora.adapters.{name}] path {a.path}: no such LoRA file or directory")
+
+
 def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
     date = parse_date(date)
     timings = {}
     t0 = time.perf_counter()
-    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+    check_adapter_paths(cfg)
+    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
     thresholds = category_thresholds(cfg, templates)
     path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
     tables = read_tables(path)
-    skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants)
+    skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants, cfg.lora.adapters)
     timings["read_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
+    tasks = Planner(cfg.planner, templates, cfg.lora.adapters).plan_tasks(skus, date)
     timings["plan_s"] = time.perf_counter() - t0
     input_rows = sum(t.num_rows for _, t in tables)
     return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
