@@ -19,7 +19,7 @@ from PIL import Image
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
-from factory.generation.adapters import Adapters
+from factory.generation.adapters import make_adapters
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
 from factory.io.paths import safe_join
@@ -51,8 +51,10 @@ class Worker:
         self.batch_size = cfg.run.batch_size
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
+        # Style LoRAs (never unloaded): hotswapped into one slot when the UNet gets compiled, so before compiling.
+        compiled = runtime.device == "cuda" and runtime.compile != "none"
+        self.adapters = make_adapters(self.pipe, cfg.lora.adapters, hotswap=compiled)
         self.accel = self._accelerate()
-        self.adapters = Adapters(self.pipe, cfg.lora.adapters)  # style LoRAs, loaded on first use, never unloaded
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels

@@ -184,3 +184,31 @@ def test_unknown_sku_adapter_rejects_the_row(tiny_models, tmp_path, loras):
     )
     with pytest.raises(InputError, match="column 'adapters' must be list<string>"):
         plan(cfg, DATE, tmp_path / "bad.parquet")
+
+
+def test_hotswap_slot_matches_set_adapters(cfg, loras):
+    """The compiled-UNet path (one hotswapped slot) gives the set_adapters images; run here without compiling."""
+    import numpy as np
+    import torch
+
+    from factory.generation.adapters import SLOT, Adapters, HotswapAdapters
+    from factory.generation.models import load_pipeline
+
+    configured = {"style": AdapterConfig(str(loras["style"]), 0.8), "brand": AdapterConfig(str(loras["brand"]))}
+
+    def images(pipe):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        out = pipe(prompt=["a", "b"], width=64, height=64, num_inference_steps=2, guidance_scale=1.0, generator=gens)
+        return [np.asarray(im).astype(int) for im in out.images]
+
+    plain, swapped = (load_pipeline(cfg.model, "cpu", torch.float32) for _ in range(2))
+    base = images(plain)
+    switcher, hotswap = Adapters(plain, configured), HotswapAdapters(swapped, configured)
+    assert list(swapped.unet.peft_config) == [SLOT] and hotswap.rank == 8
+    for entries in [(), ("brand@1.0",), ("brand@1.0", "style@0.8"), (), ("style@0.8",)]:
+        switcher.activate(entries)
+        hotswap.activate(entries)
+        a, b = images(plain), images(swapped)
+        assert all(np.abs(x - y).max() <= 1 for x, y in zip(a, b)), entries  # float sums may differ by a level
+        assert all(np.array_equal(x, y) for x, y in zip(b, base)) == (entries == ())  # empty slot adds exact zeros
+    assert hotswap.switches == 4 and list(swapped.unet.peft_config) == [SLOT]
