@@ -212,3 +212,21 @@ def test_hotswap_slot_matches_set_adapters(cfg, loras):
         assert all(np.abs(x - y).max() <= 1 for x, y in zip(a, b)), entries  # float sums may differ by a level
         assert all(np.array_equal(x, y) for x, y in zip(b, base)) == (entries == ())  # empty slot adds exact zeros
     assert hotswap.switches == 4 and list(swapped.unet.peft_config) == [SLOT]
+
+
+def test_cli_style_lora_and_unknown_template_adapter_is_exit_2(tmp_path, tiny_models, cfg):
+    from tests.conftest import cli, demo_config_file
+
+    res = cli("models", "init-style-lora", str(tmp_path / "style"), "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "style" / "pytorch_lora_weights.safetensors").is_file()
+    config = demo_config_file(tmp_path / "night.toml", cfg)
+    config.write_text(
+        config.read_text().replace(
+            f'templates = "{REPO / "templates"}"', f'templates = "{templates_with(tmp_path, "toys", ["styel"])}"'
+        )
+        + f'\n[lora.adapters.style]\npath = "{tmp_path / "style"}"\nweight = 0.7\n'
+    )
+    day = two_category_day(tmp_path / "day.parquet")
+    res = cli("validate", "--date", DATE, "--skus", str(day), "--config", str(config))
+    assert res.returncode == 2 and "toys.toml: unknown adapter 'styel'" in res.stderr and "Traceback" not in res.stderr
