@@ -8,6 +8,7 @@ weights prove the plumbing (loading, switching, keys, determinism), never a styl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 STYLE_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -37,4 +38,7 @@ def write_style_lora(path: str | Path, seed: int = 0, rank: int = 4, scale: floa
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    (path / STYLE_LORA_FILE).chmod(0o666 & ~umask)  # safetensors writes 0600; a model file is shared like outputs
     return path / STYLE_LORA_FILE
