@@ -17,6 +17,8 @@ from factory.errors import EXIT_FAILED, FactoryError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(models_app, name="models")
+review_app = typer.Typer(no_args_is_help=True, help="Human review of a night: the review sheet and the decisions.")
+app.add_typer(review_app, name="review")
 
 DateOpt = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD (default: today).")]
 SkusOpt = Annotated[
@@ -272,6 +274,53 @@ def check(
         )
         notes = f" ({report.warnings} warning{'s' * (report.warnings != 1)})" if report.warnings else ""
         typer.echo(f"OK{notes}: {directory} loads, generates and repairs as a night would (image quality not judged)")
+
+    _guard(verbose, go)
+
+
+OutputOpt = Annotated[Optional[str], typer.Option("--output", help="Output root or URI (default: data/output).")]
+
+
+def _review_night(config: Optional[Path], output: Optional[str], date: str) -> Any:
+    from factory.config import load_config
+    from factory.review.manifests import open_night
+
+    return open_night(load_config(config, {"paths": {"output": output}}), date or _today())
+
+
+@review_app.command("sheet")
+def review_sheet(
+    date: DateOpt = "", output: OutputOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False
+) -> None:
+    """Write the night's review sheet (static HTML, opens from disk) and print its path."""
+    from factory.review.sheet import write_sheet
+
+    _guard(verbose, lambda: typer.echo(write_sheet(_review_night(config, output, date))))
+
+
+@review_app.command("apply")
+def review_apply(
+    decisions: Annotated[Path, typer.Argument(help="CSV exported from the sheet: sku_id,decision[,note].")],
+    date: DateOpt = "",
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who decided (default: $USER).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Apply a reviewer's decisions: approved SKUs move to the approved manifest, rejected ones are marked."""
+    from factory.review.apply import apply_decisions
+
+    def go() -> None:
+        r = apply_decisions(_review_night(config, output, date), decisions, reviewer)
+        if not r.changed:
+            typer.echo(f"nothing to change: all {r.unchanged} decisions were already applied")
+            return
+        n = {d: sum(1 for c in r.changed if c.decision == d) for d in ("approve", "reject")}
+        typer.echo(
+            f"applied {len(r.changed)} decisions ({n['approve']} approve, {n['reject']} reject; "
+            f"{r.unchanged} already applied); now {r.counts['approved_skus']} approved and "
+            f"{r.counts['review_skus']} review SKUs\nsheet: {r.sheet}"
+        )
 
     _guard(verbose, go)
 

@@ -58,7 +58,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | float32 | float16 | bfloat16
     determinism: str = "auto"  # auto (batch-invariant on cpu, fast on cuda) | batch-invariant | fast
-    quantization: str = "auto"  # auto (cpu: none, cuda: fp8 on sm89+ else int8-weight) | none | int8-weight |
+    quantization: str = "auto"  # auto (= none: measured slower on CPU and H200) | none | int8-weight |
     #                             int8-dynamic | fp8 -- UNet Linear layers only, cross-attention q/k/v kept float
     compile: str = "none"  # none | regional (compile_repeated_blocks) | full: torch.compile on CUDA, warmed per bucket
     guidance_scale: float = 1.0  # LCM: 1.0 (no CFG); >1 enables CFG and the negative prompt for non-distilled UNets

@@ -152,13 +152,16 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     }
 
 
-def default_quantization_for(device: str, cuda_capability: tuple[int, int] | None) -> str:
-    """The mode "auto" means for a device kind and CUDA capability (the driver may have no GPU of its own).
+def default_quantization_for(device: str) -> str:
+    """The mode "auto" means: "none" on every device, because every mode measured slower than float.
 
-    CUDA: "fp8" on compute capability >= 8.9 (Ada/Hopper float8 tensor cores), else "int8-weight" (halves fp16
-    Linear weight memory on any GPU).
+    CUDA, one H200 (full-size SD1.5 LCM UNet, 512x512, 4 steps, fp16, batch 16, no compile, torch 2.11 + torchao
+    0.18; `python -m factory.tools.bench_gpu`, docs/bench-gpu-h200.json): none 18.3 images/s, int8-weight 16.4,
+    fp8 13.7, while UNet Linear weight bytes fall 540 -> 303 MB. The UNet is convolution-bound at these shapes, so
+    the quantized GEMMs save little and the activation quantization costs more. Quantize for memory (more workers
+    or bigger batches per GPU), chosen explicitly.
 
-    CPU: "none", because int8 measured slower on CPU. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
+    CPU: int8 measured slower too. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
     2 cores, torch 2.15.0 + torchao 0.18.0; the 4 pipelines loaded side by side and timed round-robin, 10 rounds,
     best / median; PSNR = worst image vs "none" on the same seeds):
         mode                        pipeline      in BatchInvariantMode   UNet forward   PSNR
@@ -167,11 +170,8 @@ def default_quantization_for(device: str, cuda_capability: tuple[int, int] | Non
         int8-dynamic                169 / 172 ms  205 / 238 ms            36.3 ms        62.1 dB
         torch.ao quantize_dynamic   112 / 115 ms  148 / 174 ms            21.8 ms        58.2 dB  (not used; compared)
     Per-token activation quantization plus an int8 GEMM costs more than the fp32 GEMMs it replaces at these layer
-    sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float. With real SD weights the
-    Linear share is larger, but CPU runs are the test/demo setting, so exact float numerics win there.
+    sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float.
     """
-    if device == "cuda":
-        return "fp8" if cuda_capability is not None and cuda_capability >= FP8_MIN_CAPABILITY else "int8-weight"
     return "none"
 
 

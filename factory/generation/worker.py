@@ -91,7 +91,7 @@ class Worker:
 
         applied = optimize_pipeline(self.pipe, self.runtime.device, self.runtime.compile)
         if self.runtime.compile != "none":
-            sizes = [(b.width, b.height, b.steps) for b in self.cfg.planner.buckets]
+            sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in self.cfg.planner.buckets))
             applied["warmup_s"] = warmup(self.pipe, sizes, self.batch_size, self.cfg.model.guidance_scale)
         return applied
 

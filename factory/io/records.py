@@ -4,8 +4,9 @@ Every producer of manifest rows builds an `ImageRecord` (the worker, a failed ba
 cache hit, resume) or a `RejectedRow` (input validation); writers call `to_row()` and the schemas below, which are
 derived from the dataclass fields' `arrow` metadata, so a column cannot exist in one place and not the other.
 
-Column sets: approved = IMAGE_COLUMNS; review = IMAGE_COLUMNS + reason, detail; a resume part (written per batch
-while a run goes) = IMAGE_COLUMNS + error, task_key. README documents each column.
+Column sets: approved = IMAGE_COLUMNS + DECISION_COLUMNS; review = IMAGE_COLUMNS + reason, detail +
+DECISION_COLUMNS; a resume part (written per batch while a run goes) = IMAGE_COLUMNS + error, task_key.
+README documents each column.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class ImageRecord:
     # review only
     reason: str = col(pa.string(), False, "")
     detail: str | None = col(pa.string())
+    # a person's review decision (`adfactory review apply`, factory/review/apply.py); null until one is applied
+    review_decision: str | None = col(pa.string())  # "approve" | "reject" (factory.review.apply.DECISIONS)
+    reviewed_by: str | None = col(pa.string())
+    reviewed_at: dt.datetime | None = col(pa.timestamp("us", tz="UTC"))
+    review_note: str | None = col(pa.string())
     # resume parts only
     error: str | None = col(pa.string())
     task_key: str = col(pa.string(), False, "")
@@ -137,9 +143,10 @@ class RejectedRow:
 _IMAGE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ImageRecord))
 RUN_STAMP = ("run_date", "run_id", "model", "cache_key", "task_key", "cached", "cache_source_date")  # by the driver
 REVIEW_ONLY = ("reason", "detail")
+DECISION_COLUMNS = ("review_decision", "reviewed_by", "reviewed_at", "review_note")  # manifests, never parts
 PART_ONLY = ("error", "task_key")
-_STAMPED = frozenset(RUN_STAMP + REVIEW_ONLY + PART_ONLY)
-IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + PART_ONLY)
+_STAMPED = frozenset(RUN_STAMP + REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY)  # a cache hit carries no decision
+IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY)
 
 
 def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:
@@ -147,8 +154,8 @@ def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:
     return pa.schema([pa.field(n, fields[n].metadata["arrow"], nullable=fields[n].metadata["nullable"]) for n in names])
 
 
-APPROVED_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS)
-REVIEW_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + REVIEW_ONLY)
+APPROVED_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + DECISION_COLUMNS)
+REVIEW_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + REVIEW_ONLY + DECISION_COLUMNS)
 PART_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + PART_ONLY)
 REJECTED_SCHEMA = _schema(RejectedRow, tuple(f.name for f in dataclasses.fields(RejectedRow)))
 MANIFEST_SCHEMAS = {"approved": APPROVED_SCHEMA, "review": REVIEW_SCHEMA, "rejected": REJECTED_SCHEMA}

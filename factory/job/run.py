@@ -29,6 +29,8 @@ from factory.job import cache, finalize, keys, parts
 from factory.job.lock import RunLock
 from factory.job.plan import Plan, plan
 from factory.job.progress import Progress
+from factory.review import manifests as review_outputs
+from factory.review.sheet import write_sheet
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ def _finalize(
     run_date = dt.date.fromisoformat(p.date)
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
     finalize.write_manifests(night.date_dir, approved, review, rejected)
+    write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     errors = sum(1 for r in generated if r.error)
     counts = _counts(night, approved, review, rejected, resumed, cached, generated, ex.batches)
     total_s = time.perf_counter() - night.started
