@@ -294,18 +294,11 @@ def validate_rows(
         attr_cols = [n for n in table.column_names if n not in RESERVED_COLUMNS]
         for row in range(table.num_rows):
             sku_id, category = cols["sku_id"][row], cols["category"][row]
-            outcome = _check_row(cols, attr_cols, row, templates, max_variants, kept)
-            if not isinstance(outcome[0], str) and "adapters" in cols:
-                try:
-                    adapters = _row_adapters(cols["adapters"][row], adapter_names)
-                except ValueError as exc:
-                    outcome = (UNKNOWN_ADAPTER, str(exc))
-            else:
-                adapters = ()
-            if isinstance(outcome[0], str):  # (reason, detail)
+            outcome = _check_row(cols, attr_cols, row, templates, max_variants, kept, adapter_names)
+            if len(outcome) == 2:  # (reason, detail)
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
-                attrs, variants = outcome
+                attrs, variants, adapters = outcome
                 kept[sku_id] = f"row {row} of {file_name}"
                 skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters))
     return skus, rejected
@@ -318,8 +311,9 @@ def _check_row(
     templates: dict[str, Template],
     max_variants: int,
     kept: dict[str, str],
-) -> tuple[str, str] | tuple[dict[str, str], int]:
-    """(reason, detail) for a bad row, else (attrs, variants)."""
+    adapter_names: Collection[str],
+) -> tuple[str, str] | tuple[dict[str, str], int, tuple[str, ...]]:
+    """(reason, detail) for a bad row, else (attrs, variants, adapters)."""
     sku_id, category = cols["sku_id"][row], cols["category"][row]
     if isinstance(sku_id, Undecodable):
         return INVALID_SKU_ID, "sku_id is not valid UTF-8"
@@ -347,4 +341,8 @@ def _check_row(
     missing = templates[category].missing(attrs)
     if missing:
         return MISSING_ATTRIBUTE, f"missing required attribute(s): {', '.join(missing)}"
-    return attrs, variants
+    try:
+        adapters = _row_adapters(cols["adapters"][row] if "adapters" in cols else None, adapter_names)
+    except ValueError as exc:
+        return UNKNOWN_ADAPTER, str(exc)
+    return attrs, variants, adapters
