@@ -214,6 +214,7 @@ def test_hotswap_slot_matches_set_adapters(cfg, loras):
     assert hotswap.switches == 4 and list(swapped.unet.peft_config) == [SLOT]
 
 
+@pytest.mark.slow  # two CLI subprocesses; the same error is covered in-process by test_bad_adapter_config_is_exit_2
 def test_cli_style_lora_and_unknown_template_adapter_is_exit_2(tmp_path, tiny_models, cfg):
     from tests.conftest import cli, demo_config_file
 
