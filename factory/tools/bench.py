@@ -233,8 +233,9 @@ def _quantization(s: _Setup, mode: str, repeats: int) -> dict[str, Any]:
 
 
 def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dict[str, Any]:
-    """C with two tiny style LoRAs (factory/tools/style_lora.py) switching every batch, and with one always on;
-    adds their rows to `result`'s images/s and ratios. With `soak`, the soak repeated with switching every batch."""
+    """C's batches in one worker holding two tiny style LoRAs (factory/tools/style_lora.py): without adapters, with
+    one always on, and switching every batch, timed round-robin (best of `repeats` rounds) so that machine noise hits
+    all three alike; adds the rows to `result`'s images/s and ratios. With `soak`, the soak switching every batch."""
     from factory.config import AdapterConfig, LoraSection
     from factory.generation.worker import Worker
     from factory.inputs.planner import adapter_entry
@@ -245,29 +246,41 @@ def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dic
     cfg = dataclasses.replace(_with(s.cfg, repair={"mode": "off"}), lora=LoraSection(configured))
     worker = Worker.local(cfg, str(s.tmp / "adapters"))
     base = s.buckets if len(s.buckets) % 2 == 0 else s.buckets * 2  # even, so cycling keeps alternating
-    switching = [dataclasses.replace(b, adapters=(adapter_entry(names[i % 2], 1.0),)) for i, b in enumerate(base)]
-    fixed = [dataclasses.replace(b, adapters=(adapter_entry(names[0], 1.0),)) for b in s.buckets]
+    runs = {
+        "none": base,
+        "always_on": [dataclasses.replace(b, adapters=(adapter_entry(names[0], 1.0),)) for b in base],
+        "switching": [dataclasses.replace(b, adapters=(adapter_entry(names[i % 2], 1.0),)) for i, b in enumerate(base)],
+    }
     for n in names:  # load both once, untimed (loading is once per worker, not per switch)
         worker.adapters.activate((adapter_entry(n, 1.0),))
-    _warm(worker, switching)
-    n_images = sum(len(b.tasks) for b in switching)
-    before = worker.adapters.stats()
-    t_switch = _timed(lambda: [worker.generate(b) for b in switching], repeats)[0]
-    after = worker.adapters.stats()
-    t_fixed = _timed(lambda: [worker.generate(b) for b in fixed], repeats)[0]
-    ips, ratios = result["images_per_s"], result["ratios"]
-    ips["C_adapters_switching_every_batch"] = round(n_images / t_switch, 3)
-    ips["C_adapter_always_on"] = round(len(s.tasks) / t_fixed, 3)
-    ratios["C_adapters_switching/C"] = round(ips["C_adapters_switching_every_batch"] / ips["C_bucketed"], 3)
-    switches = after["adapter_switches"] - before["adapter_switches"]
+    _warm(worker, runs["switching"])
+    best, switches, switch_s = dict.fromkeys(runs, float("inf")), 0, 0.0
+    for _ in range(max(repeats, 1)):
+        for key, batches in runs.items():
+            before = worker.adapters.stats()
+            t0 = time.perf_counter()
+            for b in batches:
+                worker.generate(b)
+            best[key] = min(best[key], time.perf_counter() - t0)
+            if key == "switching":
+                switches += worker.adapters.stats()["adapter_switches"] - before["adapter_switches"]
+                switch_s += worker.adapters.stats()["adapter_switch_s"] - before["adapter_switch_s"]
+    n_images = sum(len(b.tasks) for b in base)
+    ips = {key: n_images / t for key, t in best.items()}
+    result["images_per_s"]["C_adapters_switching_every_batch"] = round(ips["switching"], 3)
+    result["images_per_s"]["C_adapter_always_on"] = round(ips["always_on"], 3)
+    result["ratios"]["C_adapters_switching/C"] = round(ips["switching"] / ips["none"], 3)
     out = {
         "adapters": list(names),
+        "images_per_s_same_worker": {k: round(v, 3) for k, v in ips.items()},
+        "always_on/none": round(ips["always_on"] / ips["none"], 3),
+        "switching/none": round(ips["switching"] / ips["none"], 3),
         "switches_timed": int(switches),
-        "switch_ms_mean": round(1000 * (after["adapter_switch_s"] - before["adapter_switch_s"]) / max(switches, 1), 3),
+        "switch_ms_mean": round(1000 * switch_s / max(switches, 1), 3),
         "load_s_per_adapter": round(worker.adapters.load_s / len(names), 3),
     }
     if soak:
-        out["soak"] = soak_test(worker, switching, soak)
+        out["soak"] = soak_test(worker, runs["switching"], soak)
         out["soak"]["switches"] = worker.adapters.switches
     return out
 
@@ -333,8 +346,9 @@ def format_table(r: dict[str, Any]) -> str:
     ]
     a = r["adapters"]
     lines.append(
-        f"adapters switching every batch: C x{ratios['C_adapters_switching/C']} ({a['switches_timed']} switches, "
-        f"{a['switch_ms_mean']} ms each; load {a['load_s_per_adapter']} s per adapter, once per worker)"
+        f"adapters (same worker, round-robin): switching every batch x{a['switching/none']}, one always on "
+        f"x{a['always_on/none']} of no adapters ({a['switches_timed']} switches, {a['switch_ms_mean']} ms each; "
+        f"load {a['load_s_per_adapter']} s per adapter, once per worker)"
     )
     for label, soak in (("soak", r.get("soak")), ("soak, adapters switching every batch", a.get("soak"))):
         if soak:
