@@ -50,7 +50,7 @@ class PathsConfig:
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL)
+    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL); "null": no model
     lora: str = ""  # optional LCM-LoRA (or brand LoRA) weights path; fused before use
     clip_model: str = "tiny-clip"  # open_clip model name (built-in like "ViT-B-32", or a config in clip_config_dir)
     clip_pretrained: str = "data/models/tiny-clip/open_clip_model.safetensors"  # local checkpoint path
@@ -124,6 +124,9 @@ class QualityConfig:
     saturation_mean: float = 0.80  # mean HSV saturation above this -> oversaturated
     iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in IQA_PAIRS])  # [positive, negative]
     unsafe_concepts: list[str] = field(default_factory=lambda: list(UNSAFE_CONCEPTS))  # brand-safety concepts
+    near_duplicate: float = 0.94  # CLIP image cosine to an earlier SKU of the night's category >= this -> review
+    reference_threshold: float = 0.94  # CLIP image cosine to an image of reference_dir >= this -> review (>1: off)
+    reference_dir: str = ""  # images the night must not resemble (competitor logos, protected artwork); "" = none
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
@@ -150,6 +153,21 @@ class RepairConfig:
     tile: int = 0  # px tile of the defect map; 0 = a quarter of the shorter image side
     top_k: int = 1  # worst tiles repaired per attempt
     inpaint_unet: str = ""  # optional dedicated 9-channel inpainting UNet dir (e.g. SD1.5-inpainting)
+
+
+@dataclass
+class ProvenanceConfig:
+    """What every PNG says about itself (factory/io/provenance.py; README "Provenance and labelling")."""
+
+    producer: str = "adfactory"  # GB 45438 ContentProducer: your organisation's name or code
+    propagator: str = ""  # GB 45438 ContentPropagator (a distributor's code); "" leaves it to the platform
+    reserved_code2: str = ""  # GB 45438 ReservedCode2 (free use by the producer)
+    visible_label: str = ""  # explicit label drawn on the image, e.g. "AI生成"; "" = off
+    visible_label_corner: str = "bottom-right"  # bottom-right | bottom-left | top-right | top-left
+    visible_label_size: float = 0.05  # text height as a share of the shorter side (GB 45438: at least 0.05)
+    c2pa_cert: str = ""  # PEM certificate chain (signer first, then intermediates); with c2pa_key: C2PA signing on
+    c2pa_key: str = ""  # PEM private key of the signing certificate
+    c2pa_alg: str = "es256"  # es256 | es384 | ps256 (must match the key)
 
 
 @dataclass
@@ -192,6 +210,7 @@ class FactoryConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -206,6 +225,7 @@ class FactoryConfig:
         _validate_model(self.model)
         _validate_quality_repair(self.quality, self.repair)
         _validate_adapters(self.lora, self.model)
+        _validate_provenance(self.provenance)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
 
@@ -215,6 +235,8 @@ class FactoryConfig:
         def fix(p: str) -> str:
             return str((base / Path(p).expanduser()).resolve()) if p and not _is_uri(p) else p
 
+        from factory.generation.models import NULL_PIPELINE
+
         paths, m = self.paths, self.model
         return dataclasses.replace(
             self,
@@ -223,18 +245,25 @@ class FactoryConfig:
             ),
             model=dataclasses.replace(
                 m,
-                pipeline=fix(m.pipeline),
+                pipeline=m.pipeline if m.pipeline == NULL_PIPELINE else fix(m.pipeline),
                 lora=fix(m.lora),
                 clip_pretrained=fix(m.clip_pretrained),
                 clip_config_dir=fix(m.clip_config_dir),
             ),
             repair=dataclasses.replace(self.repair, inpaint_unet=fix(self.repair.inpaint_unet)),
+            quality=dataclasses.replace(self.quality, reference_dir=fix(self.quality.reference_dir)),
+            provenance=dataclasses.replace(
+                self.provenance, c2pa_cert=fix(self.provenance.c2pa_cert), c2pa_key=fix(self.provenance.c2pa_key)
+            ),
             lora=LoraSection({n: dataclasses.replace(a, path=fix(a.path)) for n, a in self.lora.adapters.items()}),
         )
 
 
 def _is_uri(p: str) -> bool:
-    return "://" in p
+    """The test of factory.io.storage (`s3:/b` too, so it gets an error rather than becoming a local `s3:` dir)."""
+    from factory.io.storage import looks_like_uri
+
+    return looks_like_uri(p)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -285,6 +314,7 @@ def _validate_planner(planner: PlannerConfig) -> None:
 
 def _validate_model(model: ModelConfig) -> None:
     from factory.generation.accel import COMPILE_MODES
+    from factory.generation.models import NULL_PIPELINE
     from factory.generation.quantize import QUANT_MODES
     from factory.generation.runtime import DETERMINISM_MODES, DEVICES, DTYPES
 
@@ -293,6 +323,8 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.compile", model.compile, COMPILE_MODES)
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if model.pipeline == NULL_PIPELINE and model.lora:
+        raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
         raise ConfigError(
             "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"
@@ -303,7 +335,9 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
     from factory.quality.retry import REPAIR_MODES
 
     _check_gate(quality, "quality")
-    for category in quality.categories:
+    for category, overrides in quality.categories.items():
+        if "reference_dir" in overrides:
+            raise ConfigError(f"[quality.categories.{category}]: reference_dir is global; set it in [quality]")
         _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
     _one_of("repair.mode", repair.mode, REPAIR_MODES)
     if not 0 < repair.strength <= 1:
@@ -332,7 +366,26 @@ def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
         )
 
 
+def _validate_provenance(p: ProvenanceConfig) -> None:
+    from factory.io.provenance import C2PA_ALGS, CORNERS, MIN_LABEL_SIZE
+
+    if not p.producer.strip():
+        raise ConfigError("provenance.producer must name the producer (GB 45438 ContentProducer)")
+    _one_of("provenance.visible_label_corner", p.visible_label_corner, CORNERS)
+    _one_of("provenance.c2pa_alg", p.c2pa_alg, C2PA_ALGS)
+    if not MIN_LABEL_SIZE <= p.visible_label_size <= 0.5:
+        raise ConfigError(
+            f"provenance.visible_label_size must be between {MIN_LABEL_SIZE} and 0.5 of the shorter side, "
+            f"got {p.visible_label_size}"
+        )
+    if bool(p.c2pa_cert) != bool(p.c2pa_key):
+        raise ConfigError("provenance.c2pa_cert and provenance.c2pa_key must be set together (C2PA signing)")
+
+
 def _check_gate(q: QualityConfig, where: str) -> None:
+    for name in ("near_duplicate", "reference_threshold"):
+        if getattr(q, name) < -1:  # a cosine; above 1 turns the check off
+            raise ConfigError(f"{where}: {name} is a cosine threshold and must be at least -1, got {getattr(q, name)}")
     if not q.iqa_pairs:
         raise ConfigError(f"{where}: iqa_pairs must list at least one [positive, negative] pair")
     if not q.unsafe_concepts or not all(isinstance(c, str) and c for c in q.unsafe_concepts):

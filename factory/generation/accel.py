@@ -17,9 +17,7 @@ separate batched decoder would duplicate diffusers.
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import torch
+from typing import Any  # torch is imported where used: config validation must not load it
 
 from factory.errors import ConfigError
 
@@ -46,6 +44,8 @@ def optimize_pipeline(pipe: Any, device: str, compile_mode: str = "none") -> dic
     Returns {"device", "channels_last", "attention" (processor class names in use), "compile" (what was compiled:
     "none", "regional", "full"), "notes" (list of strings, e.g. why something was skipped)}.
     """
+    import torch
+
     if compile_mode not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
     notes: list[str] = []
@@ -102,6 +102,8 @@ def warmup(
     which is a different shape. Batches smaller than `batch_size` (a bucket's last batch) are other shapes and
     compile on first use. Returns seconds per bucket, keyed "WIDTHxHEIGHTxSTEPS".
     """
+    import torch
+
     if batch_size < 1:
         raise ValueError(f"warmup: batch_size must be >= 1, got {batch_size}")
     seconds: dict[str, float] = {}

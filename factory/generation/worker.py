@@ -1,9 +1,11 @@
 """The worker: holds one pipeline and one CLIP model, and turns a planned Batch into images and ImageRecords.
 
-The same class runs in-process (`--executor local`) and as a Ray actor (`--executor ray`). Writes are idempotent
-(deterministic bytes, atomic rename to a name derived from the task), so a batch re-run by a restarted actor
-produces exactly the same files. Everything it decides from ("auto" values, per-category thresholds) arrives
-resolved: a `Runtime` and the plan's thresholds.
+The same class runs in-process (`--executor local`) and as a Ray actor (`--executor ray`). It opens its own Store
+on the output root (`paths.output`: a directory or an object-store URI, `[storage]` settings) and writes each PNG
+straight there, under `<date>/images/...` (factory.io.layout), so no image passes through the driver or a node's
+disk. Writes are idempotent (deterministic bytes, atomic rename or a single PUT to a name derived from the task),
+so a batch re-run by a restarted actor produces exactly the same files. Everything it decides from ("auto" values,
+per-category thresholds) arrives resolved: a `Runtime` and the plan's thresholds.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
-from factory.io.paths import safe_join
+from factory.io.layout import image_key
+from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
-from factory.io.writer import atomic_write_bytes, png_bytes
-from factory.quality.gate import Assessment, Gate
+from factory.io.storage import Store, open_store
+from factory.quality.gate import Assessment, Gate, PassingGate
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,16 @@ class BatchResult:
 
 
 class Worker:
-    def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date_dir: str):
+    def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date: str):
+        """`date`: the night whose images this worker writes (`<paths.output>/<date>/images/...`)."""
         import torch
 
-        from factory.generation.models import load_clip, load_pipeline
+        from factory.generation.models import NULL_PIPELINE, load_clip, load_pipeline, model_fingerprint
 
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
         self.cfg, self.runtime = cfg, runtime
-        self.date_dir = Path(date_dir)
+        self.target(cfg, date)
         self.batch_size = cfg.run.batch_size
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
@@ -57,6 +61,11 @@ class Worker:
         self.accel = self._accelerate()
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        m = cfg.model
+        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
+        if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
+            self.gate, self.retry = PassingGate(), None
+            return
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
         # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         self.gate = Gate(self.clip, thresholds, runtime.batch_invariant)
@@ -65,14 +74,23 @@ class Worker:
         )
 
     @classmethod
-    def local(cls, cfg: FactoryConfig, date_dir: str) -> Worker:
-        """A worker for this process's device, with the thresholds of the config's templates (tools, tests)."""
+    def local(cls, cfg: FactoryConfig, output: str, date: str = "") -> Worker:
+        """A worker for this process's device, with the thresholds of the config's templates (tools, tests), writing
+        images under `output` (a directory or URI; `<output>/images/...` when no `date` is given)."""
+        import dataclasses
+
         from factory.generation.runtime import local_device, resolve
         from factory.inputs.prompts import load_templates
         from factory.job.plan import category_thresholds
 
+        cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
         templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
-        return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date_dir)
+        return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)
+
+    def target(self, cfg: FactoryConfig, date: str) -> None:
+        """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
+        self.store: Store = open_store(cfg.paths.output, cfg.storage)
+        self.date = date
 
     @property
     def batch_invariant(self) -> bool:
@@ -81,11 +99,13 @@ class Worker:
     def _quantize(self) -> dict[str, Any]:
         from factory.generation.quantize import quantize_unet
 
+        if self.pipe.unet is None:  # the null pipeline
+            return {}
         return quantize_unet(self.pipe.unet, self.runtime.quantization)  # the VAE and text encoders stay float
 
     def _accelerate(self) -> dict[str, Any]:
         """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
-        if self.runtime.device != "cuda":
+        if self.runtime.device != "cuda" or self.pipe.unet is None:
             return {}
         from factory.generation.accel import optimize_pipeline, warmup
 
@@ -188,12 +208,16 @@ class Worker:
         records = []
         limit = self.pipe.tokenizer.model_max_length
         for task, outcome, n_tokens in zip(tasks, outcomes, self.prompt_tokens([t.prompt for t in tasks])):
-            atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(outcome.image), durable=False)
+            key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
+            stamped = self.stamper.png(outcome.image, task)  # labels, parameters, pixel hash (+ C2PA signature)
+            self.store.put_bytes(key, stamped.data, durability="none")
             records.append(
                 ImageRecord.from_task(
                     task,
+                    image_path=key,
                     **outcome.assessment.columns(),
                     **outcome.columns(),
+                    produce_id=stamped.produce_id,
                     prompt_tokens=n_tokens,
                     prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
                 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from factory.config import AdapterConfig, Bucket, PlannerConfig
@@ -26,9 +27,9 @@ PADDING_MODES = ("count", "size", "none")
 SEED_SCOPES = ("date", "sku")  # what a seed is derived from besides the SKU and variant: the date, or nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
-    """One image to generate."""
+    """One image to generate (slots: a night holds one per image)."""
 
     sku_id: str
     category: str
@@ -79,12 +80,20 @@ def derive_seed(sku_id: str, date: str, variant: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)  # fits int64 manifests and torch.Generator
 
 
-def _keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
-    """ASCII keywords match whole words, case-insensitively; CJK keywords match as substrings."""
-    if not keywords:
-        return None
-    alts = [rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])" if k.isascii() else re.escape(k) for k in keywords]
-    return re.compile("|".join(alts))
+class _Keywords:
+    """ASCII keywords match whole words, case-insensitively; CJK keywords match as substrings. `found(text)` takes
+    lower-case text; a plain substring test rules most prompts out before the regex runs (same answer, faster)."""
+
+    def __init__(self, keywords: list[str]):
+        self.words = tuple(k.lower() for k in keywords)
+        alts = [
+            rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])" if k.isascii() else re.escape(k.lower())
+            for k in keywords
+        ]
+        self.pattern = re.compile("|".join(alts)) if alts else None
+
+    def found(self, text: str) -> bool:
+        return self.pattern is not None and any(k in text for k in self.words) and bool(self.pattern.search(text))
 
 
 class Planner:
@@ -98,14 +107,14 @@ class Planner:
         self.landscape = cfg.landscape_bucket
         # "Up" follows the configured order of the non-landscape buckets (list them small to large).
         self.ladder = [b.name for b in cfg.buckets if b.name != cfg.landscape_bucket]
-        self.landscape_re = _keyword_pattern(cfg.landscape_keywords)
-        self.upscale_re = _keyword_pattern(cfg.upscale_keywords)
+        self.landscape_words = _Keywords(cfg.landscape_keywords)
+        self.upscale_words = _Keywords(cfg.upscale_keywords)
 
     def choose_bucket(self, hint: str, prompt: str) -> Bucket:
         text = prompt.lower()
-        if self.landscape_re is not None and self.landscape_re.search(text):
+        if self.landscape_words.found(text):
             return self.buckets[self.landscape]
-        if hint in self.ladder and self.upscale_re is not None and self.upscale_re.search(text):
+        if hint in self.ladder and self.upscale_words.found(text):
             return self.buckets[self.ladder[min(self.ladder.index(hint) + 1, len(self.ladder) - 1)]]
         return self.buckets[hint]
 
@@ -114,34 +123,76 @@ class Planner:
         names = sorted(set(template.adapters) | set(sku.adapters))
         return tuple(adapter_entry(n, self.adapters[n].weight) for n in names)
 
+    def bucket_of(self, sku: Sku) -> str:
+        template = self.templates[sku.category]
+        return self.choose_bucket(template.bucket, template.render(sku.attrs)[0]).name
+
+    def bucket_counts(self, skus: list[Sku]) -> Counter[str]:
+        """Images per bucket, as `plan_tasks` would plan them (for `validate`: no tasks, seeds or paths)."""
+        counts: Counter[str] = Counter()
+        for sku in skus:
+            counts[self.bucket_of(sku)] += sku.variants
+        return counts
+
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
         tasks = []
+        seed_date = date if self.seed_scope == "date" else ""
         for sku in skus:
             template = self.templates[sku.category]
             prompt, negative = template.render(sku.attrs)
-            bucket = self.choose_bucket(template.bucket, prompt)
+            b = self.choose_bucket(template.bucket, prompt)
             adapters = self.adapter_set(template, sku)
             for variant in range(sku.variants):
                 tasks.append(
                     Task(
-                        sku_id=sku.sku_id,
-                        category=sku.category,
-                        variant=variant,
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        seed=derive_seed(sku.sku_id, date if self.seed_scope == "date" else "", variant),
-                        bucket=bucket.name,
-                        width=bucket.width,
-                        height=bucket.height,
-                        steps=bucket.steps,
-                        image_path=image_relpath(sku.category, sku.sku_id, variant),
-                        template_version=template.version,
-                        source_file=sku.source_file,
-                        source_row=sku.source_row,
-                        adapters=adapters,
+                        sku.sku_id,
+                        sku.category,
+                        variant,
+                        prompt,
+                        negative,
+                        derive_seed(sku.sku_id, seed_date, variant),
+                        b.name,
+                        b.width,
+                        b.height,
+                        b.steps,
+                        image_relpath(sku.category, sku.sku_id, variant),
+                        template.version,
+                        sku.source_file,
+                        sku.source_row,
+                        adapters,
                     )
                 )
         return tasks
+
+
+def _promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) -> list[tuple[str, str, int]]:
+    """padding = "size": (from bucket, to bucket, tasks moved), in the order they apply, for groups of `sizes`."""
+    order = {b.name: i for i, b in enumerate(buckets)}
+    sizes = dict(sizes)
+    moves = []
+    by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
+    for i, small in enumerate(by_pixels):
+        rest = sizes[small.name] % batch_size
+        bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+        if not rest or bigger is None:
+            continue
+        promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
+        pad_cost = (batch_size - rest) * small.width * small.height
+        if promote_cost < pad_cost:
+            moves.append((small.name, bigger.name, rest))
+            sizes[bigger.name] += rest
+            sizes[small.name] -= rest
+    return moves
+
+
+def count_batches(sizes: dict[str, int], batch_size: int, buckets: list[Bucket], padding: str = "none") -> int:
+    """How many batches `make_batches` cuts from groups of these sizes (per bucket name), without the tasks."""
+    sizes = {b.name: sizes.get(b.name, 0) for b in buckets}
+    if padding == "size":
+        for small, bigger, rest in _promotions(sizes, batch_size, buckets):
+            sizes[small] -= rest
+            sizes[bigger] += rest
+    return sum(-(-n // batch_size) for n in sizes.values())
 
 
 def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
@@ -172,13 +223,14 @@ def _set_tag(adapters: tuple[str, ...]) -> str:
 def _bucket_batches(
     tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str, adapters: tuple[str, ...]
 ) -> list[Batch]:
-    order = {b.name: i for i, b in enumerate(buckets)}
     groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
     for t in tasks:
         groups[t.bucket].append(t)
     render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
     if padding == "size":
-        _promote(groups, buckets, order, batch_size)
+        for small, bigger, rest in _promotions({k: len(v) for k, v in groups.items()}, batch_size, buckets):
+            groups[bigger] += groups[small][-rest:]
+            del groups[small][-rest:]
     batches, tag = [], _set_tag(adapters)
     for b in buckets:
         items = groups[b.name]
@@ -187,18 +239,3 @@ def _bucket_batches(
             batch_id = f"{tag}{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
             batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
     return batches
-
-
-def _promote(groups: dict[str, list[Task]], buckets: list[Bucket], order: dict[str, int], batch_size: int) -> None:
-    """padding = "size": move remainders up a same-aspect bucket where that costs fewer pixels than padding."""
-    by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
-    for i, small in enumerate(by_pixels):
-        rest = len(groups[small.name]) % batch_size
-        bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
-        if not rest or bigger is None:
-            continue
-        promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
-        pad_cost = (batch_size - rest) * small.width * small.height
-        if promote_cost < pad_cost:
-            groups[bigger.name] += groups[small.name][-rest:]
-            del groups[small.name][-rest:]

@@ -7,6 +7,7 @@ values never reach `str.format`, `%` or any other interpreter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import string
@@ -39,18 +40,23 @@ class Template:
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
         """Return (prompt, negative_prompt). `attrs` must contain every required attribute."""
-        values = {**self.optional, **{k: v for k, v in attrs.items() if v is not None}}
+        if None in attrs.values():
+            attrs = {k: v for k, v in attrs.items() if v is not None}
+        values = {**self.optional, **attrs}
         return _render(self.prompt, values), _render(self.negative_prompt, values)
 
     def missing(self, attrs: dict[str, str | None]) -> list[str]:
         return [name for name in self.required if not (attrs.get(name) or "").strip()]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # attribute values repeat (colours, brands, styles) across a day's rows
 def clean_value(value: str) -> str:
     """Control characters and line breaks (newline, NEL, U+2028, NUL, escapes) become spaces.
 
     A value cannot break prompt or manifest lines.
     """
+    if value.isascii() and value.isprintable():  # the common case: no control character to replace
+        return value.strip()
     return _CONTROL_RE.sub(" ", value).strip()
 
 

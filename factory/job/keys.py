@@ -73,12 +73,31 @@ def cache_key(task: Task, mkey: ModelKey, adapter_fps: dict[str, str] | None = N
     return _digest(fields)
 
 
+# Applied by the driver at finalize to every image of the night (resumed ones included), never by a worker: changing
+# them must not invalidate finished rows, so they stay out of the task key.
+FINALIZE_ONLY = frozenset({"near_duplicate", "reference_threshold", "reference_dir"})
+
+
 def decision_config(quality: QualityConfig, cfg: FactoryConfig) -> str:
     """What decides a category's outcome besides the pixels: its thresholds and the repair settings."""
-    return json.dumps(
-        {"quality": dataclasses.asdict(quality), "repair": dataclasses.asdict(cfg.repair)}, sort_keys=True
-    )
+    gate = {k: v for k, v in dataclasses.asdict(quality).items() if k not in FINALIZE_ONLY}
+    return json.dumps({"quality": gate, "repair": dataclasses.asdict(cfg.repair)}, sort_keys=True)
 
 
 def task_key(cache: str, decision: str) -> str:
     return hashlib.sha256(f"{cache}|{decision}".encode()).hexdigest()[:32]
+
+
+def clip_key(cfg: FactoryConfig) -> str:
+    """The CLIP image encoder's identity (model name + checkpoint size and first MiB): reference-set embeddings
+    are cached per this key, so a new CLIP model never reuses another model's vectors."""
+    from factory.config import resolve_path
+
+    m = cfg.model
+    h = hashlib.sha256(f"{m.clip_model}|{m.clip_pretrained and Path(m.clip_pretrained).name}".encode())
+    ckpt = resolve_path(m.clip_pretrained) if m.clip_pretrained else None
+    if ckpt is not None and ckpt.is_file():
+        h.update(str(ckpt.stat().st_size).encode())
+        with ckpt.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]

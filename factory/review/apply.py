@@ -128,7 +128,8 @@ def _check(path: Path, decisions: list[Decision], approved: list[ImageRecord], r
     """The decisions that change something; an InputError naming the line for any that cannot apply."""
     in_review = {r.sku_id: r for r in review}
     approved_by_review = {r.sku_id: r for r in approved if r.review_decision == "approve"}
-    failed = {r.sku_id for r in review if r.detail or not r.image_path}
+    # generation_error rows have no image; `detail` alone is no sign of failure (it also names similarity matches)
+    failed = {r.sku_id for r in review if not r.image_path}
     changed = []
     for d in decisions:
         current = in_review.get(d.sku_id) or approved_by_review.get(d.sku_id)

@@ -14,14 +14,14 @@ from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from factory.config import FactoryConfig, StorageConfig
 from factory.errors import InputError
 from factory.inputs.arguments import parse_date
+from factory.io import layout
 from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
-from factory.job import finalize, parts
+from factory.job import finalize
 from factory.job.lease import ObjectLease, open_run_lock
 from factory.job.lock import RunLock
 
@@ -53,7 +53,8 @@ def open_night(cfg: FactoryConfig, date: str) -> NightOutputs:
 
 
 def manifest_relpath(night: NightOutputs, name: str) -> str:
-    return night.rel(f"manifests/{name}.parquet")
+    """The night's partition of the `name` table, relative to the output root (factory.io.layout)."""
+    return layout.partition_path(name, night.date)
 
 
 def has_manifests(night: NightOutputs) -> bool:
@@ -63,8 +64,7 @@ def has_manifests(night: NightOutputs) -> bool:
 def _read_rows(night: NightOutputs, name: str) -> list[dict[str, Any]]:
     rel = manifest_relpath(night, name)
     try:
-        with night.store.open_input_file(rel) as f:
-            return pq.read_table(f).to_pylist()
+        return layout.read_manifest(night.store, name, night.date).to_pylist()
     except FileNotFoundError:
         raise InputError(f"{night.store.url(rel)} does not exist: run the night for {night.date} first") from None
     except (pa.ArrowException, OSError) as exc:
@@ -84,24 +84,18 @@ def read_rejected(night: NightOutputs) -> list[RejectedRow]:
 def write_manifests(
     night: NightOutputs, approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
 ) -> None:
-    """All three manifests, each atomically, with the night's own writer."""
-    if night.local_dir is not None:
-        finalize.write_manifests(night.local_dir, approved, review, rejected)
-        return
-    for name, records in (("approved", approved), ("review", review), ("rejected", rejected)):
-        schema = MANIFEST_SCHEMAS[name]
-        table = pa.Table.from_pylist([{f: r.to_row().get(f) for f in schema.names} for r in records], schema=schema)
-        with night.store.open_output_stream(manifest_relpath(night, name)) as f:
-            pq.write_table(table, f, compression="zstd")
+    """The night's partition of each manifest table, each atomically, with the night's own writer."""
+    finalize.write_manifests(night.store, night.date, approved, review, rejected)
 
 
 def image_bytes(night: NightOutputs, image_path: str) -> bytes:
-    return night.store.get_bytes(night.rel(image_path))
+    """A manifest's image (its `image_path` is relative to the output root)."""
+    return night.store.get_bytes(image_path)
 
 
 def image_href_from_sheet(image_path: str) -> str:
-    """A relative link from the sheet (`<date>/review/sheet.html`) to an image (relative to the date directory)."""
-    return "../" + quote(image_path)
+    """A relative link from the sheet (`<date>/review/sheet.html`) to an image (relative to the output root)."""
+    return "../../" + quote(image_path)
 
 
 def read_json(night: NightOutputs, relpath: str) -> dict[str, Any] | None:
@@ -122,19 +116,19 @@ def read_run_info(night: NightOutputs) -> dict[str, Any]:
 
 def completed(night: NightOutputs) -> bool:
     """The night finished (`_SUCCESS`), or an interrupted `review apply` left it mid-rewrite (rerun apply)."""
-    return night.store.exists(night.rel(parts.SUCCESS)) or night.store.exists(night.rel(APPLYING))
+    return night.store.exists(night.rel(layout.SUCCESS)) or night.store.exists(night.rel(APPLYING))
 
 
 def begin_rewrite(night: NightOutputs, what: dict[str, Any]) -> None:
     """Mark the date as being rewritten, then withdraw `_SUCCESS`: readers never see a half-applied date as done."""
     write_json(night, APPLYING, what)
-    night.store.delete(night.rel(parts.SUCCESS))
+    night.store.delete(night.rel(layout.SUCCESS))
 
 
 def end_rewrite(night: NightOutputs, run_info: dict[str, Any], success: dict[str, Any]) -> None:
     """run.json, then `_SUCCESS` last, then drop the in-progress mark."""
     write_json(night, "run.json", run_info)
-    write_json(night, parts.SUCCESS, success)
+    write_json(night, layout.SUCCESS, success)
     night.store.delete(night.rel(APPLYING))
 
 

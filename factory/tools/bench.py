@@ -167,7 +167,7 @@ def _throughput(s: _Setup, repeats: int) -> dict[str, Any]:
         **_rates(len(s.tasks), t),
         "seconds": t,
         "pixel_waste": {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)},
-        "repair": {"images_repaired": _count_repaired(s.tmp / "dr" / s.day)},
+        "repair": {"images_repaired": _count_repaired(s.tmp / "dr", s.day)},
     }
 
 
@@ -285,10 +285,11 @@ def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dic
     return out
 
 
-def _count_repaired(date_dir: Path) -> int:
-    import pyarrow.parquet as pq
+def _count_repaired(output: Path, day: str) -> int:
+    from factory.io.layout import read_manifest
+    from factory.io.storage import open_store
 
-    return sum(pq.read_table(date_dir / "manifests" / "approved.parquet", columns=["repaired"]).column(0).to_pylist())
+    return sum(read_manifest(open_store(str(output)), "approved", day).column("repaired").to_pylist())
 
 
 def soak_test(worker: Any, batches: list[Batch], n: int) -> dict[str, float]:

@@ -1,8 +1,9 @@
 import dataclasses
 import random
+from collections import Counter
 
 from factory.config import PlannerConfig
-from factory.inputs.planner import Planner, derive_seed, make_batches
+from factory.inputs.planner import Planner, count_batches, derive_seed, make_batches
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import REPO, TEST_BUCKETS
@@ -107,3 +108,14 @@ def test_batches_never_mix_adapter_sets_and_come_grouped_by_set():
         assert len({b.batch_id for b in batches}) == len(batches) and sum(len(b.tasks) for b in batches) == 12
     plain = [dataclasses.replace(t, adapters=()) for t in tasks]
     assert [b.batch_id for b in make_batches(plain, 4, TEST_BUCKETS)][0] == "small-64x64-00000"  # ids as before
+
+
+def test_counts_without_tasks_match_the_planned_batches():
+    skus = [sku(i, color="blue HD" if i % 4 == 0 else "red") for i in range(37)] + [sku(99, variants=3, age="banner")]
+    tasks = PLANNER.plan_tasks(skus, "2026-11-21")
+    counts = PLANNER.bucket_counts(skus)
+    assert counts == Counter(t.bucket for t in tasks)
+    for padding in ("none", "count", "size"):
+        for batch_size in (1, 3, 4, 16):
+            expected = len(make_batches(tasks, batch_size, TEST_BUCKETS, padding))
+            assert count_batches(counts, batch_size, TEST_BUCKETS, padding) == expected

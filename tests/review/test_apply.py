@@ -32,9 +32,10 @@ def manifest(cfg, name: str) -> list[dict]:
 
 
 def snapshot(cfg) -> dict[str, bytes]:
-    """Every file of the date except images (manifests, run.json, _SUCCESS, sheet, log)."""
-    d = date_dir(cfg)
-    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file() and "images" not in p.parts}
+    """Every output file of the date except images: its manifest partitions, run.json, _SUCCESS, sheet, log."""
+    root = Path(cfg.paths.output)
+    files = [p for p in root.rglob("*") if p.is_file() and "images" not in p.parts]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "decisions.csv") -> Path:
@@ -181,7 +182,7 @@ def test_a_cached_image_carries_no_earlier_decision():
 def test_apply_on_an_object_store(night, tmp_path, s3_uri):
     """The same rules through the Store on S3 (SeaweedFS): the lease lock, manifests, log, _SUCCESS last."""
     local, remote = open_store(night.paths.output), open_store(s3_uri, night.storage)
-    for rel in local.list(DATE):
+    for rel in local.list(DATE) + local.list("manifests"):  # the night's files and its manifest partitions
         remote.put_bytes(rel, local.get_bytes(rel))
     s3 = dataclasses.replace(night, paths=dataclasses.replace(night.paths, output=s3_uri))
     decisions = write_csv(tmp_path, "B-bag,approve\nS-shoe,reject\n")

@@ -60,10 +60,10 @@ def test_the_run_writes_a_sheet_with_every_review_sku(night):
     assert [c["data-sku"] for c in cards] == sorted({r["sku_id"] for r in rows})  # one card per SKU, all of them
     images = page.find("img")
     assert len(images) == sum(1 for r in rows if r["image_path"])
-    date_dir = sheet_path(night).parent.parent
+    root = sheet_path(night).parent.parent.parent  # the output root: manifests' image_path is relative to it
     for img, row in zip(images, sorted(rows, key=lambda r: (r["sku_id"], r["variant"]))):
-        assert img["src"].startswith("../images/")  # relative: the page opens from disk, next to the PNGs
-        assert (sheet_path(night).parent / img["src"]).resolve() == (date_dir / row["image_path"]).resolve()
+        assert img["src"].startswith("../../") and "/images/" in img["src"]  # relative: opens from disk
+        assert (sheet_path(night).parent / img["src"]).resolve() == (root / row["image_path"]).resolve()
     assert "low_clip_score" in text and "blurry" in text  # reasons
     assert all(r["prompt"].split(",")[0].replace("<", "&lt;").replace(">", "&gt;") in text for r in rows)
 
@@ -109,7 +109,7 @@ def test_cli_prints_the_path_and_refuses_a_date_without_a_night(night):
     assert Path(done.stdout.strip()) == sheet_path(night) and sheet_path(night).is_file()
     missing = cli("review", "sheet", "--date", "2026-11-22", "--output", night.paths.output)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
-    assert "review.parquet does not exist" in missing.stderr
+    assert "does not exist: run the night" in missing.stderr
 
 
 def test_on_an_object_store_thumbnails_are_embedded(night, s3_uri):
