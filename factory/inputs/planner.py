@@ -134,6 +134,13 @@ class Planner:
             counts[self.bucket_of(sku)] += sku.variants
         return counts
 
+    def group_counts(self, skus: list[Sku]) -> Counter[tuple[tuple[str, ...], str]]:
+        """Images per (adapter set, bucket): the groups `make_batches` cuts separately."""
+        counts: Counter[tuple[tuple[str, ...], str]] = Counter()
+        for sku in skus:
+            counts[self.adapter_set(self.templates[sku.category], sku), self.bucket_of(sku)] += sku.variants
+        return counts
+
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
         tasks = []
         seed_date = date if self.seed_scope == "date" else ""
@@ -193,6 +200,16 @@ def count_batches(sizes: dict[str, int], batch_size: int, buckets: list[Bucket],
             sizes[small] -= rest
             sizes[bigger] += rest
     return sum(-(-n // batch_size) for n in sizes.values())
+
+
+def count_grouped_batches(
+    groups: Counter[tuple[tuple[str, ...], str]], batch_size: int, buckets: list[Bucket], padding: str = "none"
+) -> int:
+    """`count_batches` over the (adapter set, bucket) groups of `Planner.group_counts`: each set batches apart."""
+    sizes: dict[tuple[str, ...], dict[str, int]] = {}
+    for (adapters, bucket), n in groups.items():
+        sizes.setdefault(adapters, {})[bucket] = n
+    return sum(count_batches(per_set, batch_size, buckets, padding) for per_set in sizes.values())
 
 
 def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
-from factory.inputs.planner import Planner, Task, count_batches
+from factory.inputs.planner import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 from factory.io.storage import looks_like_uri
@@ -112,12 +112,15 @@ def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None
     date = parse_date(date)
     templates, path, planner, batches = _stream(cfg, date, skus_path)
     category_thresholds(cfg, templates)  # the same config errors as a run
-    buckets: Counter[str] = Counter()
+    groups: Counter[tuple[tuple[str, ...], str]] = Counter()  # (adapter set, bucket): batched apart
     rejected: list[Rejected] = []
     input_rows = 0
     for rows, skus, r in batches:
         input_rows += rows
-        buckets.update(planner.bucket_counts(skus))
+        groups.update(planner.group_counts(skus))
         rejected += r
-    n_batches = count_batches(buckets, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+    buckets: Counter[str] = Counter()
+    for (_, bucket), n in groups.items():
+        buckets[bucket] += n
+    n_batches = count_grouped_batches(groups, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)

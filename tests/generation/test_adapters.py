@@ -17,8 +17,10 @@ import pytest
 from factory.config import AdapterConfig, LoraSection
 from factory.errors import EXIT_BAD_INPUT, ConfigError, InputError, TemplateError
 from factory.generation.runtime import resolve
+from factory.io.layout import read_manifest
+from factory.io.storage import open_store
 from factory.job import keys
-from factory.job.plan import plan
+from factory.job.plan import plan, summarize
 from factory.job.run import run
 from factory.tools.style_lora import write_style_lora
 from tests.conftest import DATE, REPO, make_cfg, with_run, write_skus
@@ -64,8 +66,17 @@ def two_category_day(path: Path) -> Path:
     return write_skus(path, rows, SCHEMA)
 
 
-def digests(date_dir: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(date_dir.rglob("*.png"))}
+def digests(summary) -> dict[str, str]:
+    images = Path(summary.output) / DATE / "images"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(images.rglob("*.png"))}
+
+
+def manifest(summary, kind: str) -> list[dict]:
+    return read_manifest(open_store(summary.output), kind, DATE).to_pylist()
+
+
+def run_json(summary) -> dict:
+    return json.loads((Path(summary.output) / DATE / "run.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +93,15 @@ def runs(tiny_models, tmp_path_factory, loras):
 
 def test_only_the_adapted_images_change_and_bytes_ignore_batch_size(runs):
     _, r = runs
-    plain, bs1, bs3 = (digests(r[n][1].date_dir) for n in ("plain", "bs1", "bs3"))
+    plain, bs1, bs3 = (digests(r[n][1]) for n in ("plain", "bs1", "bs3"))
     assert bs1 == bs3 and len(bs1) == 6
     changed = {name.split("-")[0] for name in plain if plain[name] != bs3[name]}
     assert changed == {"T0", "T1", "T2"}  # the category whose template names the adapter; F0, F1 untouched
     # without [lora.adapters] the SKU asking for the brand adapter is rejected, not generated without it
-    rejected = pq.read_table(r["plain"][1].date_dir / "manifests" / "rejected.parquet").to_pylist()
+    rejected = manifest(r["plain"][1], "rejected")
     assert [(x["sku_id"], x["reason"]) for x in rejected] == [("F2", "unknown_adapter")]
-    rows = pq.read_table(r["bs3"][1].date_dir / "manifests" / "approved.parquet").to_pylist()
-    rows += pq.read_table(r["bs3"][1].date_dir / "manifests" / "review.parquet").to_pylist()
+    rows = manifest(r["bs3"][1], "approved")
+    rows += manifest(r["bs3"][1], "review")
     by_sku = {row["sku_id"]: row["adapters"] for row in rows}
     assert by_sku == {
         "T0": ["style@0.8"],
@@ -104,11 +115,11 @@ def test_only_the_adapted_images_change_and_bytes_ignore_batch_size(runs):
 
 def test_run_json_counts_switches(runs):
     _, r = runs
-    info = json.loads((r["bs3"][1].date_dir / "run.json").read_text())["adapters"]
+    info = run_json(r["bs3"][1])["adapters"]
     # one worker, batches ordered by adapter set (none first): one switch per distinct set
     assert info["sets"] == ["brand@1.0", "style@0.8"] and info["switches"] == 2 and info["images_with_adapters"] == 4
     assert info["switch_s"] >= 0 and info["load_s"] > 0 and set(info["configured"]) == {"style", "brand"}
-    plain = json.loads((r["plain"][1].date_dir / "run.json").read_text())["adapters"]
+    plain = run_json(r["plain"][1])["adapters"]
     assert plain["switches"] == 0 and plain["sets"] == []
 
 
@@ -116,7 +127,7 @@ def test_ray_executor_gives_the_same_bytes(runs, tiny_models, tmp_path, loras, r
     day, r = runs
     cfg = with_run(adapter_cfg(tiny_models, tmp_path, loras), executor="ray", workers=1, batch_size=2)
     summary = run(cfg, DATE, day)
-    assert digests(summary.date_dir) == digests(r["bs3"][1].date_dir)
+    assert digests(summary) == digests(r["bs3"][1])
 
 
 def test_keys_follow_adapter_weight_and_file(tiny_models, tmp_path, loras):
@@ -184,6 +195,9 @@ def test_unknown_sku_adapter_rejects_the_row(tiny_models, tmp_path, loras):
     )
     with pytest.raises(InputError, match="column 'adapters' must be list<string>"):
         plan(cfg, DATE, tmp_path / "bad.parquet")
+    # `adfactory validate` counts batches per adapter set too (none, brand, style: three batches of <= 4)
+    summary = summarize(cfg, DATE, two_category_day(tmp_path / "day.parquet"))
+    assert summary.images == 6 and summary.batches == 3 and [r.reason for r in summary.rejected] == []
 
 
 def test_hotswap_slot_matches_set_adapters(cfg, loras):

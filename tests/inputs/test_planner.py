@@ -3,7 +3,7 @@ import random
 from collections import Counter
 
 from factory.config import PlannerConfig
-from factory.inputs.planner import Planner, count_batches, derive_seed, make_batches
+from factory.inputs.planner import Planner, count_batches, count_grouped_batches, derive_seed, make_batches
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import REPO, TEST_BUCKETS
@@ -106,6 +106,7 @@ def test_batches_never_mix_adapter_sets_and_come_grouped_by_set():
         order = [b.adapters for b in batches]
         assert order == sorted(order) and order[0] == ()  # grouped: each set is one run of batches
         assert len({b.batch_id for b in batches}) == len(batches) and sum(len(b.tasks) for b in batches) == 12
+        assert count_grouped_batches(planner.group_counts(skus), 3, TEST_BUCKETS, padding) == len(batches)
     plain = [dataclasses.replace(t, adapters=()) for t in tasks]
     assert [b.batch_id for b in make_batches(plain, 4, TEST_BUCKETS)][0] == "small-64x64-00000"  # ids as before
 
