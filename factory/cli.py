@@ -333,6 +333,18 @@ def init_tiny(
     _guard(verbose, go)
 
 
+@models_app.command("init-style-lora")
+def init_style_lora(
+    directory: Annotated[Path, typer.Argument(help="Where to write pytorch_lora_weights.safetensors.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the LoRA matrices (same seed, same bytes).")] = 0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build a random "style" LoRA for the embedded tiny UNet (diffusers format), to try [lora.adapters]."""
+    from factory.tools.style_lora import write_style_lora
+
+    _guard(verbose, lambda: typer.echo(f"tiny style LoRA: {write_style_lora(directory, seed=seed)}"))
+
+
 @models_app.command("init-random-sd15")
 def init_random_sd15(
     directory: Annotated[Path, typer.Argument(help="Where to write the pipeline directory.")],

@@ -10,6 +10,8 @@ resolved runtime are written to every run's run.json.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,22 @@ class ModelConfig:
     #                             int8-dynamic | fp8 -- UNet Linear layers only, cross-attention q/k/v kept float
     compile: str = "none"  # none | regional (compile_repeated_blocks) | full: torch.compile on CUDA, warmed per bucket
     guidance_scale: float = 1.0  # LCM: 1.0 (no CFG); >1 enables CFG and the negative prompt for non-distilled UNets
+
+
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft adapter names; part of batch ids
+
+
+@dataclass
+class AdapterConfig:
+    path: str  # a diffusers-format LoRA: a .safetensors file, or a directory holding pytorch_lora_weights.safetensors
+    weight: float = 1.0  # LoRA scale in set_adapters (1.0: as trained)
+
+
+@dataclass
+class LoraSection:
+    """Style LoRAs applied per batch (factory/generation/adapters.py); `model.lora` (the LCM-LoRA) stays fused."""
+
+    adapters: dict[str, AdapterConfig] = field(default_factory=dict)  # [lora.adapters.<name>]
 
 
 @dataclass
@@ -195,6 +213,7 @@ class FactoryConfig:
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +224,7 @@ class FactoryConfig:
         _validate_planner(self.planner)
         _validate_model(self.model)
         _validate_quality_repair(self.quality, self.repair)
+        _validate_adapters(self.lora, self.model)
         _validate_provenance(self.provenance)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
@@ -235,6 +255,7 @@ class FactoryConfig:
             provenance=dataclasses.replace(
                 self.provenance, c2pa_cert=fix(self.provenance.c2pa_cert), c2pa_key=fix(self.provenance.c2pa_key)
             ),
+            lora=LoraSection({n: dataclasses.replace(a, path=fix(a.path)) for n, a in self.lora.adapters.items()}),
         )
 
 
@@ -328,6 +349,23 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
         raise ConfigError(f"repair.tile must be 0 (a quarter of the shorter side) or at least 8 px, got {repair.tile}")
 
 
+def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
+    for name, a in lora.adapters.items():
+        where = f"[lora.adapters.{name}]"
+        if not ADAPTER_NAME_RE.match(name):
+            raise ConfigError(f"{where}: adapter names are 1-64 letters, digits, '_' or '-' (starting alphanumeric)")
+        if not a.path:
+            raise ConfigError(f"{where}: path must name a LoRA file or directory")
+        if not math.isfinite(a.weight):
+            raise ConfigError(f"{where}: weight must be a finite number, got {a.weight}")
+    if lora.adapters and model.quantization not in ("auto", "none"):
+        # Adapters stay unfused peft layers over float Linear weights; quantizing would skip or break them.
+        raise ConfigError(
+            f"model.quantization {model.quantization!r} cannot be combined with [lora.adapters] (style adapters run "
+            f"unfused in float); use 'none' or 'auto' (= none when adapters are configured)"
+        )
+
+
 def _validate_provenance(p: ProvenanceConfig) -> None:
     from factory.io.provenance import C2PA_ALGS, CORNERS, MIN_LABEL_SIZE
 
@@ -370,6 +408,10 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: buckets must be a list of [[planner.buckets]] tables")
             updates[key] = [_bucket(b, f"{where} [[planner.buckets]] #{i + 1}") for i, b in enumerate(value)]
+        elif key == "adapters":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: adapters must be [lora.adapters.<name>] tables")
+            updates[key] = {n: _adapter(a, f"{where} [lora.adapters.{n}]") for n, a in value.items()}
         else:
             expected = type(current)
             if expected is dict and isinstance(value, dict):
@@ -392,6 +434,17 @@ def _bucket(entry: Any, where: str) -> Bucket:
         if type(value).__name__ != kind:
             raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}")
     return Bucket(**entry)
+
+
+def _adapter(entry: Any, where: str) -> AdapterConfig:
+    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
+        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory) and optionally 'weight'")
+    path, weight = entry["path"], entry.get("weight", 1.0)
+    if not isinstance(path, str):
+        raise ConfigError(f"{where}: path must be str, got {path!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(f"{where}: weight must be a number, got {weight!r}")
+    return AdapterConfig(path=path, weight=float(weight))
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

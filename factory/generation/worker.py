@@ -21,6 +21,7 @@ from PIL import Image
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
+from factory.generation.adapters import make_adapters
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
 from factory.io.layout import image_key
@@ -54,6 +55,9 @@ class Worker:
         self.batch_size = cfg.run.batch_size
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
+        # Style LoRAs (never unloaded): hotswapped into one slot when the UNet gets compiled, so before compiling.
+        compiled = runtime.device == "cuda" and runtime.compile != "none"
+        self.adapters = make_adapters(self.pipe, cfg.lora.adapters, hotswap=compiled)
         self.accel = self._accelerate()
         self.clip = load_clip(cfg.model, runtime.device)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
@@ -80,7 +84,7 @@ class Worker:
         from factory.job.plan import category_thresholds
 
         cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
-        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
         return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)
 
     def target(self, cfg: FactoryConfig, date: str) -> None:
@@ -123,6 +127,7 @@ class Worker:
         import torch
 
         pad_to = self.batch_size if pad_to is None else pad_to
+        self.adapters.activate(batch.adapters)  # a no-op unless the previous batch had another adapter set
         try:
             return self._generate(batch, pad_to)
         except torch.cuda.OutOfMemoryError:
@@ -173,10 +178,11 @@ class Worker:
 
         # 1. generate
         t0 = time.perf_counter()
-        computed_before = self.pixels_computed
+        computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
         images = self.generate(batch)
         timings["generate_s"] = time.perf_counter() - t0
         timings["pixels_computed"] = self.pixels_computed - computed_before
+        timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
 
         # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)

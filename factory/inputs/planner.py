@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from factory.config import Bucket, PlannerConfig
+from factory.config import AdapterConfig, Bucket, PlannerConfig
 from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
 from factory.io.paths import image_relpath
@@ -45,6 +45,17 @@ class Task:
     template_version: str
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # style adapter set as "name@weight", sorted by name (the manifests' `adapters`)
+
+
+def adapter_entry(name: str, weight: float) -> str:
+    """`name@weight`; repr() is the shortest text that reads back as the same float."""
+    return f"{name}@{weight!r}"
+
+
+def parse_adapter_entry(entry: str) -> tuple[str, float]:
+    name, _, weight = entry.rpartition("@")
+    return name, float(weight)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class Batch:
     height: int
     steps: int
     tasks: tuple[Task, ...]
+    adapters: tuple[str, ...] = ()  # every task's adapter set (a batch never mixes them)
 
     def split(self, at: int) -> tuple[Batch, Batch]:
         """Two batches (ids suffixed a/b): bisection of a poison batch, or halving after CUDA out-of-memory."""
@@ -85,8 +97,11 @@ class _Keywords:
 
 
 class Planner:
-    def __init__(self, cfg: PlannerConfig, templates: dict[str, Template]):
+    def __init__(
+        self, cfg: PlannerConfig, templates: dict[str, Template], adapters: dict[str, AdapterConfig] | None = None
+    ):
         self.templates = templates
+        self.adapters = adapters or {}
         self.seed_scope = cfg.seed_scope
         self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
         self.landscape = cfg.landscape_bucket
@@ -103,6 +118,11 @@ class Planner:
             return self.buckets[self.ladder[min(self.ladder.index(hint) + 1, len(self.ladder) - 1)]]
         return self.buckets[hint]
 
+    def adapter_set(self, template: Template, sku: Sku) -> tuple[str, ...]:
+        """The category's adapters plus the SKU's own, with their configured weights, sorted by name."""
+        names = sorted(set(template.adapters) | set(sku.adapters))
+        return tuple(adapter_entry(n, self.adapters[n].weight) for n in names)
+
     def bucket_of(self, sku: Sku) -> str:
         template = self.templates[sku.category]
         return self.choose_bucket(template.bucket, template.render(sku.attrs)[0]).name
@@ -114,6 +134,13 @@ class Planner:
             counts[self.bucket_of(sku)] += sku.variants
         return counts
 
+    def group_counts(self, skus: list[Sku]) -> Counter[tuple[tuple[str, ...], str]]:
+        """Images per (adapter set, bucket): the groups `make_batches` cuts separately."""
+        counts: Counter[tuple[tuple[str, ...], str]] = Counter()
+        for sku in skus:
+            counts[self.adapter_set(self.templates[sku.category], sku), self.bucket_of(sku)] += sku.variants
+        return counts
+
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
         tasks = []
         seed_date = date if self.seed_scope == "date" else ""
@@ -121,6 +148,7 @@ class Planner:
             template = self.templates[sku.category]
             prompt, negative = template.render(sku.attrs)
             b = self.choose_bucket(template.bucket, prompt)
+            adapters = self.adapter_set(template, sku)
             for variant in range(sku.variants):
                 tasks.append(
                     Task(
@@ -138,6 +166,7 @@ class Planner:
                         template.version,
                         sku.source_file,
                         sku.source_row,
+                        adapters,
                     )
                 )
         return tasks
@@ -173,14 +202,44 @@ def count_batches(sizes: dict[str, int], batch_size: int, buckets: list[Bucket],
     return sum(-(-n // batch_size) for n in sizes.values())
 
 
-def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
-    """Group tasks by bucket (same width, height, steps) and cut each group into batches of `batch_size`.
+def count_grouped_batches(
+    groups: Counter[tuple[tuple[str, ...], str]], batch_size: int, buckets: list[Bucket], padding: str = "none"
+) -> int:
+    """`count_batches` over the (adapter set, bucket) groups of `Planner.group_counts`: each set batches apart."""
+    sizes: dict[tuple[str, ...], dict[str, int]] = {}
+    for (adapters, bucket), n in groups.items():
+        sizes.setdefault(adapters, {})[bucket] = n
+    return sum(count_batches(per_set, batch_size, buckets, padding) for per_set in sizes.values())
 
-    With padding = "size", a bucket's remainder (its last, partial batch) moves up into the next larger bucket of
-    the same aspect ratio when rendering it larger (then resizing down) wastes fewer pixels than padding the partial
-    batch in count; the remainder that is left is padded in count by the worker. Input order is kept inside a
-    group, so the plan is a pure function of the input and config.
+
+def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
+    """Group tasks by adapter set and bucket (same width, height, steps, adapters) and cut each group into batches
+    of `batch_size`.
+
+    Batches come out ordered by adapter set first (no adapters first), then bucket: the executors dispatch in list
+    order, so a worker switches adapter sets as few times as possible. With padding = "size", a bucket's remainder
+    (its last, partial batch) moves up into the next larger bucket of the same aspect ratio (and adapter set) when
+    rendering it larger (then resizing down) wastes fewer pixels than padding the partial batch in count; the
+    remainder that is left is padded in count by the worker. Input order is kept inside a group, so the plan is a
+    pure function of the input and config.
     """
+    by_set: dict[tuple[str, ...], list[Task]] = {}
+    for t in tasks:
+        by_set.setdefault(t.adapters, []).append(t)
+    batches = []
+    for adapters in sorted(by_set):
+        batches += _bucket_batches(by_set[adapters], batch_size, buckets, padding, adapters)
+    return batches
+
+
+def _set_tag(adapters: tuple[str, ...]) -> str:
+    """A short, file-name-safe tag of an adapter set for batch ids ("" for no adapters: ids stay as before)."""
+    return f"a{hashlib.sha256(chr(0).join(adapters).encode()).hexdigest()[:8]}-" if adapters else ""
+
+
+def _bucket_batches(
+    tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str, adapters: tuple[str, ...]
+) -> list[Batch]:
     groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
     for t in tasks:
         groups[t.bucket].append(t)
@@ -189,11 +248,11 @@ def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padd
         for small, bigger, rest in _promotions({k: len(v) for k, v in groups.items()}, batch_size, buckets):
             groups[bigger] += groups[small][-rest:]
             del groups[small][-rest:]
-    batches = []
+    batches, tag = [], _set_tag(adapters)
     for b in buckets:
         items = groups[b.name]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])
-            batch_id = f"{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
-            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk))
+            batch_id = f"{tag}{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
+            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
     return batches

@@ -12,6 +12,7 @@ import hashlib
 import re
 import string
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from factory.errors import TemplateError
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # categories become directory names
 # C0 and C1 controls (incl. NEL U+0085) and the Unicode line/paragraph separators: anything that breaks a line
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality"}
+_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality", "adapters"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Template:
     bucket: str  # resolution hint: a bucket name from config
     quality: dict[str, Any] = field(hash=False)  # [quality] overrides for this category (validated by config)
     version: str  # sha256 of the file, prefix: changes whenever the template changes
+    adapters: tuple[str, ...] = ()  # style LoRAs ([lora.adapters.<name>]) applied to this category's images
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
         """Return (prompt, negative_prompt). `attrs` must contain every required attribute."""
@@ -83,7 +85,18 @@ def _parse(text: str, where: str, declared: set[str]) -> tuple[tuple[str, str | 
     return tuple(parts)
 
 
-def load_template(path: Path, bucket_names: set[str]) -> Template:
+def _adapters(data: dict[str, Any], path: Path, adapter_names: Collection[str]) -> tuple[str, ...]:
+    names = data.get("adapters", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TemplateError(f"{path}: 'adapters' must be a list of adapter names")
+    unknown = sorted(set(names) - set(adapter_names))
+    if unknown:
+        known = ", ".join(sorted(adapter_names)) or "none configured"
+        raise TemplateError(f"{path}: unknown adapter {unknown[0]!r} (declare it in [lora.adapters]; known: {known})")
+    return tuple(sorted(set(names)))
+
+
+def load_template(path: Path, bucket_names: set[str], adapter_names: Collection[str] = ()) -> Template:
     category = path.stem
     if not CATEGORY_RE.match(category):
         raise TemplateError(f"{path}: file name must be a category like 'shoes.toml' (lowercase letters, digits, _ -)")
@@ -112,6 +125,7 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
     if data["bucket"] not in bucket_names:
         raise TemplateError(f"{path}: bucket {data['bucket']!r} is not a configured bucket {sorted(bucket_names)}")
     declared = set(required) | set(optional)
+    adapters = _adapters(data, path, adapter_names)
     return Template(
         category=category,
         path=str(path),
@@ -122,13 +136,17 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
         bucket=data["bucket"],
         quality=quality,
         version=hashlib.sha256(raw).hexdigest()[:12],
+        adapters=adapters,
     )
 
 
-def load_templates(directory: str | Path, bucket_names: set[str]) -> dict[str, Template]:
-    """Load and validate every `<category>.toml` in `directory`; the first invalid file stops the run."""
+def load_templates(
+    directory: str | Path, bucket_names: set[str], adapter_names: Collection[str] = ()
+) -> dict[str, Template]:
+    """Load and validate every `<category>.toml` in `directory`; the first invalid file stops the run.
+    `adapter_names`: the configured [lora.adapters]; a template naming another adapter is an error."""
     directory = Path(directory)
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise TemplateError(f"{directory}: no template files (*.toml) found")
-    return {t.category: t for t in (load_template(f, bucket_names) for f in files)}
+    return {t.category: t for t in (load_template(f, bucket_names, adapter_names) for f in files)}

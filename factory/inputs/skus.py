@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +25,7 @@ from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
 from factory.io.storage import looks_like_uri, open_store
 
-RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs"}
+RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
 
 # Row-level reason codes (documented in README, column `reason` of rejected.parquet).
@@ -36,6 +36,7 @@ UNKNOWN_CATEGORY = "unknown_category"
 INVALID_ATTRS = "invalid_attrs"
 INVALID_VARIANTS = "invalid_variants"
 MISSING_ATTRIBUTE = "missing_attribute"
+UNKNOWN_ADAPTER = "unknown_adapter"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Sku:
     variants: int
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # per-SKU style adapters (the `adapters` column), sorted, no duplicates
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,11 @@ def _check_schema(f: str | Path, schema: pa.Schema) -> None:
         t = _plain_type(schema.field("attrs").type)
         if not (_is_text(t) or pa.types.is_map(t) or pa.types.is_struct(t)):
             raise InputError(f"{f}: column 'attrs' must be map<string,string>, struct or a JSON string, found {t}")
+    if "adapters" in schema.names:
+        t = _plain_type(schema.field("adapters").type)
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+        if not (_is_text(t) or (is_list and _is_text(t.value_type))):
+            raise InputError(f"{f}: column 'adapters' must be list<string> or a comma-separated string, found {t}")
 
 
 @dataclass(frozen=True)
@@ -297,13 +304,28 @@ def _variants(value: Any, max_variants: int) -> int:
     return value
 
 
+def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
+    """The `adapters` cell: a list of names or a comma-separated string (blanks ignored). Raises ValueError."""
+    if value is None:
+        return ()
+    if isinstance(value, Undecodable) or (isinstance(value, list) and any(isinstance(v, Undecodable) for v in value)):
+        raise ValueError("adapters is not valid UTF-8")
+    names = value.split(",") if isinstance(value, str) else [v for v in value if v is not None]
+    names = {n.strip() for n in names if n.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown adapter {clean_value(unknown[0])[:64]!r} (not in [lora.adapters])")
+    return tuple(sorted(names))
+
+
 class RowValidator:
     """Validates a day's rows table by table (a whole file, or one record batch of it), keeping across tables
     which `sku_id`s valid rows claimed. Only a valid row claims its id: a later row with the same id is a duplicate
-    of that one, and a rejected row never shadows a valid one that follows it."""
+    of that one, and a rejected row never shadows a valid one that follows it. `adapter_names`: the configured
+    [lora.adapters] (an `adapters` cell naming another one rejects the row)."""
 
-    def __init__(self, templates: dict[str, Template], max_variants: int):
-        self.templates, self.max_variants = templates, max_variants
+    def __init__(self, templates: dict[str, Template], max_variants: int, adapter_names: Collection[str] = ()):
+        self.templates, self.max_variants, self.adapter_names = templates, max_variants, adapter_names
         self.kept: dict[str, str] = {}  # sku_id -> where its valid row is
 
     def validate(self, source: str, table: pa.Table, offset: int = 0) -> tuple[list[Sku], list[Rejected]]:
@@ -317,21 +339,26 @@ class RowValidator:
         for i in range(table.num_rows):
             row = offset + i
             sku_id, category = cols["sku_id"][i], cols["category"][i]
-            outcome = _check_row(cols, attr_cols, i, self.templates, self.max_variants, self.kept, plain[i])
-            if isinstance(outcome[0], str):  # (reason, detail)
+            outcome = _check_row(
+                cols, attr_cols, i, self.templates, self.max_variants, self.kept, self.adapter_names, plain[i]
+            )
+            if len(outcome) == 2:  # (reason, detail)
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
-                attrs, variants = outcome
+                attrs, variants, adapters = outcome
                 self.kept[sku_id] = f"row {row} of {file_name}"
-                skus.append(Sku(sku_id, category, attrs, variants, source, row))
+                skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters))
         return skus, rejected
 
 
 def validate_rows(
-    tables: list[tuple[str, pa.Table]], templates: dict[str, Template], max_variants: int
+    tables: list[tuple[str, pa.Table]],
+    templates: dict[str, Template],
+    max_variants: int,
+    adapter_names: Collection[str] = (),
 ) -> tuple[list[Sku], list[Rejected]]:
     """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists."""
-    validator = RowValidator(templates, max_variants)
+    validator = RowValidator(templates, max_variants, adapter_names)
     skus: list[Sku] = []
     rejected: list[Rejected] = []
     for source, table in tables:
@@ -362,9 +389,11 @@ def _check_row(
     templates: dict[str, Template],
     max_variants: int,
     kept: dict[str, str],
+    adapter_names: Collection[str],
     plain_id: bool = False,
-) -> tuple[str, str] | tuple[dict[str, str], int]:
-    """(reason, detail) for a bad row, else (attrs, variants). `plain_id`: the id is known to pass its own checks."""
+) -> tuple[str, str] | tuple[dict[str, str], int, tuple[str, ...]]:
+    """(reason, detail) for a bad row, else (attrs, variants, adapters). `plain_id`: the id is known to pass its own
+    checks."""
     sku_id, category = cols["sku_id"][row], cols["category"][row]
     problem = None if plain_id else _sku_id_problem(sku_id)
     if problem:
@@ -386,7 +415,11 @@ def _check_row(
     missing = templates[category].missing(attrs)
     if missing:
         return MISSING_ATTRIBUTE, f"missing required attribute(s): {', '.join(missing)}"
-    return attrs, variants
+    try:
+        adapters = _row_adapters(cols["adapters"][row] if "adapters" in cols else None, adapter_names)
+    except ValueError as exc:
+        return UNKNOWN_ADAPTER, str(exc)
+    return attrs, variants, adapters
 
 
 def _sku_id_problem(sku_id: Any) -> tuple[str, str] | None:

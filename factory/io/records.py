@@ -51,6 +51,7 @@ class ImageRecord:
     width: int = col(pa.int32(), False, 0)
     height: int = col(pa.int32(), False, 0)
     steps: int = col(pa.int32(), False, 0)
+    adapters: list[str] = col(pa.list_(pa.string()), False, factory=list)  # style LoRAs as "name@weight"
     # scores (None: not scored, e.g. a generation error)
     clip_score: float | None = col(F32)
     clip_score_100: float | None = col(F32)
@@ -102,7 +103,9 @@ class ImageRecord:
     @classmethod
     def from_task(cls, task: Any, **values: Any) -> ImageRecord:
         """A record for a planned task (`factory.inputs.planner.Task`) plus `values`."""
-        return cls(**{**dataclasses.asdict(task), **values})
+        fields = dataclasses.asdict(task)
+        fields["adapters"] = list(fields.get("adapters", ()))
+        return cls(**{**fields, **values})
 
     @classmethod
     def failed(cls, task: Any, error: str) -> ImageRecord:

@@ -11,7 +11,7 @@ from pathlib import Path
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
-from factory.inputs.planner import Planner, Task, count_batches
+from factory.inputs.planner import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 from factory.io.storage import looks_like_uri
@@ -45,23 +45,32 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
     return thresholds
 
 
+def check_adapter_paths(cfg: FactoryConfig) -> None:
+    """Every configured style adapter exists, before anything is written (a typo'd path is exit 2, not a night of
+    generation errors)."""
+    for name, a in cfg.lora.adapters.items():
+        if not Path(a.path).exists():
+            raise ConfigError(f"[lora.adapters.{name}] path {a.path}: no such LoRA file or directory")
+
+
 def _stream(
     cfg: FactoryConfig, date: str, skus_path: str | Path | None
 ) -> tuple[dict[str, Template], str | Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
     """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
     read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
-    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
+    check_adapter_paths(cfg)
+    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
     if skus_path:
         path: str | Path = str(skus_path) if looks_like_uri(str(skus_path)) else Path(skus_path)
     else:
         path = day_input_path(cfg.paths.skus, date, cfg.storage)
-    validator = RowValidator(templates, cfg.planner.max_variants)
+    validator = RowValidator(templates, cfg.planner.max_variants, cfg.lora.adapters)
 
     def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
         for source, offset, table in iter_tables(path, storage=cfg.storage):
             yield table.num_rows, *validator.validate(source, table, offset)
 
-    return templates, path, Planner(cfg.planner, templates), batches()
+    return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters), batches()
 
 
 def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
@@ -103,12 +112,15 @@ def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None
     date = parse_date(date)
     templates, path, planner, batches = _stream(cfg, date, skus_path)
     category_thresholds(cfg, templates)  # the same config errors as a run
-    buckets: Counter[str] = Counter()
+    groups: Counter[tuple[tuple[str, ...], str]] = Counter()  # (adapter set, bucket): batched apart
     rejected: list[Rejected] = []
     input_rows = 0
     for rows, skus, r in batches:
         input_rows += rows
-        buckets.update(planner.bucket_counts(skus))
+        groups.update(planner.group_counts(skus))
         rejected += r
-    n_batches = count_batches(buckets, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+    buckets: Counter[str] = Counter()
+    for (_, bucket), n in groups.items():
+        buckets[bucket] += n
+    n_batches = count_grouped_batches(groups, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)

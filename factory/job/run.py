@@ -67,6 +67,7 @@ class Night:
     model: keys.ModelKey
     cache_keys: dict[tuple[str, int], str]
     task_keys: dict[tuple[str, int], str]
+    adapter_fps: dict[str, str]  # style adapter name -> content hash (keys.adapter_fingerprints)
     references: References | None = None  # quality.reference_dir's embeddings (reference_match at finalize)
 
     def stamp(self, record: ImageRecord) -> ImageRecord:
@@ -173,12 +174,13 @@ def _night(
     cfg: FactoryConfig, p: Plan, store: Store, run_id: str, started: float, started_at: dt.datetime, rt: Runtime
 ) -> Night:
     model = keys.model_key(cfg, rt)
+    fps = keys.adapter_fingerprints(cfg)
     decisions = {c: keys.decision_config(q, cfg) for c, q in p.thresholds.items()}
-    cache_keys = {(t.sku_id, t.variant): keys.cache_key(t, model) for t in p.tasks}
+    cache_keys = {(t.sku_id, t.variant): keys.cache_key(t, model, fps) for t in p.tasks}
     task_keys = {
         (t.sku_id, t.variant): keys.task_key(cache_keys[t.sku_id, t.variant], decisions[t.category]) for t in p.tasks
     }
-    return Night(cfg, p, store, run_id, started, started_at, rt, model, cache_keys, task_keys)
+    return Night(cfg, p, store, run_id, started, started_at, rt, model, cache_keys, task_keys, fps)
 
 
 def _cache(night: Night, tasks: list[Task]) -> list[ImageRecord]:
@@ -310,6 +312,23 @@ def _counts(night: Night, approved, review, rejected, resumed, cached, generated
     }
 
 
+def _adapter_info(night: Night, ex: Execution) -> dict[str, Any]:
+    """Style adapters: what was configured (with content hashes), how many sets the plan used, and the switches the
+    workers made (summed over workers; a worker starts with none active, so its first set counts as a switch)."""
+    sets = {t.adapters for t in night.plan.tasks}
+    return {
+        "configured": {
+            n: {"path": a.path, "weight": a.weight, "fingerprint": night.adapter_fps[n]}
+            for n, a in night.cfg.lora.adapters.items()
+        },
+        "sets": sorted(["+".join(s) for s in sets if s]),
+        "images_with_adapters": sum(1 for t in night.plan.tasks if t.adapters),
+        "switches": int(ex.stage["adapter_switches"]),
+        "switch_s": round(ex.stage["adapter_switch_s"], 4),
+        "load_s": round(ex.stage["adapter_load_s"], 4),
+    }
+
+
 def _run_info(night: Night, s: RunSummary, ex: Execution) -> dict[str, Any]:
     return {
         "run_id": night.run_id,
@@ -325,6 +344,7 @@ def _run_info(night: Night, s: RunSummary, ex: Execution) -> dict[str, Any]:
         "outcomes": s.outcomes,
         "timings": s.timings,
         "pixels": finalize.pixel_stats(ex.stage),
+        "adapters": _adapter_info(night, ex),
         "images_per_s": s.images_per_s,
         "config": night.cfg.to_dict(),
     }
