@@ -107,9 +107,8 @@ def run(
     if store.kind == "local":
         check_output_dir(store.root, Path(store.path(p.date)))
     check_capacity(cfg)  # a worker pool the local cluster cannot hold: refused before anything is written
-    references = _references(cfg, store)  # a bad reference set stops the run here, before any image
     if cfg.provenance.c2pa_cert:
-        C2paSigner.check(cfg.provenance)  # so does a signing chain that cannot sign
+        C2paSigner.check(cfg.provenance)  # a signing chain that cannot sign stops the run here, before any image
 
     # 2. one run per date and output root (a lock file locally, a lease object on object stores)
     with open_run_lock(store, p.date, run_id, cfg.storage) as lock:
@@ -123,7 +122,8 @@ def run(
             # 3. resolve every "auto" for the device the workers run on, then the keys
             runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
             night = _night(cfg, p, store, run_id, started, started_at, runtime)
-            night.references = references
+            # the reference set is encoded once the workers are reachable (a bad one still stops before any image)
+            night.references = _references(cfg, store)
             # 4. resume, 5. cross-day cache, 6. generate the rest
             finished = parts.finished(store, p.date, night.task_keys)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in finished])
