@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench bench-e2e lint format models validate clean
+.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,16 @@ validate: models
 test: models
 	$(BIN)/pytest -m "not slow" -q
 
-test-all: models
+test-all: models chromium
 	$(BIN)/pytest -q
+
+# The review sheet's browser test drives Debian's chromium with Playwright (Playwright's own browser download is
+# not used). Installed with apt when missing and apt is there (as root: CI); elsewhere that test skips, saying so.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+	  echo "note: no chromium and no root apt-get: tests/review/test_browser.py will be skipped"
 
 # Speed, pixel waste, quantization and memory, side by side in one process (the demo's scaled buckets).
 bench: models

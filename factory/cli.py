@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -12,51 +13,78 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from factory.errors import EXIT_FAILED, FactoryError
+from factory import logs
+from factory.errors import EXIT_FAILED, FactoryError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly LCM ad-image factory.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(models_app, name="models")
+provenance_app = typer.Typer(no_args_is_help=True, help="Provenance marks of generated PNGs.")
+app.add_typer(provenance_app, name="provenance")
+review_app = typer.Typer(no_args_is_help=True, help="Human review of a night: the review sheet and the decisions.")
+app.add_typer(review_app, name="review")
 
 DateOpt = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD (default: today).")]
 SkusOpt = Annotated[
-    Optional[Path], typer.Option("--skus", help="SKU parquet file or directory (default: <paths.skus>/<date>.parquet).")
+    Optional[str],
+    typer.Option("--skus", help="SKU parquet file or directory, or a URI (default: <paths.skus>/<date>.parquet)."),
 ]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: ./factory.toml).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")]
+LogFormatOpt = Annotated[
+    str, typer.Option("--log-format", help=f"stderr log lines: {' | '.join(logs.LOG_FORMATS)} (json: one per line).")
+]
 
 
 def _today() -> str:
     return dt.date.today().isoformat()
 
 
-def _guard(verbose: bool, fn: Callable[[], Any]) -> Any:
-    """Run `fn`; user errors become one line on stderr and a documented exit code."""
-    # Libraries (open_clip logs to the root logger) stay at WARNING; the factory's own progress is INFO.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    logging.getLogger("factory").setLevel(logging.DEBUG if verbose else logging.INFO)
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the unwinding kills outright
+    raise Terminated("stopped by SIGTERM; the lock is released and finished images are kept: rerun to resume")
+
+
+def _guard(verbose: bool, fn: Callable[[], Any], log_format: str = "text") -> Any:
+    """Run `fn`; user errors become one line on stderr and a documented exit code. SIGTERM (a cron timeout, a
+    Kubernetes eviction) raises Terminated in the main thread, so the run unwinds as from a crash: the executor
+    and its local cluster shut down, the date's lock is released, `_SUCCESS` is not written, parts stay."""
+    logs.setup(verbose, log_format)
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
+        logs.check_format(log_format)
         return fn()
     except FactoryError as exc:
         if verbose:
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(logs.error_line(str(exc)), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Terminated as exc:
+        typer.echo(logs.error_line(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
+        typer.echo(logs.error_line("interrupted"), err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --verbose
         if verbose:
             traceback.print_exc()
-        typer.echo(f"error: run failed: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", err=True)
+        msg = f"run failed: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)"
+        typer.echo(logs.error_line(msg), err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
 def run(
     date: DateOpt = "",
     skus: SkusOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     config: ConfigOpt = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
@@ -64,6 +92,7 @@ def run(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Regenerate everything, even for a completed date.")] = False,
     verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Generate the day's ad images and write approved/review/rejected manifests."""
     from factory.config import load_config
@@ -79,8 +108,7 @@ def run(
         )
         s = run_factory(cfg, date or _today(), skus, force=force)
         if s.already_done:
-            typer.echo(f"{s.date} already completed (run {s.run_id}); nothing to do. Use --force to regenerate.")
-            return
+            return  # run() logged it, once
         c = s.counts
         typer.echo(
             f"\nadfactory {s.date} (run {s.run_id})\n"
@@ -92,7 +120,8 @@ def run(
             f"{c['cache_hits']} from cache\n"
             f"  throughput     {s.images_per_s:.2f} images/s "
             f"({c['images_generated']} generated in {s.timings['total_s']:.1f}s)\n"
-            f"  outputs        {s.date_dir}/ (images/, manifests/, run.json)"
+            f"  outputs        {s.output}/{s.date}/ (images/, run.json, _SUCCESS); "
+            f"manifests in {s.output}/manifests/{{approved,review,rejected}}/run_date={s.date}/"
         )
         o = s.outcomes.get("all")
         if o:
@@ -107,32 +136,33 @@ def run(
                         f"{c['review']:>4} review"
                     )
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()
-def validate(date: DateOpt = "", skus: SkusOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+def validate(
+    date: DateOpt = "",
+    skus: SkusOpt = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
+) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.inputs.planner import make_batches
-    from factory.job.plan import plan
+    from factory.job.plan import summarize
 
     def go() -> None:
         cfg = load_config(config)
-        p = plan(cfg, date or _today(), skus)
-        n_batches = len(make_batches(p.tasks, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding))
-        buckets: dict[str, int] = {}
-        for t in p.tasks:
-            buckets[t.bucket] = buckets.get(t.bucket, 0) + 1
-        typer.echo(f"{p.input_path}: {p.input_rows} rows, {len(p.tasks)} images planned in {n_batches} batches")
-        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in buckets.items()) or "none"))
-        typer.echo(f"  rejected rows: {len(p.rejected)}")
-        for r in p.rejected:
+        s = summarize(cfg, date or _today(), skus)
+        typer.echo(f"{s.input_path}: {s.input_rows} rows, {s.images} images planned in {s.batches} batches")
+        typer.echo("  images per bucket: " + (", ".join(f"{k}={v}" for k, v in s.buckets.items()) or "none"))
+        typer.echo(f"  rejected rows: {len(s.rejected)}")
+        for r in s.rejected:
             typer.echo(
                 f"    {Path(r.source_file).name} row {r.source_row}: sku_id={r.sku_id!r}: {r.reason} ({r.detail})"
             )
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()
@@ -140,10 +170,14 @@ def calibrate(
     date: DateOpt = "",
     skus: SkusOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Output root (default: data/output).")] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: data/output)."),
+    ] = None,
     sample: Annotated[int, typer.Option("--sample", help="Images to generate and score.")] = 64,
     percentile: Annotated[float, typer.Option("--percentile", help="Share (%) of the sample each check fails.")] = 5.0,
     verbose: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Score a sample of the day's images and suggest per-category quality thresholds (a TOML snippet)."""
     from factory.config import load_config
@@ -157,7 +191,7 @@ def calibrate(
             typer.echo(f"  {k} = {v}")
         typer.echo(f"report: {r.report_path}\nsnippet: {r.toml_path}")
 
-    _guard(verbose, go)
+    _guard(verbose, go, log_format)
 
 
 @app.command()
@@ -208,6 +242,39 @@ def bench(
     _guard(verbose, go)
 
 
+@app.command("scale-bench")
+def scale_bench(
+    mode: Annotated[str, typer.Argument(help="validate | null-night")],
+    rows: Annotated[int, typer.Option("--rows", help="SKU rows in the synthetic day.")] = 1_000_000,
+    config: ConfigOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="null-night output root: a path or URI.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Synthetic days (kept) and the default output.")] = Path(
+        "data/output/scale-bench"
+    ),
+    executor: Annotated[Optional[str], typer.Option("--executor", help="ray | local")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The driver at scale without a model: wall time, driver CPU and peak RSS on a synthetic day."""
+    import json
+
+    from factory.config import load_config
+    from factory.tools.scale_bench import format_result
+    from factory.tools.scale_bench import scale_bench as run_scale_bench
+
+    def go() -> None:
+        cfg = load_config(config, {"run": {"executor": executor, "workers": workers, "batch_size": batch_size}})
+        r = run_scale_bench(cfg, mode, rows, workdir.resolve(), output)
+        typer.echo(format_result(r))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(r, indent=2) + "\n")
+
+    _guard(verbose, go)
+
+
 @app.command("demo-skus")
 def demo_skus(
     date: DateOpt = "",
@@ -228,6 +295,48 @@ def demo_skus(
     _guard(False, go)
 
 
+@app.command("train-lora")
+def train_lora(
+    images: Annotated[Path, typer.Option("--images", help="Folder of RGB images (+ same-name .txt captions).")],
+    output: Annotated[Path, typer.Option("--output", help="Gets pytorch_lora_weights.safetensors + train.json.")],
+    config: ConfigOpt = None,
+    method: Annotated[str, typer.Option("--method", help="lora (a style LoRA) | lcm-distill (an LCM-LoRA).")] = "lora",
+    caption: Annotated[str, typer.Option("--caption", help="Caption of images without a .txt file.")] = "",
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank (alpha = rank).")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1000,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    resolution: Annotated[int, typer.Option("--resolution", help="Training side in px (multiple of 8).")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the LoRA init, batch order and noise.")] = 0,
+    text_encoder: Annotated[bool, typer.Option("--text-encoder", help="Also train a text-encoder LoRA.")] = False,
+    num_ddim_timesteps: Annotated[int, typer.Option("--num-ddim-timesteps", help="lcm-distill: solver steps.")] = 50,
+    w_min: Annotated[float, typer.Option("--w-min", help="lcm-distill: lowest sampled guidance w.")] = 5.0,
+    w_max: Annotated[float, typer.Option("--w-max", help="lcm-distill: highest sampled guidance w.")] = 15.0,
+    loss_type: Annotated[str, typer.Option("--loss-type", help="lcm-distill: huber | l2.")] = "huber",
+    huber_c: Annotated[float, typer.Option("--huber-c", help="lcm-distill: huber loss constant.")] = 0.001,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a LoRA on a folder of images against the config's base model (diffusers-format output)."""
+    from factory.config import load_config
+    from factory.training.common import TrainArgs
+    from factory.training.train import train
+
+    def go() -> None:
+        args = TrainArgs(
+            images=images, output=output, method=method, caption=caption, rank=rank, steps=steps, lr=lr,
+            resolution=resolution, batch_size=batch_size, seed=seed, text_encoder=text_encoder,
+            num_ddim_timesteps=num_ddim_timesteps, w_min=w_min, w_max=w_max, loss_type=loss_type, huber_c=huber_c,
+        )  # fmt: skip
+        s = train(load_config(config), args)
+        typer.echo(
+            f"trained {s['method']} on {s['images']} images, {s['steps']} steps in {s['time_s']:.1f}s: "
+            f"loss {s['loss_start']:.4f} -> {s['loss_end']:.4f}\n"
+            f"  {output / s['weights']}\n  {output / 'train.json'}"
+        )
+
+    _guard(verbose, go)
+
+
 @models_app.command("init-tiny")
 def init_tiny(
     directory: Annotated[Path, typer.Argument(help="Where to write tiny-sd/ and tiny-clip/.")] = Path("data/models"),
@@ -242,6 +351,18 @@ def init_tiny(
         typer.echo(f"tiny pipeline: {paths['pipeline']}\ntiny open_clip: {paths['clip']}")
 
     _guard(verbose, go)
+
+
+@models_app.command("init-style-lora")
+def init_style_lora(
+    directory: Annotated[Path, typer.Argument(help="Where to write pytorch_lora_weights.safetensors.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the LoRA matrices (same seed, same bytes).")] = 0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build a random "style" LoRA for the embedded tiny UNet (diffusers format), to try [lora.adapters]."""
+    from factory.tools.style_lora import write_style_lora
+
+    _guard(verbose, lambda: typer.echo(f"tiny style LoRA: {write_style_lora(directory, seed=seed)}"))
 
 
 @models_app.command("init-random-sd15")
@@ -280,6 +401,96 @@ def check(
         )
         notes = f" ({report.warnings} warning{'s' * (report.warnings != 1)})" if report.warnings else ""
         typer.echo(f"OK{notes}: {directory} loads, generates and repairs as a night would (image quality not judged)")
+
+    _guard(verbose, go)
+
+
+@provenance_app.command("verify")
+def provenance_verify(
+    files: Annotated[list[Path], typer.Argument(help="PNG files written by a night.")],
+    trust_anchors: Annotated[
+        Optional[Path], typer.Option("--trust-anchors", help="PEM root certificates to trust for C2PA signatures.")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the marks each file carries and whether its pixels still match the label's hash (exit 1 if not)."""
+    from factory.io.provenance import verify_files
+
+    def go() -> int:
+        reports = verify_files(files, trust_anchors)
+        for r in reports:
+            typer.echo(r.describe())
+        return 0 if all(r.ok for r in reports) else EXIT_FAILED
+
+    code = _guard(verbose, go)
+    if code:
+        raise typer.Exit(code)
+
+
+@provenance_app.command("bench")
+def provenance_bench(
+    size: Annotated[int, typer.Option("--size", help="Image side in px.")] = 256,
+    images: Annotated[int, typer.Option("--images", help="Images per measurement.")] = 50,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Cost per image of the provenance marks (and C2PA signing) and of the near-duplicate search."""
+    from factory.tools.provenance_bench import provenance_costs, similarity_costs
+
+    def go() -> None:
+        for key, value in provenance_costs(size, images).items():
+            typer.echo(f"{key:<20} {value}")
+        for row in similarity_costs():
+            typer.echo(
+                f"similarity {row['method']:<6} {row['images']:>6} images  {row['total_s']:>8.3f} s  "
+                f"{row['us_per_image']:>8.1f} us/image"
+            )
+
+    _guard(verbose, go)
+
+
+OutputOpt = Annotated[Optional[str], typer.Option("--output", help="Output root or URI (default: data/output).")]
+
+
+def _review_night(config: Optional[Path], output: Optional[str], date: str) -> Any:
+    from factory.config import load_config
+    from factory.review.manifests import open_night
+
+    return open_night(load_config(config, {"paths": {"output": output}}), date or _today())
+
+
+@review_app.command("sheet")
+def review_sheet(
+    date: DateOpt = "", output: OutputOpt = None, config: ConfigOpt = None, verbose: VerboseOpt = False
+) -> None:
+    """Write the night's review sheet (static HTML, opens from disk) and print its path."""
+    from factory.review.sheet import write_sheet
+
+    _guard(verbose, lambda: typer.echo(write_sheet(_review_night(config, output, date))))
+
+
+@review_app.command("apply")
+def review_apply(
+    decisions: Annotated[Path, typer.Argument(help="CSV exported from the sheet: sku_id,decision[,note].")],
+    date: DateOpt = "",
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who decided (default: $USER).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Apply a reviewer's decisions: approved SKUs move to the approved manifest, rejected ones are marked."""
+    from factory.review.apply import apply_decisions
+
+    def go() -> None:
+        r = apply_decisions(_review_night(config, output, date), decisions, reviewer)
+        if not r.changed:
+            typer.echo(f"nothing to change: all {r.unchanged} decisions were already applied")
+            return
+        n = {d: sum(1 for c in r.changed if c.decision == d) for d in ("approve", "reject")}
+        typer.echo(
+            f"applied {len(r.changed)} decisions ({n['approve']} approve, {n['reject']} reject; "
+            f"{r.unchanged} already applied); now {r.counts['approved_skus']} approved and "
+            f"{r.counts['review_skus']} review SKUs\nsheet: {r.sheet}"
+        )
 
     _guard(verbose, go)
 

@@ -10,6 +10,8 @@ resolved runtime are written to every run's run.json.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,7 @@ class PathsConfig:
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL)
+    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL); "null": no model
     lora: str = ""  # optional LCM-LoRA (or brand LoRA) weights path; fused before use
     clip_model: str = "tiny-clip"  # open_clip model name (built-in like "ViT-B-32", or a config in clip_config_dir)
     clip_pretrained: str = "data/models/tiny-clip/open_clip_model.safetensors"  # local checkpoint path
@@ -56,10 +58,26 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | float32 | float16 | bfloat16
     determinism: str = "auto"  # auto (batch-invariant on cpu, fast on cuda) | batch-invariant | fast
-    quantization: str = "auto"  # auto (cpu: none, cuda: fp8 on sm89+ else int8-weight) | none | int8-weight |
+    quantization: str = "auto"  # auto (= none: measured slower on CPU and H200) | none | int8-weight |
     #                             int8-dynamic | fp8 -- UNet Linear layers only, cross-attention q/k/v kept float
     compile: str = "none"  # none | regional (compile_repeated_blocks) | full: torch.compile on CUDA, warmed per bucket
     guidance_scale: float = 1.0  # LCM: 1.0 (no CFG); >1 enables CFG and the negative prompt for non-distilled UNets
+
+
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft adapter names; part of batch ids
+
+
+@dataclass
+class AdapterConfig:
+    path: str  # a diffusers-format LoRA: a .safetensors file, or a directory holding pytorch_lora_weights.safetensors
+    weight: float = 1.0  # LoRA scale in set_adapters (1.0: as trained)
+
+
+@dataclass
+class LoraSection:
+    """Style LoRAs applied per batch (factory/generation/adapters.py); `model.lora` (the LCM-LoRA) stays fused."""
+
+    adapters: dict[str, AdapterConfig] = field(default_factory=dict)  # [lora.adapters.<name>]
 
 
 @dataclass
@@ -106,6 +124,9 @@ class QualityConfig:
     saturation_mean: float = 0.80  # mean HSV saturation above this -> oversaturated
     iqa_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in IQA_PAIRS])  # [positive, negative]
     unsafe_concepts: list[str] = field(default_factory=lambda: list(UNSAFE_CONCEPTS))  # brand-safety concepts
+    near_duplicate: float = 0.94  # CLIP image cosine to an earlier SKU of the night's category >= this -> review
+    reference_threshold: float = 0.94  # CLIP image cosine to an image of reference_dir >= this -> review (>1: off)
+    reference_dir: str = ""  # images the night must not resemble (competitor logos, protected artwork); "" = none
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
@@ -132,6 +153,21 @@ class RepairConfig:
     tile: int = 0  # px tile of the defect map; 0 = a quarter of the shorter image side
     top_k: int = 1  # worst tiles repaired per attempt
     inpaint_unet: str = ""  # optional dedicated 9-channel inpainting UNet dir (e.g. SD1.5-inpainting)
+
+
+@dataclass
+class ProvenanceConfig:
+    """What every PNG says about itself (factory/io/provenance.py; README "Provenance and labelling")."""
+
+    producer: str = "adfactory"  # GB 45438 ContentProducer: your organisation's name or code
+    propagator: str = ""  # GB 45438 ContentPropagator (a distributor's code); "" leaves it to the platform
+    reserved_code2: str = ""  # GB 45438 ReservedCode2 (free use by the producer)
+    visible_label: str = ""  # explicit label drawn on the image, e.g. "AI生成"; "" = off
+    visible_label_corner: str = "bottom-right"  # bottom-right | bottom-left | top-right | top-left
+    visible_label_size: float = 0.05  # text height as a share of the shorter side (GB 45438: at least 0.05)
+    c2pa_cert: str = ""  # PEM certificate chain (signer first, then intermediates); with c2pa_key: C2PA signing on
+    c2pa_key: str = ""  # PEM private key of the signing certificate
+    c2pa_alg: str = "es256"  # es256 | es384 | ps256 (must match the key)
 
 
 @dataclass
@@ -174,8 +210,10 @@ class FactoryConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,6 +224,8 @@ class FactoryConfig:
         _validate_planner(self.planner)
         _validate_model(self.model)
         _validate_quality_repair(self.quality, self.repair)
+        _validate_adapters(self.lora, self.model)
+        _validate_provenance(self.provenance)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
 
@@ -195,6 +235,8 @@ class FactoryConfig:
         def fix(p: str) -> str:
             return str((base / Path(p).expanduser()).resolve()) if p and not _is_uri(p) else p
 
+        from factory.generation.models import NULL_PIPELINE
+
         paths, m = self.paths, self.model
         return dataclasses.replace(
             self,
@@ -203,17 +245,25 @@ class FactoryConfig:
             ),
             model=dataclasses.replace(
                 m,
-                pipeline=fix(m.pipeline),
+                pipeline=m.pipeline if m.pipeline == NULL_PIPELINE else fix(m.pipeline),
                 lora=fix(m.lora),
                 clip_pretrained=fix(m.clip_pretrained),
                 clip_config_dir=fix(m.clip_config_dir),
             ),
             repair=dataclasses.replace(self.repair, inpaint_unet=fix(self.repair.inpaint_unet)),
+            quality=dataclasses.replace(self.quality, reference_dir=fix(self.quality.reference_dir)),
+            provenance=dataclasses.replace(
+                self.provenance, c2pa_cert=fix(self.provenance.c2pa_cert), c2pa_key=fix(self.provenance.c2pa_key)
+            ),
+            lora=LoraSection({n: dataclasses.replace(a, path=fix(a.path)) for n, a in self.lora.adapters.items()}),
         )
 
 
 def _is_uri(p: str) -> bool:
-    return "://" in p
+    """The test of factory.io.storage (`s3:/b` too, so it gets an error rather than becoming a local `s3:` dir)."""
+    from factory.io.storage import looks_like_uri
+
+    return looks_like_uri(p)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -264,6 +314,7 @@ def _validate_planner(planner: PlannerConfig) -> None:
 
 def _validate_model(model: ModelConfig) -> None:
     from factory.generation.accel import COMPILE_MODES
+    from factory.generation.models import NULL_PIPELINE
     from factory.generation.quantize import QUANT_MODES
     from factory.generation.runtime import DETERMINISM_MODES, DEVICES, DTYPES
 
@@ -272,6 +323,8 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.compile", model.compile, COMPILE_MODES)
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if model.pipeline == NULL_PIPELINE and model.lora:
+        raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
         raise ConfigError(
             "model.quantization 'int8-weight' is not batch-invariant on CPU (measured): use int8-dynamic or none"
@@ -282,7 +335,9 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
     from factory.quality.retry import REPAIR_MODES
 
     _check_gate(quality, "quality")
-    for category in quality.categories:
+    for category, overrides in quality.categories.items():
+        if "reference_dir" in overrides:
+            raise ConfigError(f"[quality.categories.{category}]: reference_dir is global; set it in [quality]")
         _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
     _one_of("repair.mode", repair.mode, REPAIR_MODES)
     if not 0 < repair.strength <= 1:
@@ -294,7 +349,43 @@ def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> No
         raise ConfigError(f"repair.tile must be 0 (a quarter of the shorter side) or at least 8 px, got {repair.tile}")
 
 
+def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
+    for name, a in lora.adapters.items():
+        where = f"[lora.adapters.{name}]"
+        if not ADAPTER_NAME_RE.match(name):
+            raise ConfigError(f"{where}: adapter names are 1-64 letters, digits, '_' or '-' (starting alphanumeric)")
+        if not a.path:
+            raise ConfigError(f"{where}: path must name a LoRA file or directory")
+        if not math.isfinite(a.weight):
+            raise ConfigError(f"{where}: weight must be a finite number, got {a.weight}")
+    if lora.adapters and model.quantization not in ("auto", "none"):
+        # Adapters stay unfused peft layers over float Linear weights; quantizing would skip or break them.
+        raise ConfigError(
+            f"model.quantization {model.quantization!r} cannot be combined with [lora.adapters] (style adapters run "
+            f"unfused in float); use 'none' or 'auto' (= none when adapters are configured)"
+        )
+
+
+def _validate_provenance(p: ProvenanceConfig) -> None:
+    from factory.io.provenance import C2PA_ALGS, CORNERS, MIN_LABEL_SIZE
+
+    if not p.producer.strip():
+        raise ConfigError("provenance.producer must name the producer (GB 45438 ContentProducer)")
+    _one_of("provenance.visible_label_corner", p.visible_label_corner, CORNERS)
+    _one_of("provenance.c2pa_alg", p.c2pa_alg, C2PA_ALGS)
+    if not MIN_LABEL_SIZE <= p.visible_label_size <= 0.5:
+        raise ConfigError(
+            f"provenance.visible_label_size must be between {MIN_LABEL_SIZE} and 0.5 of the shorter side, "
+            f"got {p.visible_label_size}"
+        )
+    if bool(p.c2pa_cert) != bool(p.c2pa_key):
+        raise ConfigError("provenance.c2pa_cert and provenance.c2pa_key must be set together (C2PA signing)")
+
+
 def _check_gate(q: QualityConfig, where: str) -> None:
+    for name in ("near_duplicate", "reference_threshold"):
+        if getattr(q, name) < -1:  # a cosine; above 1 turns the check off
+            raise ConfigError(f"{where}: {name} is a cosine threshold and must be at least -1, got {getattr(q, name)}")
     if not q.iqa_pairs:
         raise ConfigError(f"{where}: iqa_pairs must list at least one [positive, negative] pair")
     if not q.unsafe_concepts or not all(isinstance(c, str) and c for c in q.unsafe_concepts):
@@ -317,6 +408,10 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: buckets must be a list of [[planner.buckets]] tables")
             updates[key] = [_bucket(b, f"{where} [[planner.buckets]] #{i + 1}") for i, b in enumerate(value)]
+        elif key == "adapters":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: adapters must be [lora.adapters.<name>] tables")
+            updates[key] = {n: _adapter(a, f"{where} [lora.adapters.{n}]") for n, a in value.items()}
         else:
             expected = type(current)
             if expected is dict and isinstance(value, dict):
@@ -339,6 +434,17 @@ def _bucket(entry: Any, where: str) -> Bucket:
         if type(value).__name__ != kind:
             raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}")
     return Bucket(**entry)
+
+
+def _adapter(entry: Any, where: str) -> AdapterConfig:
+    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
+        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory) and optionally 'weight'")
+    path, weight = entry["path"], entry.get("weight", 1.0)
+    if not isinstance(path, str):
+        raise ConfigError(f"{where}: path must be str, got {path!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(f"{where}: weight must be a number, got {weight!r}")
+    return AdapterConfig(path=path, weight=float(weight))
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

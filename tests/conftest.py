@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def make_cfg(tiny_models: dict[str, Path], tmp_path: Path) -> FactoryConfig:
             clip_config_dir=str(tiny_models["clip"]),
         ),
         planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS)),
-        quality=dataclasses.replace(base.quality, clip_threshold=-0.15),
+        # the tiny CLIP puts every pair of images at cosine ~0.99: near-duplicate search off unless a test sets it
+        quality=dataclasses.replace(base.quality, clip_threshold=-0.15, near_duplicate=1.01),
         run=dataclasses.replace(base.run, workers=2, batch_size=4),
     )
 
@@ -108,7 +110,7 @@ def ray_cluster():
     """One local Ray cluster for the whole session; `run()` joins it instead of starting its own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a stale cluster
     yield ray
     ray.shutdown()
 
@@ -134,10 +136,21 @@ def s3_uri(s3_server, monkeypatch, request) -> str:
     return f"s3://{BUCKET}/{name}-{next(_S3_PREFIXES)}"
 
 
+def read_manifests(output: str | Path, date: str = DATE) -> dict[str, list[dict]]:
+    """The night's rows of the approved/review/rejected tables under an output root (a directory or a URI)."""
+    from factory.io.layout import MANIFEST_KINDS, read_manifest
+    from factory.io.storage import open_store
+
+    store = open_store(str(output))
+    return {kind: read_manifest(store, kind, date).to_pylist() for kind in MANIFEST_KINDS}
+
+
 def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
     """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
     m = cfg.model
     text = (REPO / "data" / "demo.toml").read_text()
+    # demo.toml's relative reference_dir means data/reference next to it: keep it pointing there from a tmp copy
+    text = re.sub(r'(?m)^reference_dir = "[^"]*"', f'reference_dir = "{REPO / "data" / "reference"}"', text)
     text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
     text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
     path.write_text(text)
@@ -148,14 +161,23 @@ def cli_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "factory.cli", *args]
 
 
-def cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `adfactory ARGS` as a real subprocess (exit codes, stderr, its own Ray cluster)."""
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout's `factory` first, whatever the working directory."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def cli(
+    *args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300, umask: int = -1
+) -> subprocess.CompletedProcess:
+    """Run `adfactory ARGS` as a real subprocess (exit codes, stderr, its own Ray cluster); umask -1 = inherited."""
     return subprocess.run(
         cli_args(*args),
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=cli_env(env),
         start_new_session=True,
+        umask=umask,
     )

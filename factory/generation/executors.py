@@ -15,7 +15,6 @@ are idempotent. A batch that still fails is reported as `generation_error` recor
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -80,15 +79,14 @@ class LocalExecutor:
         return local_device(self.cfg)
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
         import time
-        from pathlib import Path
 
         from factory.generation.faults import worker_class
 
-        worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date_dir)
-        worker.date_dir = Path(date_dir)
+        worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date)
+        worker.target(self.cfg, date)
         ready_at = time.perf_counter()  # the worker's models are loaded: start-up ends here
         queue = deque(batches)
         while queue:
@@ -100,25 +98,6 @@ class LocalExecutor:
             if result is not None:
                 on_result(result)
         return {"executor": "local", "workers": 1, "ready_at": ready_at, "worker_startup": worker.startup}
-
-
-def _init_ray(cfg: FactoryConfig) -> bool:
-    """Join $RAY_ADDRESS / run.ray_address if given, else start a local cluster. Returns True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        needed = cfg.run.workers * cfg.run.cpus_per_worker
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, needed),
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-        )
-    return True
 
 
 def _cuda_capability() -> tuple[int, int]:
@@ -136,7 +115,9 @@ class RayExecutor:
         self.actors: list[Any] = []
 
     def __enter__(self) -> RayExecutor:
-        self.started = _init_ray(self.cfg)
+        from factory.generation.cluster import connect
+
+        self.started = connect(self.cfg)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -159,11 +140,11 @@ class RayExecutor:
         return "cuda", ray.get(ray.remote(num_gpus=1)(_cuda_capability).remote())
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date_dir: str, on_result: OnResult
+        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
         n = max(1, min(self.cfg.run.workers, len(batches)))
         remote, gpus = self._actor_class(n, runtime)
-        args = (self.cfg, runtime, thresholds, date_dir)
+        args = (self.cfg, runtime, thresholds, date)  # each actor opens its own Store on cfg.paths.output
         self.actors = [remote.remote(*args) for _ in range(n)]
         _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result).drain()
         return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}

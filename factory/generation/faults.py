@@ -37,10 +37,9 @@ class FaultyWorker(Worker):
 
     def _inject(self, kind: str, sku: str, n: int) -> None:
         if kind == "die_once":
-            marker = self.date_dir / f".fault-{hashlib.sha256(sku.encode()).hexdigest()[:12]}"
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+            marker = f"{self.date}/.fault-{hashlib.sha256(sku.encode()).hexdigest()[:12]}"
+            if not self.store.exists(marker):
+                self.store.put_bytes(marker, b"")
                 os._exit(17)
         elif kind == "raise":
             raise RuntimeError(f"injected fault for sku {sku!r}")

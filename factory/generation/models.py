@@ -21,9 +21,62 @@ from factory.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+# `model.pipeline = "null"`: no model at all. Solid-colour images from each seed, no CLIP, a gate that passes every
+# image: the same executor/worker/writer path with the model's cost taken out, to measure orchestration and storage
+# alone (`adfactory scale-bench null-night`). Never a production setting. A directory named null is `./null`.
+NULL_PIPELINE = "null"
+
+
+@dataclass(frozen=True)
+class _NullTokens:
+    input_ids: list[list[int]]
+
+
+class NullTokenizer:
+    """Stands in for the CLIP tokenizer: a word count plus BOS/EOS (prompt_tokens is then not a real token count)."""
+
+    model_max_length = 77
+
+    def __call__(self, texts: list[str], truncation: bool = False) -> _NullTokens:
+        return _NullTokens([[0] * (len(t.split()) + 2) for t in texts])
+
+
+class NullPipeline:
+    """A pipeline-shaped object without weights: one solid colour per image, taken from its generator's seed."""
+
+    unet = None
+    tokenizer = NullTokenizer()
+
+    def __call__(self, *, prompt: list[str], width: int, height: int, generator: list[Any], **_: Any) -> Any:
+        from types import SimpleNamespace
+
+        from PIL import Image
+
+        colours = [
+            (g.initial_seed() >> 40 & 255, g.initial_seed() >> 24 & 255, g.initial_seed() & 255) for g in generator
+        ]
+        return SimpleNamespace(images=[Image.new("RGB", (width, height), c) for c in colours[: len(prompt)]])
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        pass
+
+
+def hide_torchao() -> None:
+    """Make torchao look uninstalled to diffusers and transformers until quantize.py asks for it.
+
+    Both import torchao whenever it is installed, only to support torchao-*serialized* checkpoints (which the
+    factory never loads: it quantizes in process, quantize.py). On torch 2.15 + torchao 0.18 that import logs torch
+    `_pytree` Enum warnings and "Unable to import torchao Tensor objects" in every worker of every night. A None
+    entry in sys.modules makes `find_spec("torchao")` answer "not installed"; `quantize.unhide_torchao()` removes it.
+    """
+    sys.modules.setdefault("torchao", None)  # type: ignore[arg-type]  # no-op when torchao is already imported
+
 
 def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
-    """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler."""
+    """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler (or NullPipeline)."""
+    if cfg.pipeline == NULL_PIPELINE:
+        return NullPipeline()
+    hide_torchao()
     from diffusers import DiffusionPipeline, LCMScheduler
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -70,8 +123,10 @@ class Clip:
     device: str
 
 
-def load_clip(cfg: ModelConfig, device: str) -> Clip:
-    """Load an open_clip model from a local checkpoint (never from a hub)."""
+def load_clip(cfg: ModelConfig, device: str) -> Clip | None:
+    """Load an open_clip model from a local checkpoint (never from a hub); None for the null pipeline."""
+    if cfg.pipeline == NULL_PIPELINE:
+        return None
     import open_clip
 
     if cfg.clip_config_dir:
@@ -94,6 +149,8 @@ def load_clip(cfg: ModelConfig, device: str) -> Clip:
 
 def model_fingerprint(cfg: ModelConfig) -> str:
     """A short id of the generation weights (path contents, not names), recorded in manifests."""
+    if cfg.pipeline == NULL_PIPELINE:
+        return NULL_PIPELINE
     h = hashlib.sha256()
     for root in [resolve_path(cfg.pipeline)] + ([resolve_path(cfg.lora)] if cfg.lora else []):
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]

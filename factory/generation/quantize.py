@@ -32,19 +32,22 @@ Backend: torchao (0.18.0 works with torch 2.15 on CPU for both int8 configs). to
 `torch.ao.quantization.quantize_dynamic` is deprecated in favour of torchao and warns that it will be removed.
 Importing diffusers with torchao >= 0.15 installed logs "Unable to import `torchao` Tensor objects": diffusers
 looks for torchao tensor classes that 0.18 removed, needed only to load torchao-*serialized* checkpoints, which
-the factory never does (it quantizes in process).
+the factory never does (it quantizes in process). So torchao stays hidden from diffusers and transformers
+(`models.hide_torchao`) and is imported here only when a mode other than "none" runs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from factory.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: config validation must not load it
+    import torch
 
 QUANT_MODES = ("none", "int8-weight", "int8-dynamic", "fp8")
 DEFAULT_SKIP = ("attn2.to_q", "attn2.to_k", "attn2.to_v")
@@ -56,6 +59,8 @@ def check_mode(mode: str, device: str | torch.device) -> None:
 
     Cheap (no model needed), so config validation can call it before any model is loaded.
     """
+    import torch
+
     if mode not in QUANT_MODES:
         raise ConfigError(f"unknown quantization mode {mode!r}; expected one of {', '.join(QUANT_MODES)}")
     if mode == "none":
@@ -74,8 +79,17 @@ def check_mode(mode: str, device: str | torch.device) -> None:
             )
 
 
+def unhide_torchao() -> None:
+    """Undo `models.hide_torchao()` before importing torchao (only a night that quantizes imports it)."""
+    if "torchao" in sys.modules and sys.modules["torchao"] is None:
+        del sys.modules["torchao"]
+
+
 def _config(mode: str, weight_dtype: torch.dtype) -> Any:
     """The torchao config for a mode (torchao imported lazily: only quantizing workers pay for the import)."""
+    import torch
+
+    unhide_torchao()
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int8DynamicActivationInt8WeightConfig,
@@ -98,6 +112,8 @@ def _stored_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor really holds: tensor subclasses (torchao Int8Tensor/Float8Tensor) are unpacked into their
     inner tensors (int8/fp8 data, scales, zero points), as `torchao.utils.get_model_size_in_bytes` counts them
     (that helper itself only walks child modules, so it reports 0 for a bare Linear)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
     if is_traceable_wrapper_subclass(t):
         names, _ = t.__tensor_flatten__()
         return sum(_stored_bytes(getattr(t, n)) for n in names)
@@ -107,10 +123,14 @@ def _stored_bytes(t: torch.Tensor) -> int:
 def linear_weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of the weights (not biases) of every `nn.Linear` in `module`, as stored: quantized weights count
     their int8/fp8 data plus their scales (and zero points: torchao's Int8Tensor keeps an int8 one per row)."""
+    import torch
+
     return sum(_stored_bytes(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
 def _is_quantized(t: torch.Tensor) -> bool:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
     return is_traceable_wrapper_subclass(t)
 
 
@@ -124,6 +144,8 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     weight_bytes_after (all Linear weights of the UNet); quantized_bytes_before / quantized_bytes_after (only the
     layers that were quantized). Raises ConfigError for an unknown mode or one the device cannot run.
     """
+    import torch
+
     param = next(unet.parameters())
     check_mode(mode, param.device)
     linears = {name: m for name, m in unet.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -132,6 +154,7 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     before = linear_weight_bytes(unet)
     target_before = {name: _stored_bytes(m.weight) for name, m in targets.items()}
     if mode != "none":
+        unhide_torchao()
         from torchao.quantization import quantize_
 
         quantize_(
@@ -152,13 +175,16 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     }
 
 
-def default_quantization_for(device: str, cuda_capability: tuple[int, int] | None) -> str:
-    """The mode "auto" means for a device kind and CUDA capability (the driver may have no GPU of its own).
+def default_quantization_for(device: str) -> str:
+    """The mode "auto" means: "none" on every device, because every mode measured slower than float.
 
-    CUDA: "fp8" on compute capability >= 8.9 (Ada/Hopper float8 tensor cores), else "int8-weight" (halves fp16
-    Linear weight memory on any GPU).
+    CUDA, one H200 (full-size SD1.5 LCM UNet, 512x512, 4 steps, fp16, batch 16, no compile, torch 2.11 + torchao
+    0.18; `python -m factory.tools.bench_gpu`, docs/bench-gpu-h200.json): none 18.3 images/s, int8-weight 16.4,
+    fp8 13.7, while UNet Linear weight bytes fall 540 -> 303 MB. The UNet is convolution-bound at these shapes, so
+    the quantized GEMMs save little and the activation quantization costs more. Quantize for memory (more workers
+    or bigger batches per GPU), chosen explicitly.
 
-    CPU: "none", because int8 measured slower on CPU. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
+    CPU: int8 measured slower too. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
     2 cores, torch 2.15.0 + torchao 0.18.0; the 4 pipelines loaded side by side and timed round-robin, 10 rounds,
     best / median; PSNR = worst image vs "none" on the same seeds):
         mode                        pipeline      in BatchInvariantMode   UNet forward   PSNR
@@ -167,11 +193,8 @@ def default_quantization_for(device: str, cuda_capability: tuple[int, int] | Non
         int8-dynamic                169 / 172 ms  205 / 238 ms            36.3 ms        62.1 dB
         torch.ao quantize_dynamic   112 / 115 ms  148 / 174 ms            21.8 ms        58.2 dB  (not used; compared)
     Per-token activation quantization plus an int8 GEMM costs more than the fp32 GEMMs it replaces at these layer
-    sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float. With real SD weights the
-    Linear share is larger, but CPU runs are the test/demo setting, so exact float numerics win there.
+    sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float.
     """
-    if device == "cuda":
-        return "fp8" if cuda_capability is not None and cuda_capability >= FP8_MIN_CAPABILITY else "int8-weight"
     return "none"
 
 

@@ -62,11 +62,14 @@ def local_device(cfg: FactoryConfig) -> tuple[str, tuple[int, int] | None]:
 
 
 def resolve(cfg: FactoryConfig, device: str, cuda_capability: tuple[int, int] | None = None) -> Runtime:
-    """Concrete values for `device` ("cpu" or "cuda"; `cuda_capability` picks the CUDA quantization default)."""
-    from factory.generation.quantize import default_quantization_for
+    """Concrete values for `device` ("cpu" or "cuda"; `cuda_capability` of the workers' GPU, checked against fp8)."""
+    from factory.generation.quantize import FP8_MIN_CAPABILITY, default_quantization_for
 
     m, cpu = cfg.model, device == "cpu"
-    quantization = default_quantization_for(device, cuda_capability) if m.quantization == "auto" else m.quantization
+    quantization = default_quantization_for(device) if m.quantization == "auto" else m.quantization
+    if quantization == "fp8" and (cuda_capability or (0, 0)) < FP8_MIN_CAPABILITY:
+        found = "no GPU" if cpu else "a GPU of compute capability " + ".".join(map(str, cuda_capability or ()))
+        raise ConfigError(f"model.quantization 'fp8' needs compute capability >= 8.9; workers have {found}")
     runtime = Runtime(
         device=device,
         dtype=("float32" if cpu else "float16") if m.dtype == "auto" else m.dtype,

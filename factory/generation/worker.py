@@ -1,9 +1,11 @@
 """The worker: holds one pipeline and one CLIP model, and turns a planned Batch into images and ImageRecords.
 
-The same class runs in-process (`--executor local`) and as a Ray actor (`--executor ray`). Writes are idempotent
-(deterministic bytes, atomic rename to a name derived from the task), so a batch re-run by a restarted actor
-produces exactly the same files. Everything it decides from ("auto" values, per-category thresholds) arrives
-resolved: a `Runtime` and the plan's thresholds.
+The same class runs in-process (`--executor local`) and as a Ray actor (`--executor ray`). It opens its own Store
+on the output root (`paths.output`: a directory or an object-store URI, `[storage]` settings) and writes each PNG
+straight there, under `<date>/images/...` (factory.io.layout), so no image passes through the driver or a node's
+disk. Writes are idempotent (deterministic bytes, atomic rename or a single PUT to a name derived from the task),
+so a batch re-run by a restarted actor produces exactly the same files. Everything it decides from ("auto" values,
+per-category thresholds) arrives resolved: a `Runtime` and the plan's thresholds.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from PIL import Image
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
+from factory.generation.adapters import make_adapters
 from factory.generation.runtime import Runtime
 from factory.inputs.planner import Batch, Task
-from factory.io.paths import safe_join
+from factory.io.layout import image_key
+from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
-from factory.io.writer import atomic_write_bytes, png_bytes
-from factory.quality.gate import Assessment, Gate
+from factory.io.storage import Store, open_store
+from factory.quality.gate import Assessment, Gate, PassingGate
 from factory.quality.reasons import is_repairable
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
@@ -41,11 +45,18 @@ class BatchResult:
 
 
 class Worker:
-    def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date_dir: str):
+    def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date: str):
+        """`date`: the night whose images this worker writes (`<paths.output>/<date>/images/...`)."""
         t0 = time.perf_counter()
         import torch
 
-        from factory.generation.models import import_libraries, load_clip, load_pipeline
+        from factory.generation.models import (
+            NULL_PIPELINE,
+            import_libraries,
+            load_clip,
+            load_pipeline,
+            model_fingerprint,
+        )
 
         import_libraries(
             runtime.quantization
@@ -54,17 +65,26 @@ class Worker:
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
         self.cfg, self.runtime = cfg, runtime
-        self.date_dir = Path(date_dir)
+        self.target(cfg, date)
         self.batch_size = cfg.run.batch_size
         t0 = time.perf_counter()
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
+        # Style LoRAs (never unloaded): hotswapped into one slot when the UNet gets compiled, so before compiling.
+        compiled = runtime.device == "cuda" and runtime.compile != "none"
+        self.adapters = make_adapters(self.pipe, cfg.lora.adapters, hotswap=compiled)
         self.accel = self._accelerate()
         self.startup["model_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.clip = load_clip(cfg.model, runtime.device)
         self.startup["clip_load_s"] = time.perf_counter() - t0
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        m = cfg.model
+        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
+        self._writers: ThreadPoolExecutor | None = None  # PNG encoding + writes, off the generation thread
+        if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
+            self.gate, self.retry = PassingGate(), None
+            return
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
         # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         t0 = time.perf_counter()
@@ -73,17 +93,25 @@ class Worker:
             self.pipe, self.gate, cfg.repair, cfg.model.guidance_scale, runtime.batch_invariant
         )
         self.startup["repair_build_s"] = time.perf_counter() - t0
-        self._writers: ThreadPoolExecutor | None = None  # PNG encoding + writes, off the generation thread
 
     @classmethod
-    def local(cls, cfg: FactoryConfig, date_dir: str) -> Worker:
-        """A worker for this process's device, with the thresholds of the config's templates (tools, tests)."""
+    def local(cls, cfg: FactoryConfig, output: str, date: str = "") -> Worker:
+        """A worker for this process's device, with the thresholds of the config's templates (tools, tests), writing
+        images under `output` (a directory or URI; `<output>/images/...` when no `date` is given)."""
+        import dataclasses
+
         from factory.generation.runtime import local_device, resolve
         from factory.inputs.prompts import load_templates
         from factory.job.plan import category_thresholds
 
-        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
-        return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date_dir)
+        cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
+        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
+        return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)
+
+    def target(self, cfg: FactoryConfig, date: str) -> None:
+        """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
+        self.store: Store = open_store(cfg.paths.output, cfg.storage)
+        self.date = date
 
     @property
     def batch_invariant(self) -> bool:
@@ -92,17 +120,19 @@ class Worker:
     def _quantize(self) -> dict[str, Any]:
         from factory.generation.quantize import quantize_unet
 
+        if self.pipe.unet is None:  # the null pipeline
+            return {}
         return quantize_unet(self.pipe.unet, self.runtime.quantization)  # the VAE and text encoders stay float
 
     def _accelerate(self) -> dict[str, Any]:
         """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
-        if self.runtime.device != "cuda":
+        if self.runtime.device != "cuda" or self.pipe.unet is None:
             return {}
         from factory.generation.accel import optimize_pipeline, warmup
 
         applied = optimize_pipeline(self.pipe, self.runtime.device, self.runtime.compile)
         if self.runtime.compile != "none":
-            sizes = [(b.width, b.height, b.steps) for b in self.cfg.planner.buckets]
+            sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in self.cfg.planner.buckets))
             applied["warmup_s"] = warmup(self.pipe, sizes, self.batch_size, self.cfg.model.guidance_scale)
         return applied
 
@@ -118,6 +148,7 @@ class Worker:
         import torch
 
         pad_to = self.batch_size if pad_to is None else pad_to
+        self.adapters.activate(batch.adapters)  # a no-op unless the previous batch had another adapter set
         try:
             return self._generate(batch, pad_to)
         except torch.cuda.OutOfMemoryError:
@@ -168,10 +199,11 @@ class Worker:
 
         # 1. generate
         t0 = time.perf_counter()
-        computed_before = self.pixels_computed
+        computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
         images = self.generate(batch)
         timings["generate_s"] = time.perf_counter() - t0
         timings["pixels_computed"] = self.pixels_computed - computed_before
+        timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
 
         # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
@@ -191,14 +223,12 @@ class Worker:
                 if i not in writes:
                     writes[i] = self._write_async(task, outcome.image)
             timings["repair_s"] = time.perf_counter() - t0
-
-            # 4. build records, then wait for every write; the first failed write (in task order) is raised
             t0 = time.perf_counter()
-            records = self.records(tasks, outcomes)
         finally:
             wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
-        for i in sorted(writes):
-            writes[i].result()
+        # 4. the records, from what was written; the first failed write (in task order) is raised here
+        written = [writes[i].result() for i in range(len(tasks))]
+        records = self.records(tasks, outcomes, written)
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
 
@@ -215,18 +245,27 @@ class Worker:
             self._writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="png-writer")
         return self._writers.submit(self._write_image, task, image)
 
-    def _write_image(self, task: Task, image: Any) -> None:
-        atomic_write_bytes(safe_join(self.date_dir, task.image_path), png_bytes(image), durable=False)
+    def _write_image(self, task: Task, image: Any) -> tuple[str, Any]:
+        """Stamp (labels, parameters, pixel hash, optional C2PA signature) and store one PNG: (key, produce_id)."""
+        key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
+        stamped = self.stamper.png(image, task)
+        self.store.put_bytes(key, stamped.data, durability="none")
+        return key, stamped.produce_id
 
-    def records(self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome]) -> list[ImageRecord]:
+    def records(
+        self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]
+    ) -> list[ImageRecord]:
         records = []
         limit = self.pipe.tokenizer.model_max_length
-        for task, outcome, n_tokens in zip(tasks, outcomes, self.prompt_tokens([t.prompt for t in tasks])):
+        tokens = self.prompt_tokens([t.prompt for t in tasks])
+        for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written):
             records.append(
                 ImageRecord.from_task(
                     task,
+                    image_path=key,
                     **outcome.assessment.columns(),
                     **outcome.columns(),
+                    produce_id=produce_id,
                     prompt_tokens=n_tokens,
                     prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
                 )

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 
-from factory.config import Bucket, PlannerConfig
+from factory.config import AdapterConfig, Bucket, PlannerConfig
 from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
 from factory.io.paths import image_relpath
@@ -26,9 +27,9 @@ PADDING_MODES = ("count", "size", "none")
 SEED_SCOPES = ("date", "sku")  # what a seed is derived from besides the SKU and variant: the date, or nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
-    """One image to generate."""
+    """One image to generate (slots: a night holds one per image)."""
 
     sku_id: str
     category: str
@@ -44,6 +45,17 @@ class Task:
     template_version: str
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # style adapter set as "name@weight", sorted by name (the manifests' `adapters`)
+
+
+def adapter_entry(name: str, weight: float) -> str:
+    """`name@weight`; repr() is the shortest text that reads back as the same float."""
+    return f"{name}@{weight!r}"
+
+
+def parse_adapter_entry(entry: str) -> tuple[str, float]:
+    name, _, weight = entry.rpartition("@")
+    return name, float(weight)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class Batch:
     height: int
     steps: int
     tasks: tuple[Task, ...]
+    adapters: tuple[str, ...] = ()  # every task's adapter set (a batch never mixes them)
 
     def split(self, at: int) -> tuple[Batch, Batch]:
         """Two batches (ids suffixed a/b): bisection of a poison batch, or halving after CUDA out-of-memory."""
@@ -67,91 +80,179 @@ def derive_seed(sku_id: str, date: str, variant: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)  # fits int64 manifests and torch.Generator
 
 
-def _keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
-    """ASCII keywords match whole words, case-insensitively; CJK keywords match as substrings."""
-    if not keywords:
-        return None
-    alts = [rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])" if k.isascii() else re.escape(k) for k in keywords]
-    return re.compile("|".join(alts))
+class _Keywords:
+    """ASCII keywords match whole words, case-insensitively; CJK keywords match as substrings. `found(text)` takes
+    lower-case text; a plain substring test rules most prompts out before the regex runs (same answer, faster)."""
+
+    def __init__(self, keywords: list[str]):
+        self.words = tuple(k.lower() for k in keywords)
+        alts = [
+            rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])" if k.isascii() else re.escape(k.lower())
+            for k in keywords
+        ]
+        self.pattern = re.compile("|".join(alts)) if alts else None
+
+    def found(self, text: str) -> bool:
+        return self.pattern is not None and any(k in text for k in self.words) and bool(self.pattern.search(text))
 
 
 class Planner:
-    def __init__(self, cfg: PlannerConfig, templates: dict[str, Template]):
+    def __init__(
+        self, cfg: PlannerConfig, templates: dict[str, Template], adapters: dict[str, AdapterConfig] | None = None
+    ):
         self.templates = templates
+        self.adapters = adapters or {}
         self.seed_scope = cfg.seed_scope
         self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
         self.landscape = cfg.landscape_bucket
         # "Up" follows the configured order of the non-landscape buckets (list them small to large).
         self.ladder = [b.name for b in cfg.buckets if b.name != cfg.landscape_bucket]
-        self.landscape_re = _keyword_pattern(cfg.landscape_keywords)
-        self.upscale_re = _keyword_pattern(cfg.upscale_keywords)
+        self.landscape_words = _Keywords(cfg.landscape_keywords)
+        self.upscale_words = _Keywords(cfg.upscale_keywords)
 
     def choose_bucket(self, hint: str, prompt: str) -> Bucket:
         text = prompt.lower()
-        if self.landscape_re is not None and self.landscape_re.search(text):
+        if self.landscape_words.found(text):
             return self.buckets[self.landscape]
-        if hint in self.ladder and self.upscale_re is not None and self.upscale_re.search(text):
+        if hint in self.ladder and self.upscale_words.found(text):
             return self.buckets[self.ladder[min(self.ladder.index(hint) + 1, len(self.ladder) - 1)]]
         return self.buckets[hint]
 
+    def adapter_set(self, template: Template, sku: Sku) -> tuple[str, ...]:
+        """The category's adapters plus the SKU's own, with their configured weights, sorted by name."""
+        names = sorted(set(template.adapters) | set(sku.adapters))
+        return tuple(adapter_entry(n, self.adapters[n].weight) for n in names)
+
+    def bucket_of(self, sku: Sku) -> str:
+        template = self.templates[sku.category]
+        return self.choose_bucket(template.bucket, template.render(sku.attrs)[0]).name
+
+    def bucket_counts(self, skus: list[Sku]) -> Counter[str]:
+        """Images per bucket, as `plan_tasks` would plan them (for `validate`: no tasks, seeds or paths)."""
+        counts: Counter[str] = Counter()
+        for sku in skus:
+            counts[self.bucket_of(sku)] += sku.variants
+        return counts
+
+    def group_counts(self, skus: list[Sku]) -> Counter[tuple[tuple[str, ...], str]]:
+        """Images per (adapter set, bucket): the groups `make_batches` cuts separately."""
+        counts: Counter[tuple[tuple[str, ...], str]] = Counter()
+        for sku in skus:
+            counts[self.adapter_set(self.templates[sku.category], sku), self.bucket_of(sku)] += sku.variants
+        return counts
+
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
         tasks = []
+        seed_date = date if self.seed_scope == "date" else ""
         for sku in skus:
             template = self.templates[sku.category]
             prompt, negative = template.render(sku.attrs)
-            bucket = self.choose_bucket(template.bucket, prompt)
+            b = self.choose_bucket(template.bucket, prompt)
+            adapters = self.adapter_set(template, sku)
             for variant in range(sku.variants):
                 tasks.append(
                     Task(
-                        sku_id=sku.sku_id,
-                        category=sku.category,
-                        variant=variant,
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        seed=derive_seed(sku.sku_id, date if self.seed_scope == "date" else "", variant),
-                        bucket=bucket.name,
-                        width=bucket.width,
-                        height=bucket.height,
-                        steps=bucket.steps,
-                        image_path=image_relpath(sku.category, sku.sku_id, variant),
-                        template_version=template.version,
-                        source_file=sku.source_file,
-                        source_row=sku.source_row,
+                        sku.sku_id,
+                        sku.category,
+                        variant,
+                        prompt,
+                        negative,
+                        derive_seed(sku.sku_id, seed_date, variant),
+                        b.name,
+                        b.width,
+                        b.height,
+                        b.steps,
+                        image_relpath(sku.category, sku.sku_id, variant),
+                        template.version,
+                        sku.source_file,
+                        sku.source_row,
+                        adapters,
                     )
                 )
         return tasks
 
 
-def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
-    """Group tasks by bucket (same width, height, steps) and cut each group into batches of `batch_size`.
-
-    With padding = "size", a bucket's remainder (its last, partial batch) moves up into the next larger bucket of
-    the same aspect ratio when rendering it larger (then resizing down) wastes fewer pixels than padding the partial
-    batch in count; the remainder that is left is padded in count by the worker. Input order is kept inside a
-    group, so the plan is a pure function of the input and config.
-    """
+def _promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) -> list[tuple[str, str, int]]:
+    """padding = "size": (from bucket, to bucket, tasks moved), in the order they apply, for groups of `sizes`."""
     order = {b.name: i for i, b in enumerate(buckets)}
+    sizes = dict(sizes)
+    moves = []
+    by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
+    for i, small in enumerate(by_pixels):
+        rest = sizes[small.name] % batch_size
+        bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+        if not rest or bigger is None:
+            continue
+        promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
+        pad_cost = (batch_size - rest) * small.width * small.height
+        if promote_cost < pad_cost:
+            moves.append((small.name, bigger.name, rest))
+            sizes[bigger.name] += rest
+            sizes[small.name] -= rest
+    return moves
+
+
+def count_batches(sizes: dict[str, int], batch_size: int, buckets: list[Bucket], padding: str = "none") -> int:
+    """How many batches `make_batches` cuts from groups of these sizes (per bucket name), without the tasks."""
+    sizes = {b.name: sizes.get(b.name, 0) for b in buckets}
+    if padding == "size":
+        for small, bigger, rest in _promotions(sizes, batch_size, buckets):
+            sizes[small] -= rest
+            sizes[bigger] += rest
+    return sum(-(-n // batch_size) for n in sizes.values())
+
+
+def count_grouped_batches(
+    groups: Counter[tuple[tuple[str, ...], str]], batch_size: int, buckets: list[Bucket], padding: str = "none"
+) -> int:
+    """`count_batches` over the (adapter set, bucket) groups of `Planner.group_counts`: each set batches apart."""
+    sizes: dict[tuple[str, ...], dict[str, int]] = {}
+    for (adapters, bucket), n in groups.items():
+        sizes.setdefault(adapters, {})[bucket] = n
+    return sum(count_batches(per_set, batch_size, buckets, padding) for per_set in sizes.values())
+
+
+def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str = "none") -> list[Batch]:
+    """Group tasks by adapter set and bucket (same width, height, steps, adapters) and cut each group into batches
+    of `batch_size`.
+
+    Batches come out ordered by adapter set first (no adapters first), then bucket: the executors dispatch in list
+    order, so a worker switches adapter sets as few times as possible. With padding = "size", a bucket's remainder
+    (its last, partial batch) moves up into the next larger bucket of the same aspect ratio (and adapter set) when
+    rendering it larger (then resizing down) wastes fewer pixels than padding the partial batch in count; the
+    remainder that is left is padded in count by the worker. Input order is kept inside a group, so the plan is a
+    pure function of the input and config.
+    """
+    by_set: dict[tuple[str, ...], list[Task]] = {}
+    for t in tasks:
+        by_set.setdefault(t.adapters, []).append(t)
+    batches = []
+    for adapters in sorted(by_set):
+        batches += _bucket_batches(by_set[adapters], batch_size, buckets, padding, adapters)
+    return batches
+
+
+def _set_tag(adapters: tuple[str, ...]) -> str:
+    """A short, file-name-safe tag of an adapter set for batch ids ("" for no adapters: ids stay as before)."""
+    return f"a{hashlib.sha256(chr(0).join(adapters).encode()).hexdigest()[:8]}-" if adapters else ""
+
+
+def _bucket_batches(
+    tasks: list[Task], batch_size: int, buckets: list[Bucket], padding: str, adapters: tuple[str, ...]
+) -> list[Batch]:
     groups: dict[str, list[Task]] = {b.name: [] for b in buckets}
     for t in tasks:
         groups[t.bucket].append(t)
     render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
     if padding == "size":
-        by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
-        for i, small in enumerate(by_pixels):
-            rest = len(groups[small.name]) % batch_size
-            bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
-            if not rest or bigger is None:
-                continue
-            promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)
-            pad_cost = (batch_size - rest) * small.width * small.height
-            if promote_cost < pad_cost:
-                groups[bigger.name] += groups[small.name][-rest:]
-                del groups[small.name][-rest:]
-    batches = []
+        for small, bigger, rest in _promotions({k: len(v) for k, v in groups.items()}, batch_size, buckets):
+            groups[bigger] += groups[small][-rest:]
+            del groups[small][-rest:]
+    batches, tag = [], _set_tag(adapters)
     for b in buckets:
         items = groups[b.name]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])
-            batch_id = f"{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
-            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk))
+            batch_id = f"{tag}{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
+            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
     return batches

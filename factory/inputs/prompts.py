@@ -7,10 +7,12 @@ values never reach `str.format`, `%` or any other interpreter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import string
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from factory.errors import TemplateError
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # categories become directory names
 # C0 and C1 controls (incl. NEL U+0085) and the Unicode line/paragraph separators: anything that breaks a line
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality"}
+_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality", "adapters"}
 
 
 @dataclass(frozen=True)
@@ -34,21 +36,27 @@ class Template:
     bucket: str  # resolution hint: a bucket name from config
     quality: dict[str, Any] = field(hash=False)  # [quality] overrides for this category (validated by config)
     version: str  # sha256 of the file, prefix: changes whenever the template changes
+    adapters: tuple[str, ...] = ()  # style LoRAs ([lora.adapters.<name>]) applied to this category's images
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
         """Return (prompt, negative_prompt). `attrs` must contain every required attribute."""
-        values = {**self.optional, **{k: v for k, v in attrs.items() if v is not None}}
+        if None in attrs.values():
+            attrs = {k: v for k, v in attrs.items() if v is not None}
+        values = {**self.optional, **attrs}
         return _render(self.prompt, values), _render(self.negative_prompt, values)
 
     def missing(self, attrs: dict[str, str | None]) -> list[str]:
         return [name for name in self.required if not (attrs.get(name) or "").strip()]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # attribute values repeat (colours, brands, styles) across a day's rows
 def clean_value(value: str) -> str:
     """Control characters and line breaks (newline, NEL, U+2028, NUL, escapes) become spaces.
 
     A value cannot break prompt or manifest lines.
     """
+    if value.isascii() and value.isprintable():  # the common case: no control character to replace
+        return value.strip()
     return _CONTROL_RE.sub(" ", value).strip()
 
 
@@ -77,7 +85,18 @@ def _parse(text: str, where: str, declared: set[str]) -> tuple[tuple[str, str | 
     return tuple(parts)
 
 
-def load_template(path: Path, bucket_names: set[str]) -> Template:
+def _adapters(data: dict[str, Any], path: Path, adapter_names: Collection[str]) -> tuple[str, ...]:
+    names = data.get("adapters", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TemplateError(f"{path}: 'adapters' must be a list of adapter names")
+    unknown = sorted(set(names) - set(adapter_names))
+    if unknown:
+        known = ", ".join(sorted(adapter_names)) or "none configured"
+        raise TemplateError(f"{path}: unknown adapter {unknown[0]!r} (declare it in [lora.adapters]; known: {known})")
+    return tuple(sorted(set(names)))
+
+
+def load_template(path: Path, bucket_names: set[str], adapter_names: Collection[str] = ()) -> Template:
     category = path.stem
     if not CATEGORY_RE.match(category):
         raise TemplateError(f"{path}: file name must be a category like 'shoes.toml' (lowercase letters, digits, _ -)")
@@ -106,6 +125,7 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
     if data["bucket"] not in bucket_names:
         raise TemplateError(f"{path}: bucket {data['bucket']!r} is not a configured bucket {sorted(bucket_names)}")
     declared = set(required) | set(optional)
+    adapters = _adapters(data, path, adapter_names)
     return Template(
         category=category,
         path=str(path),
@@ -116,13 +136,17 @@ def load_template(path: Path, bucket_names: set[str]) -> Template:
         bucket=data["bucket"],
         quality=quality,
         version=hashlib.sha256(raw).hexdigest()[:12],
+        adapters=adapters,
     )
 
 
-def load_templates(directory: str | Path, bucket_names: set[str]) -> dict[str, Template]:
-    """Load and validate every `<category>.toml` in `directory`; the first invalid file stops the run."""
+def load_templates(
+    directory: str | Path, bucket_names: set[str], adapter_names: Collection[str] = ()
+) -> dict[str, Template]:
+    """Load and validate every `<category>.toml` in `directory`; the first invalid file stops the run.
+    `adapter_names`: the configured [lora.adapters]; a template naming another adapter is an error."""
     directory = Path(directory)
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise TemplateError(f"{directory}: no template files (*.toml) found")
-    return {t.category: t for t in (load_template(f, bucket_names) for f in files)}
+    return {t.category: t for t in (load_template(f, bucket_names, adapter_names) for f in files)}

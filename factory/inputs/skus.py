@@ -9,18 +9,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from factory.config import StorageConfig
 from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
+from factory.io.storage import looks_like_uri, open_store
 
-RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs"}
+RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
 
 # Row-level reason codes (documented in README, column `reason` of rejected.parquet).
@@ -31,6 +36,7 @@ UNKNOWN_CATEGORY = "unknown_category"
 INVALID_ATTRS = "invalid_attrs"
 INVALID_VARIANTS = "invalid_variants"
 MISSING_ATTRIBUTE = "missing_attribute"
+UNKNOWN_ADAPTER = "unknown_adapter"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Sku:
     variants: int
     source_file: str
     source_row: int
+    adapters: tuple[str, ...] = ()  # per-SKU style adapters (the `adapters` column), sorted, no duplicates
 
 
 @dataclass(frozen=True)
@@ -53,19 +60,30 @@ class Rejected:
     detail: str
 
 
-def day_input_path(skus_root: str | Path, date: str) -> Path:
-    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`."""
+def day_input_path(skus_root: str | Path, date: str, storage: StorageConfig | None = None) -> str | Path:
+    """`<root>/<date>.parquet` if it exists, else the directory `<root>/<date>/`; `root` may be a URI (s3://...)."""
+    if looks_like_uri(str(skus_root)):
+        store = open_store(str(skus_root), storage, "paths.skus")
+        name = f"{date}.parquet"
+        return store.url(name) if store.exists(name) or not store.list(date) else store.url(date)
     root = Path(skus_root)
     file = root / f"{date}.parquet"
     return file if file.exists() or not (root / date).is_dir() else root / date
 
 
-def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
-    """Read one parquet file, or every *.parquet in a directory (sorted, so row numbers are stable).
-
-    In a directory, names starting with `.` or `_` are skipped: Spark and pyarrow use them for in-progress,
-    checksum and metadata files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`).
-    """
+def input_files(path: str | Path, storage: StorageConfig | None = None) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, open) for each of the day's parquet files: `path` itself, or every *.parquet in the directory `path`
+    (sorted, so row numbers are stable); a local path or a URI (a file or a directory in a store). In a directory,
+    names starting with `.` or `_` are skipped: Spark and pyarrow use them for in-progress, checksum and metadata
+    files (`_SUCCESS`, `_temporary`, `.part-0.parquet.crc`)."""
+    if looks_like_uri(str(path)):
+        store = open_store(str(path), storage, "--skus")
+        if store.info("").type == pafs.FileType.File:
+            return [(store.url(""), lambda: store.open_input_file(""))]
+        names = [n for n in store.list("") if "/" not in n and n.endswith(".parquet") and not n.startswith((".", "_"))]
+        if not names:
+            raise InputError(f"{store.url('')}: no .parquet files there (names starting with . or _ are skipped)")
+        return [(store.url(n), lambda n=n: store.open_input_file(n)) for n in names]
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
@@ -75,18 +93,48 @@ def read_tables(path: str | Path) -> list[tuple[str, pa.Table]]:
         files = [path]
     else:
         raise InputError(f"{path}: SKU file not found (expected <skus>/<date>.parquet or a directory <skus>/<date>/)")
-    tables = []
-    for f in files:
+    return [(str(f), lambda f=f: f) for f in files]
+
+
+def _unreadable(f: str, exc: BaseException) -> InputError:
+    if isinstance(exc, UnicodeDecodeError):
+        return InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)")
+    return InputError(f"{f}: not a readable parquet file ({_first_line(exc)})")
+
+
+def read_tables(path: str | Path, storage: StorageConfig | None = None) -> list[tuple[str, pa.Table]]:
+    """Each file of the day (see `input_files`) as one table: `iter_tables`' batches put back together."""
+    files: dict[str, list[pa.Table]] = {}
+    for source, _, table in iter_tables(path, empty_files=True, storage=storage):
+        files.setdefault(source, []).append(table)
+    return [(source, pa.concat_tables(tables)) for source, tables in files.items()]
+
+
+def iter_tables(
+    path: str | Path, batch_rows: int = 65_536, empty_files: bool = False, storage: StorageConfig | None = None
+) -> Iterator[tuple[str, int, pa.Table]]:
+    """The day as (file, first row number, table of at most `batch_rows` rows), read in record batches: memory
+    holds one batch, not the day. Every file's schema is checked before the first batch is yielded. A file without
+    rows yields nothing, or one empty table with `empty_files`."""
+    files = []
+    for f, opener in input_files(path, storage):
         try:
-            table = pq.read_table(f)
-            table.schema.names  # noqa: B018 (column names are decoded lazily: a non-UTF-8 name fails here)
+            pf = pq.ParquetFile(opener())
+            pf.schema_arrow.names  # noqa: B018 (a non-UTF-8 column name fails here)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _unreadable(f, exc) from None
+        _check_schema(f, pf.schema_arrow)
+        files.append((f, pf))
+    for f, pf in files:
+        offset = 0
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                yield f, offset, pa.Table.from_batches([batch])
+                offset += batch.num_rows
+            if offset == 0 and empty_files:
+                yield f, 0, pf.schema_arrow.empty_table()
         except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{f}: not a readable parquet file ({_first_line(exc)})") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{f}: not a readable parquet file (a column name is not valid UTF-8)") from None
-        _check_schema(f, table.schema)
-        tables.append((str(f), table))
-    return tables
+            raise _unreadable(f, exc) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,7 +157,7 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
-def _check_schema(f: Path, schema: pa.Schema) -> None:
+def _check_schema(f: str | Path, schema: pa.Schema) -> None:
     for name in ("sku_id", "category"):
         if name not in schema.names:
             raise InputError(f"{f}: missing required column '{name}' (columns: {', '.join(schema.names) or 'none'})")
@@ -122,6 +170,11 @@ def _check_schema(f: Path, schema: pa.Schema) -> None:
         t = _plain_type(schema.field("attrs").type)
         if not (_is_text(t) or pa.types.is_map(t) or pa.types.is_struct(t)):
             raise InputError(f"{f}: column 'attrs' must be map<string,string>, struct or a JSON string, found {t}")
+    if "adapters" in schema.names:
+        t = _plain_type(schema.field("adapters").type)
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+        if not (_is_text(t) or (is_list and _is_text(t.value_type))):
+            raise InputError(f"{f}: column 'adapters' must be list<string> or a comma-separated string, found {t}")
 
 
 @dataclass(frozen=True)
@@ -251,31 +304,82 @@ def _variants(value: Any, max_variants: int) -> int:
     return value
 
 
-def validate_rows(
-    tables: list[tuple[str, pa.Table]], templates: dict[str, Template], max_variants: int
-) -> tuple[list[Sku], list[Rejected]]:
-    """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists.
+def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
+    """The `adapters` cell: a list of names or a comma-separated string (blanks ignored). Raises ValueError."""
+    if value is None:
+        return ()
+    if isinstance(value, Undecodable) or (isinstance(value, list) and any(isinstance(v, Undecodable) for v in value)):
+        raise ValueError("adapters is not valid UTF-8")
+    names = value.split(",") if isinstance(value, str) else [v for v in value if v is not None]
+    names = {n.strip() for n in names if n.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown adapter {clean_value(unknown[0])[:64]!r} (not in [lora.adapters])")
+    return tuple(sorted(names))
 
-    Only a valid row claims its `sku_id`: a later row with the same id is a duplicate of that one, and a
-    rejected row never shadows a valid one that follows it.
-    """
-    skus: list[Sku] = []
-    rejected: list[Rejected] = []
-    kept: dict[str, str] = {}  # sku_id -> where its valid row is
-    for source, table in tables:
+
+class RowValidator:
+    """Validates a day's rows table by table (a whole file, or one record batch of it), keeping across tables
+    which `sku_id`s valid rows claimed. Only a valid row claims its id: a later row with the same id is a duplicate
+    of that one, and a rejected row never shadows a valid one that follows it. `adapter_names`: the configured
+    [lora.adapters] (an `adapters` cell naming another one rejects the row)."""
+
+    def __init__(self, templates: dict[str, Template], max_variants: int, adapter_names: Collection[str] = ()):
+        self.templates, self.max_variants, self.adapter_names = templates, max_variants, adapter_names
+        self.kept: dict[str, str] = {}  # sku_id -> where its valid row is
+
+    def validate(self, source: str, table: pa.Table, offset: int = 0) -> tuple[list[Sku], list[Rejected]]:
+        """Rows `offset`.. of `source`: every row ends in exactly one of the two lists."""
+        skus: list[Sku] = []
+        rejected: list[Rejected] = []
         file_name = Path(source).name
         cols = {name: column_values(table.column(name)) for name in table.column_names}
         attr_cols = [n for n in table.column_names if n not in RESERVED_COLUMNS]
-        for row in range(table.num_rows):
-            sku_id, category = cols["sku_id"][row], cols["category"][row]
-            outcome = _check_row(cols, attr_cols, row, templates, max_variants, kept)
-            if isinstance(outcome[0], str):  # (reason, detail)
+        plain = _plain_ids(table.column("sku_id"))
+        for i in range(table.num_rows):
+            row = offset + i
+            sku_id, category = cols["sku_id"][i], cols["category"][i]
+            outcome = _check_row(
+                cols, attr_cols, i, self.templates, self.max_variants, self.kept, self.adapter_names, plain[i]
+            )
+            if len(outcome) == 2:  # (reason, detail)
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
-                attrs, variants = outcome
-                kept[sku_id] = f"row {row} of {file_name}"
-                skus.append(Sku(sku_id, category, attrs, variants, source, row))
+                attrs, variants, adapters = outcome
+                self.kept[sku_id] = f"row {row} of {file_name}"
+                skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters))
+        return skus, rejected
+
+
+def validate_rows(
+    tables: list[tuple[str, pa.Table]],
+    templates: dict[str, Template],
+    max_variants: int,
+    adapter_names: Collection[str] = (),
+) -> tuple[list[Sku], list[Rejected]]:
+    """Turn raw rows into valid SKUs and rejected rows. Every input row ends in exactly one of the two lists."""
+    validator = RowValidator(templates, max_variants, adapter_names)
+    skus: list[Sku] = []
+    rejected: list[Rejected] = []
+    for source, table in tables:
+        s, r = validator.validate(source, table)
+        skus += s
+        rejected += r
     return skus, rejected
+
+
+# An id of printable ASCII without edge spaces, at most MAX_SKU_ID_CHARS long, passes every sku_id check but the
+# duplicate one: decided for a whole batch at once (the per-row checks then run only on the other ids).
+_PLAIN_ID = "^[!-~]([ -~]{0," + str(MAX_SKU_ID_CHARS - 2) + "}[!-~])?$"
+
+
+def _plain_ids(column: pa.ChunkedArray) -> list[bool]:
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        return [False] * len(column)  # dictionary, view or null columns: the per-row checks decide
+    try:
+        return pc.fill_null(pc.match_substring_regex(column, _PLAIN_ID), False).to_pylist()
+    except pa.ArrowInvalid:  # bytes that are not UTF-8: the per-row checks find the bad cells
+        return [False] * len(column)
 
 
 def _check_row(
@@ -285,18 +389,15 @@ def _check_row(
     templates: dict[str, Template],
     max_variants: int,
     kept: dict[str, str],
-) -> tuple[str, str] | tuple[dict[str, str], int]:
-    """(reason, detail) for a bad row, else (attrs, variants)."""
+    adapter_names: Collection[str],
+    plain_id: bool = False,
+) -> tuple[str, str] | tuple[dict[str, str], int, tuple[str, ...]]:
+    """(reason, detail) for a bad row, else (attrs, variants, adapters). `plain_id`: the id is known to pass its own
+    checks."""
     sku_id, category = cols["sku_id"][row], cols["category"][row]
-    if isinstance(sku_id, Undecodable):
-        return INVALID_SKU_ID, "sku_id is not valid UTF-8"
-    if sku_id is None or not sku_id.strip():
-        return MISSING_SKU_ID, "sku_id is null or blank"
-    if len(sku_id) > MAX_SKU_ID_CHARS or clean_value(sku_id) != sku_id:
-        return (
-            INVALID_SKU_ID,
-            f"sku_id has control characters, line breaks, edge whitespace or over {MAX_SKU_ID_CHARS} chars",
-        )
+    problem = None if plain_id else _sku_id_problem(sku_id)
+    if problem:
+        return problem
     if sku_id in kept:
         return DUPLICATE_SKU_ID, f"sku_id already used by {kept[sku_id]}, which is kept"
     if isinstance(category, Undecodable):
@@ -314,4 +415,21 @@ def _check_row(
     missing = templates[category].missing(attrs)
     if missing:
         return MISSING_ATTRIBUTE, f"missing required attribute(s): {', '.join(missing)}"
-    return attrs, variants
+    try:
+        adapters = _row_adapters(cols["adapters"][row] if "adapters" in cols else None, adapter_names)
+    except ValueError as exc:
+        return UNKNOWN_ADAPTER, str(exc)
+    return attrs, variants, adapters
+
+
+def _sku_id_problem(sku_id: Any) -> tuple[str, str] | None:
+    if isinstance(sku_id, Undecodable):
+        return INVALID_SKU_ID, "sku_id is not valid UTF-8"
+    if sku_id is None or not sku_id.strip():
+        return MISSING_SKU_ID, "sku_id is null or blank"
+    if len(sku_id) > MAX_SKU_ID_CHARS or clean_value(sku_id) != sku_id:
+        return (
+            INVALID_SKU_ID,
+            f"sku_id has control characters, line breaks, edge whitespace or over {MAX_SKU_ID_CHARS} chars",
+        )
+    return None

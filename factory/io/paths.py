@@ -1,10 +1,9 @@
-"""Where outputs go: image names derived from untrusted sku_ids, and joins that cannot leave the output root."""
+"""Image names derived from untrusted sku_ids (Store.path also refuses any path that would leave the output root)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # no dots: `nul.txt` must not become a `nul.*` name
 _STEM_CHARS = 48  # readable prefix; the hash suffix is what makes names unique
@@ -20,11 +19,3 @@ def image_relpath(category: str, sku_id: str, variant: int) -> str:
     prefix = _UNSAFE.sub("_", sku_id)[:_STEM_CHARS] or "sku"
     digest = hashlib.sha256(sku_id.encode("utf-8")).hexdigest()[:16]
     return f"images/{category}/{prefix}-{digest}-v{variant}.png"
-
-
-def safe_join(root: Path, relpath: str) -> Path:
-    """Join and verify the result stays inside `root` (defence in depth on top of `image_relpath`)."""
-    path = (root / relpath).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ValueError(f"refusing to write outside the output directory: {relpath!r}")
-    return path

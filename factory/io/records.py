@@ -4,8 +4,10 @@ Every producer of manifest rows builds an `ImageRecord` (the worker, a failed ba
 cache hit, resume) or a `RejectedRow` (input validation); writers call `to_row()` and the schemas below, which are
 derived from the dataclass fields' `arrow` metadata, so a column cannot exist in one place and not the other.
 
-Column sets: approved = IMAGE_COLUMNS; review = IMAGE_COLUMNS + reason, detail; a resume part (written per batch
-while a run goes) = IMAGE_COLUMNS + error, task_key. README documents each column.
+Column sets: approved = IMAGE_COLUMNS + DECISION_COLUMNS; review = IMAGE_COLUMNS + reason, detail +
+DECISION_COLUMNS; a resume part (written per batch while a run goes) = IMAGE_COLUMNS + error, task_key,
+clip_embedding; embeddings.parquet = EMBEDDING_COLUMNS (what the cross-day cache carries into the next night's
+similarity checks). README documents each column.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ImageRecord:
     width: int = col(pa.int32(), False, 0)
     height: int = col(pa.int32(), False, 0)
     steps: int = col(pa.int32(), False, 0)
+    adapters: list[str] = col(pa.list_(pa.string()), False, factory=list)  # style LoRAs as "name@weight"
     # scores (None: not scored, e.g. a generation error)
     clip_score: float | None = col(F32)
     clip_score_100: float | None = col(F32)
@@ -66,7 +69,7 @@ class ImageRecord:
     repaired: bool = col(pa.bool_(), False, False)
     attempts: int = col(pa.int32(), False, 0)
     repair_box: list[int] | None = col(pa.list_(pa.int32()))
-    image_path: str | None = col(pa.string())  # relative to the date directory; None when there is no image
+    image_path: str | None = col(pa.string())  # relative to the output root (<date>/images/...); None: no image
     model: str = col(pa.string(), False, "")
     template_version: str = col(pa.string(), False, "")
     prompt_tokens: int | None = col(pa.int32())
@@ -76,9 +79,23 @@ class ImageRecord:
     cache_source_date: dt.date | None = col(pa.date32())
     source_file: str = col(pa.string(), False, "")
     source_row: int = col(pa.int64(), False, 0)
+    # provenance (factory.io.provenance) and the night-wide similarity checks (factory.quality.duplicates)
+    produce_id: str | None = col(pa.string())  # the PNG's GB 45438 ProduceID
+    duplicate_of: str | None = col(pa.string())  # near_duplicate: the earlier sku_id of the same category
+    duplicate_score: float | None = col(F32)  # its CLIP image cosine
+    reference_file: str | None = col(pa.string())  # reference_match: the file, relative to quality.reference_dir
+    reference_score: float | None = col(F32)  # its CLIP image cosine
+    # resume parts and embeddings.parquet only: the CLIP image features, so finalize compares every image of the
+    # night (resumed and cache hits included) without re-encoding
+    clip_embedding: list[float] | None = col(pa.list_(pa.float32()))
     # review only
     reason: str = col(pa.string(), False, "")
     detail: str | None = col(pa.string())
+    # a person's review decision (`adfactory review apply`, factory/review/apply.py); null until one is applied
+    review_decision: str | None = col(pa.string())  # "approve" | "reject" (factory.review.apply.DECISIONS)
+    reviewed_by: str | None = col(pa.string())
+    reviewed_at: dt.datetime | None = col(pa.timestamp("us", tz="UTC"))
+    review_note: str | None = col(pa.string())
     # resume parts only
     error: str | None = col(pa.string())
     task_key: str = col(pa.string(), False, "")
@@ -86,7 +103,9 @@ class ImageRecord:
     @classmethod
     def from_task(cls, task: Any, **values: Any) -> ImageRecord:
         """A record for a planned task (`factory.inputs.planner.Task`) plus `values`."""
-        return cls(**{**dataclasses.asdict(task), **values})
+        fields = dataclasses.asdict(task)
+        fields["adapters"] = list(fields.get("adapters", ()))
+        return cls(**{**fields, **values})
 
     @classmethod
     def failed(cls, task: Any, error: str) -> ImageRecord:
@@ -133,10 +152,15 @@ class RejectedRow:
 
 _IMAGE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ImageRecord))
 RUN_STAMP = ("run_date", "run_id", "model", "cache_key", "task_key", "cached", "cache_source_date")  # by the driver
+SIMILARITY = ("duplicate_of", "duplicate_score", "reference_file", "reference_score")  # decided at finalize
 REVIEW_ONLY = ("reason", "detail")
+DECISION_COLUMNS = ("review_decision", "reviewed_by", "reviewed_at", "review_note")  # manifests, never parts
+EMBEDDING = ("clip_embedding",)
 PART_ONLY = ("error", "task_key")
-_STAMPED = frozenset(RUN_STAMP + REVIEW_ONLY + PART_ONLY)
-IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + PART_ONLY)
+# not carried by carried_to: a cache hit carries no decision, no similarity verdict, and gets its embedding separately
+_STAMPED = frozenset(RUN_STAMP + SIMILARITY + REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY + EMBEDDING)
+IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY + EMBEDDING)
+EMBEDDING_COLUMNS = ("sku_id", "variant", "cache_key", "clip_embedding")
 
 
 def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:
@@ -144,8 +168,9 @@ def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:
     return pa.schema([pa.field(n, fields[n].metadata["arrow"], nullable=fields[n].metadata["nullable"]) for n in names])
 
 
-APPROVED_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS)
-REVIEW_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + REVIEW_ONLY)
-PART_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + PART_ONLY)
+APPROVED_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + DECISION_COLUMNS)
+REVIEW_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + REVIEW_ONLY + DECISION_COLUMNS)
+PART_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + PART_ONLY + EMBEDDING)
+EMBEDDING_SCHEMA = _schema(ImageRecord, EMBEDDING_COLUMNS)  # <date>/embeddings.parquet
 REJECTED_SCHEMA = _schema(RejectedRow, tuple(f.name for f in dataclasses.fields(RejectedRow)))
 MANIFEST_SCHEMAS = {"approved": APPROVED_SCHEMA, "review": REVIEW_SCHEMA, "rejected": REJECTED_SCHEMA}

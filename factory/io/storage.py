@@ -192,17 +192,22 @@ class Store:
 
     def list(self, prefix: str = "") -> list[str]:
         """Files under `prefix` (recursive), as sorted paths relative to the root; in-flight temp files excluded."""
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Path relative to the root -> size in bytes, for every file under `prefix` (recursive; one listing,
+        not one request per file); in-flight temp files excluded."""
         base = self.path(prefix)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except NotADirectoryError:
-            return []
+            return {}
         except OSError as exc:
             raise self._error("list", prefix, exc) from exc
         start = len(self.root) + 1
-        return sorted(
-            i.path[start:] for i in infos if i.type == pafs.FileType.File and not _TEMP_NAME.match(i.base_name)
-        )
+        return {
+            i.path[start:]: i.size for i in infos if i.type == pafs.FileType.File and not _TEMP_NAME.match(i.base_name)
+        }
 
     # -- writes ----------------------------------------------------------------------------------------------
     def put_bytes(self, relpath: str, data: bytes, durability: str = "fsync") -> None:

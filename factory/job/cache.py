@@ -1,9 +1,13 @@
 """Cross-day cache: reuse a previous day's approved image when nothing that determines its pixels changed.
 
 The cache key (factory.job.keys) covers everything that determines the pixels. A hit needs a completed
-(`_SUCCESS`) earlier date under the same output root whose approved.parquet has that key, whose image file still
-exists, and whose stored scores still pass today's thresholds of its category. The image is hardlinked (or copied) into
-today's directory and the row is marked `cached=true` with `cache_source_date`.
+(`<date>/_SUCCESS`) earlier date under the same output root, within `cache.lookback_days`, whose approved partition
+has that key, whose image still exists, and whose stored scores still pass today's thresholds of its category. The
+image is copied into today's images through the Store (a hardlink locally, a server-side copy on object stores:
+no bytes through the driver) and the row is marked `cached=true` with `cache_source_date`.
+
+Earlier days are found by their `_SUCCESS` marker (one request per day of the lookback), never by listing the
+output root (which holds every image of every night).
 
 With `planner.seed_scope = "date"` (the default) the seed changes every day, so a new day never hits: set
 `seed_scope = "sku"` to make unchanged SKUs reuse their images.
@@ -13,48 +17,37 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
+from factory.errors import StorageError
 from factory.inputs.planner import Task
-from factory.io.paths import safe_join
+from factory.io import layout
 from factory.io.records import ImageRecord
-from factory.io.writer import link_or_copy
+from factory.io.storage import Store
+from factory.job.finalize import read_embeddings
 from factory.job.parts import read_success
 from factory.quality.gate import failing_checks
 
 log = logging.getLogger(__name__)
 
 
-def load_previous(output_root: Path, date: str, lookback_days: int) -> dict[str, dict[str, Any]]:
-    """cache_key -> approved row (with `date_dir`) from the newest earlier completed dates first."""
+def load_previous(store: Store, date: str, lookback_days: int) -> dict[str, dict[str, Any]]:
+    """cache_key -> approved row, from the newest earlier completed dates first."""
     today = dt.date.fromisoformat(date)
     found: dict[str, dict[str, Any]] = {}
-    if lookback_days <= 0 or not output_root.is_dir():
-        return found
-    candidates = []
-    for d in output_root.iterdir():
-        try:
-            day = dt.date.fromisoformat(d.name)
-        except ValueError:
+    for back in range(1, lookback_days + 1):
+        day = (today - dt.timedelta(days=back)).isoformat()
+        if read_success(store, day) is None:
             continue
-        if today - dt.timedelta(days=lookback_days) <= day < today and read_success(d) is not None:
-            candidates.append((day, d))
-    for _, d in sorted(candidates, reverse=True):
-        path = d / "manifests" / "approved.parquet"
         try:
-            table = pq.read_table(path, columns=None)
-        except (pa.ArrowException, OSError):
-            continue
-        if "cache_key" not in table.column_names:
+            table = layout.read_manifest(store, "approved", day)
+        except (pa.ArrowException, OSError, KeyError):  # missing, unreadable, or written by another version
             continue
         for row in table.to_pylist():
-            if row["cache_key"] not in found:
-                found[row["cache_key"]] = {**row, "date_dir": d}
+            found.setdefault(row["cache_key"], row)
     return found
 
 
@@ -68,29 +61,41 @@ def still_passes(record: ImageRecord, q: QualityConfig) -> bool:
 
 
 def cache_hits(
-    output_root: Path,
+    store: Store,
     date: str,
-    date_dir: Path,
     tasks: list[Task],
     keys: dict[tuple[str, int], str],
     thresholds: dict[str, QualityConfig],
     lookback_days: int,
 ) -> list[ImageRecord]:
-    """Records for tasks whose image an earlier day already approved; the image is linked into today's dir.
+    """Records for tasks whose image an earlier day already approved; the image is copied into today's images.
 
     The records carry the source's scores and repair history; the caller stamps today's run fields."""
-    if not tasks:
+    if not tasks or lookback_days <= 0:
         return []
-    previous = load_previous(output_root, date, lookback_days)
+    previous = load_previous(store, date, lookback_days)
+    embeddings: dict[str, dict[tuple[str, int], list[float]]] = {}  # per source date, read once
     hits = []
     for t in tasks:
         src = previous.get(keys[(t.sku_id, t.variant)])
-        if src is None:
+        if src is None or not src["image_path"]:
             continue
         record = ImageRecord.from_row(src)
-        src_path = src["date_dir"] / src["image_path"]
-        if not still_passes(record, thresholds[t.category]) or not src_path.is_file():
+        if not still_passes(record, thresholds[t.category]):
             continue
-        link_or_copy(src_path, safe_join(date_dir, t.image_path))
-        hits.append(record.carried_to(t, cached=True, cache_source_date=src["run_date"]))
+        target = layout.image_key(date, t.image_path)
+        try:
+            store.copy(src["image_path"], target)
+        except (FileNotFoundError, StorageError) as exc:  # e.g. the source image was deleted since: generate it
+            log.warning("cache hit %s not reusable (%s); generating it", src["image_path"], exc)
+            continue
+        day = src["run_date"].isoformat()
+        if day not in embeddings:
+            embeddings[day] = read_embeddings(store, day)
+        embedding = embeddings[day].get((src["sku_id"], src["variant"]))
+        hits.append(
+            record.carried_to(
+                t, cached=True, cache_source_date=src["run_date"], image_path=target, clip_embedding=embedding
+            )
+        )
     return hits

@@ -2,7 +2,8 @@
 
 model key   everything about the model that changes pixels: weights (+LoRA) fingerprint, dtype, determinism,
             quantization, device kind, guidance scale. `model_id` (name@fingerprint) is the manifests' `model`.
-cache key   one image's pixels: rendered prompt, negative prompt, seed, size, steps, template version, model key.
+cache key   one image's pixels: rendered prompt, negative prompt, seed, size, steps, template version, model key,
+            and for an image with style adapters each "name@weight" with the content hash of its LoRA file(s).
             The cross-day cache reuses an earlier day's approved image with the same cache key.
 task key    one image's *decision*: cache key + the quality and repair config of its category. Resume keeps a
             finished row of the same date only while its task key is unchanged (thresholds may have moved).
@@ -19,7 +20,7 @@ from typing import Any
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.generation.runtime import Runtime
-from factory.inputs.planner import Task
+from factory.inputs.planner import Task, parse_adapter_entry
 
 
 @dataclass(frozen=True)
@@ -43,31 +44,60 @@ def model_key(cfg: FactoryConfig, runtime: Runtime) -> ModelKey:
     return ModelKey(model_id, f"{model_id}|{numerics}")
 
 
+def adapter_fingerprints(cfg: FactoryConfig) -> dict[str, str]:
+    """name -> sha256 of each configured style adapter's bytes (a file, or every file of a directory by name)."""
+    out = {}
+    for name, a in cfg.lora.adapters.items():
+        root = Path(a.path)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cache_key(task: Task, mkey: ModelKey) -> str:
-    return _digest(
-        [
-            task.prompt,
-            task.negative_prompt,
-            task.seed,
-            task.width,
-            task.height,
-            task.steps,
-            mkey.key,
-            task.template_version,
-        ]
-    )
+def cache_key(task: Task, mkey: ModelKey, adapter_fps: dict[str, str] | None = None) -> str:
+    """`adapter_fps` (adapter_fingerprints) is needed for tasks with adapters; keys of tasks without are unchanged."""
+    fields = [task.prompt, task.negative_prompt, task.seed, task.width, task.height, task.steps, mkey.key]
+    fields.append(task.template_version)
+    if task.adapters:
+        fields.append([f"{e}#{(adapter_fps or {})[parse_adapter_entry(e)[0]]}" for e in task.adapters])
+    return _digest(fields)
+
+
+# Applied by the driver at finalize to every image of the night (resumed ones included), never by a worker: changing
+# them must not invalidate finished rows, so they stay out of the task key.
+FINALIZE_ONLY = frozenset({"near_duplicate", "reference_threshold", "reference_dir"})
 
 
 def decision_config(quality: QualityConfig, cfg: FactoryConfig) -> str:
     """What decides a category's outcome besides the pixels: its thresholds and the repair settings."""
-    return json.dumps(
-        {"quality": dataclasses.asdict(quality), "repair": dataclasses.asdict(cfg.repair)}, sort_keys=True
-    )
+    gate = {k: v for k, v in dataclasses.asdict(quality).items() if k not in FINALIZE_ONLY}
+    return json.dumps({"quality": gate, "repair": dataclasses.asdict(cfg.repair)}, sort_keys=True)
 
 
 def task_key(cache: str, decision: str) -> str:
     return hashlib.sha256(f"{cache}|{decision}".encode()).hexdigest()[:32]
+
+
+def clip_key(cfg: FactoryConfig) -> str:
+    """The CLIP image encoder's identity (model name + checkpoint size and first MiB): reference-set embeddings
+    are cached per this key, so a new CLIP model never reuses another model's vectors."""
+    from factory.config import resolve_path
+
+    m = cfg.model
+    h = hashlib.sha256(f"{m.clip_model}|{m.clip_pretrained and Path(m.clip_pretrained).name}".encode())
+    ckpt = resolve_path(m.clip_pretrained) if m.clip_pretrained else None
+    if ckpt is not None and ckpt.is_file():
+        h.update(str(ckpt.stat().st_size).encode())
+        with ckpt.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]

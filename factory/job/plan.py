@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
-from factory.inputs.planner import Planner, Task
+from factory.inputs.planner import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
-from factory.inputs.skus import Rejected, day_input_path, read_tables, validate_rows
+from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
+from factory.io.storage import looks_like_uri
 
 
 @dataclass
 class Plan:
     date: str
-    input_path: Path
+    input_path: str | Path  # a local path or a URI
     input_rows: int
     tasks: list[Task]
     rejected: list[Rejected]
@@ -42,19 +45,82 @@ def category_thresholds(cfg: FactoryConfig, templates: dict[str, Template]) -> d
     return thresholds
 
 
-def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
-    date = parse_date(date)
-    timings = {}
-    t0 = time.perf_counter()
-    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets})
-    thresholds = category_thresholds(cfg, templates)
-    path = Path(skus_path) if skus_path else day_input_path(cfg.paths.skus, date)
-    tables = read_tables(path)
-    skus, rejected = validate_rows(tables, templates, cfg.planner.max_variants)
-    timings["read_s"] = time.perf_counter() - t0
+def check_adapter_paths(cfg: FactoryConfig) -> None:
+    """Every configured style adapter exists, before anything is written (a typo'd path is exit 2, not a night of
+    generation errors)."""
+    for name, a in cfg.lora.adapters.items():
+        if not Path(a.path).exists():
+            raise ConfigError(f"[lora.adapters.{name}] path {a.path}: no such LoRA file or directory")
 
+
+def _stream(
+    cfg: FactoryConfig, date: str, skus_path: str | Path | None
+) -> tuple[dict[str, Template], str | Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
+    """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
+    read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
+    check_adapter_paths(cfg)
+    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
+    if skus_path:
+        path: str | Path = str(skus_path) if looks_like_uri(str(skus_path)) else Path(skus_path)
+    else:
+        path = day_input_path(cfg.paths.skus, date, cfg.storage)
+    validator = RowValidator(templates, cfg.planner.max_variants, cfg.lora.adapters)
+
+    def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
+        for source, offset, table in iter_tables(path, storage=cfg.storage):
+            yield table.num_rows, *validator.validate(source, table, offset)
+
+    return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters), batches()
+
+
+def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
+    """The whole day's tasks and rejected rows (what `run` executes)."""
+    date = parse_date(date)
+    timings = {"read_s": 0.0, "plan_s": 0.0}  # reading + validating, and planning, summed over the batches
+    templates, path, planner, batches = _stream(cfg, date, skus_path)
+    thresholds = category_thresholds(cfg, templates)
+    tasks: list[Task] = []
+    rejected: list[Rejected] = []
+    input_rows = 0
     t0 = time.perf_counter()
-    tasks = Planner(cfg.planner, templates).plan_tasks(skus, date)
-    timings["plan_s"] = time.perf_counter() - t0
-    input_rows = sum(t.num_rows for _, t in tables)
+    for rows, skus, r in batches:
+        t1 = time.perf_counter()
+        tasks += planner.plan_tasks(skus, date)
+        t2 = time.perf_counter()
+        timings["read_s"] += t1 - t0
+        timings["plan_s"] += t2 - t1
+        input_rows += rows
+        rejected += r
+        t0 = time.perf_counter()
     return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
+
+
+@dataclass
+class DaySummary:
+    """What `adfactory validate` reports: counts, not tasks (a million-row day stays small in memory)."""
+
+    input_path: str | Path
+    input_rows: int
+    images: int
+    buckets: dict[str, int]  # images per (target) bucket
+    batches: int
+    rejected: list[Rejected]
+
+
+def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> DaySummary:
+    """Read, validate and plan the day batch by batch, keeping only counts and the rejected rows."""
+    date = parse_date(date)
+    templates, path, planner, batches = _stream(cfg, date, skus_path)
+    category_thresholds(cfg, templates)  # the same config errors as a run
+    groups: Counter[tuple[tuple[str, ...], str]] = Counter()  # (adapter set, bucket): batched apart
+    rejected: list[Rejected] = []
+    input_rows = 0
+    for rows, skus, r in batches:
+        input_rows += rows
+        groups.update(planner.group_counts(skus))
+        rejected += r
+    buckets: Counter[str] = Counter()
+    for (_, bucket), n in groups.items():
+        buckets[bucket] += n
+    n_batches = count_grouped_batches(groups, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+    return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)

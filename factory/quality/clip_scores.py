@@ -9,13 +9,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
 from factory.config import QualityConfig
 from factory.quality.reasons import LOW_CLIP_SCORE, LOW_QUALITY, UNSAFE
+
+if TYPE_CHECKING:  # torch is imported where it is used: config validation must not load it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,6 @@ class ClipThresholds:
         return cls(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
 
 
-@torch.inference_mode()
 def encode_images(clip: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """L2-normalised float32 image features (N, D) with ONE `clip.model.encode_image` call for the whole list.
 
@@ -40,15 +41,20 @@ def encode_images(clip: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     the result rows may differ in the last float bits with the batch size (fused attention kernels); a caller
     that needs batch-invariant scores calls this once per image.
     """
-    pixels = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
-    return torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
+    import torch
+
+    with torch.inference_mode():
+        pixels = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
+        return torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
 
 
-@torch.inference_mode()
 def encode_texts(clip: Any, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised float32 text features (N, D), one `encode_text` call."""
-    tokens = clip.tokenizer(list(texts)).to(clip.device)
-    return torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+    import torch
+
+    with torch.inference_mode():
+        tokens = clip.tokenizer(list(texts)).to(clip.device)
+        return torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
 
 
 class TextFeatureCache:
@@ -68,6 +74,8 @@ class TextFeatureCache:
 
     def get(self, texts: Sequence[str]) -> torch.Tensor:
         """Features (len(texts), D) in the order given."""
+        import torch
+
         missing = list(dict.fromkeys(t for t in texts if t not in self._features))
         if missing:
             for text, feat in zip(missing, encode_texts(self.clip, missing)):
@@ -124,6 +132,8 @@ def iqa_scores(
     """
     if pair_feats.shape[0] != len(pair_names):
         raise ValueError(f"{pair_feats.shape[0]} prompt pairs but {len(pair_names)} names")
+    import torch
+
     sims = torch.einsum("nd,pkd->npk", image_feats.float(), pair_feats.float())  # (N, P, 2)
     probs = torch.softmax(sims * logit_scale, dim=-1)[..., 0]  # (N, P)
     keys = [f"iqa_{name}" for name in pair_names]

@@ -34,6 +34,7 @@ class Assessment:
     unsafe_score: float  # max cosine to an unsafe concept
     pixels: dict[str, float]  # pixel_std, overexposed_frac, underexposed_frac, laplacian_var, saturation_mean
     reasons: list[str] = field(default_factory=list)
+    embedding: list[float] | None = None  # the L2-normalised CLIP image features (near-duplicate search at finalize)
 
     def badness(self) -> tuple[int, float]:
         """Lower is better: fewer failing checks, then higher alignment (to keep the better of two images)."""
@@ -48,6 +49,7 @@ class Assessment:
             "unsafe_score": self.unsafe_score,
             **self.pixels,
             "reasons": self.reasons,
+            "clip_embedding": self.embedding,
         }
 
 
@@ -58,6 +60,13 @@ def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
         scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip_scores.ClipThresholds.of(q)
     )
     return codes.sort_reasons(found)
+
+
+class PassingGate:
+    """`model.pipeline = "null"` (no model, no CLIP): every image passes, unscored. For orchestration benchmarks."""
+
+    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+        return [Assessment(None, None, None, None, None, {}) for _ in images]  # type: ignore[arg-type]
 
 
 class Gate:
@@ -101,6 +110,7 @@ class Gate:
                     unsafe_score=unsafe,
                     pixels=metrics,
                     reasons=reasons,
+                    embedding=feats[i].tolist(),
                 )
             )
         return out

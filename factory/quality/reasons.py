@@ -16,6 +16,8 @@ OVERSATURATED = "oversaturated"
 LOW_CLIP_SCORE = "low_clip_score"
 LOW_QUALITY = "low_quality"
 UNSAFE = "unsafe_content"
+NEAR_DUPLICATE = "near_duplicate"  # CLIP image cosine to an earlier SKU of the night's category (quality/duplicates)
+REFERENCE_MATCH = "reference_match"  # CLIP image cosine to an image of quality.reference_dir
 
 # The order reasons are reported in, whatever order they were found in (manifests must be reproducible).
 REASON_ORDER: tuple[str, ...] = (
@@ -27,6 +29,8 @@ REASON_ORDER: tuple[str, ...] = (
     LOW_CLIP_SCORE,
     LOW_QUALITY,
     UNSAFE,
+    NEAR_DUPLICATE,
+    REFERENCE_MATCH,
 )
 
 # Local defects that masked inpainting of the worst region can fix.
@@ -38,6 +42,8 @@ REPAIRABLE: frozenset[str] = frozenset({BLURRY, OVEREXPOSED, UNDEREXPOSED, LOW_Q
 #   low_clip_score the image does not show what the prompt asks for (a global mismatch); local inpainting at low
 #                  strength keeps the composition, so it cannot fix it -> review.
 #   unsafe_content never auto-edited: brand-safety hits always need a human decision.
+#   near_duplicate / reference_match   decided at finalize over the whole night, after repair; a person decides
+#                  whether a look-alike (of another SKU's image, or of a protected reference) may ship.
 
 
 def sort_reasons(reasons: Sequence[str]) -> list[str]:

@@ -7,7 +7,9 @@ On one generated mixed-bucket SKU day, with one loaded model and the same per-bu
   D  the full factory path on the same SKUs: read + validate + plan + generate + score + write + manifests,
      repair off (D/C shows what everything around generation costs), and again with repair on
 Plus: pixels computed / pixels needed (B, C), the quantization effect (Linear weight bytes, PSNR of quantized vs
-float images on the same seeds, speed), peak RSS, and with `soak` the RSS drift over many batches in one worker.
+float images on the same seeds, speed), C with two style LoRAs switching every batch (and with one adapter always on,
+to separate the LoRA's compute from the switching), peak RSS, and with `soak` the RSS drift over many batches in one
+worker, without adapters and with adapters switching every batch (diffusers #8532 memory growth).
 Timings are best-of-`repeats` per configuration (machines are noisy; compare ratios from one run).
 """
 
@@ -100,6 +102,7 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
         s = _setup(cfg, Path(tmp), n_skus, result)
         result.update(_throughput(s, repeats))
         result["quantization"] = _quantization(s, quant_mode or "int8-dynamic", repeats)
+        result["adapters"] = _adapters(s, repeats, soak, result)
         if soak:
             result["soak"] = soak_test(s.worker, s.buckets, soak)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -164,7 +167,7 @@ def _throughput(s: _Setup, repeats: int) -> dict[str, Any]:
         **_rates(len(s.tasks), t),
         "seconds": t,
         "pixel_waste": {"B": round(px_b / needed, 3), "C": round(px_c / needed, 3)},
-        "repair": {"images_repaired": _count_repaired(s.tmp / "dr" / s.day)},
+        "repair": {"images_repaired": _count_repaired(s.tmp / "dr", s.day)},
     }
 
 
@@ -229,10 +232,64 @@ def _quantization(s: _Setup, mode: str, repeats: int) -> dict[str, Any]:
     }
 
 
-def _count_repaired(date_dir: Path) -> int:
-    import pyarrow.parquet as pq
+def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dict[str, Any]:
+    """C's batches in one worker holding two tiny style LoRAs (factory/tools/style_lora.py): without adapters, with
+    one always on, and switching every batch, timed round-robin (best of `repeats` rounds) so that machine noise hits
+    all three alike; adds the rows to `result`'s images/s and ratios. With `soak`, the soak switching every batch."""
+    from factory.config import AdapterConfig, LoraSection
+    from factory.generation.worker import Worker
+    from factory.inputs.planner import adapter_entry
+    from factory.tools.style_lora import write_style_lora
 
-    return sum(pq.read_table(date_dir / "manifests" / "approved.parquet", columns=["repaired"]).column(0).to_pylist())
+    names = ("style_a", "style_b")
+    configured = {n: AdapterConfig(str(write_style_lora(s.tmp / n, seed=i).parent)) for i, n in enumerate(names)}
+    cfg = dataclasses.replace(_with(s.cfg, repair={"mode": "off"}), lora=LoraSection(configured))
+    worker = Worker.local(cfg, str(s.tmp / "adapters"))
+    base = s.buckets if len(s.buckets) % 2 == 0 else s.buckets * 2  # even, so cycling keeps alternating
+    runs = {
+        "none": base,
+        "always_on": [dataclasses.replace(b, adapters=(adapter_entry(names[0], 1.0),)) for b in base],
+        "switching": [dataclasses.replace(b, adapters=(adapter_entry(names[i % 2], 1.0),)) for i, b in enumerate(base)],
+    }
+    for n in names:  # load both once, untimed (loading is once per worker, not per switch)
+        worker.adapters.activate((adapter_entry(n, 1.0),))
+    _warm(worker, runs["switching"])
+    best, switches, switch_s = dict.fromkeys(runs, float("inf")), 0, 0.0
+    for _ in range(max(repeats, 1)):
+        for key, batches in runs.items():
+            before = worker.adapters.stats()
+            t0 = time.perf_counter()
+            for b in batches:
+                worker.generate(b)
+            best[key] = min(best[key], time.perf_counter() - t0)
+            if key == "switching":
+                switches += worker.adapters.stats()["adapter_switches"] - before["adapter_switches"]
+                switch_s += worker.adapters.stats()["adapter_switch_s"] - before["adapter_switch_s"]
+    n_images = sum(len(b.tasks) for b in base)
+    ips = {key: n_images / t for key, t in best.items()}
+    result["images_per_s"]["C_adapters_switching_every_batch"] = round(ips["switching"], 3)
+    result["images_per_s"]["C_adapter_always_on"] = round(ips["always_on"], 3)
+    result["ratios"]["C_adapters_switching/C"] = round(ips["switching"] / ips["none"], 3)
+    out = {
+        "adapters": list(names),
+        "images_per_s_same_worker": {k: round(v, 3) for k, v in ips.items()},
+        "always_on/none": round(ips["always_on"] / ips["none"], 3),
+        "switching/none": round(ips["switching"] / ips["none"], 3),
+        "switches_timed": int(switches),
+        "switch_ms_mean": round(1000 * switch_s / max(switches, 1), 3),
+        "load_s_per_adapter": round(worker.adapters.load_s / len(names), 3),
+    }
+    if soak:
+        out["soak"] = soak_test(worker, runs["switching"], soak)
+        out["soak"]["switches"] = worker.adapters.switches
+    return out
+
+
+def _count_repaired(output: Path, day: str) -> int:
+    from factory.io.layout import read_manifest
+    from factory.io.storage import open_store
+
+    return sum(read_manifest(open_store(str(output)), "approved", day).column("repaired").to_pylist())
 
 
 def soak_test(worker: Any, batches: list[Batch], n: int) -> dict[str, float]:
@@ -288,10 +345,16 @@ def format_table(r: dict[str, Any]) -> str:
         f"{q['psnr_db_min']} dB, speed x{q['speed_ratio_quantized_over_float']}",
         f"peak RSS {r['peak_rss_mb']} MB",
     ]
-    if "soak" in r:
-        s = r["soak"]
-        lines.append(
-            f"soak: {s['batches']} batches, RSS {s['rss_mb_at_10pct']} MB at 10% -> "
-            f"{s['rss_mb_at_100pct']} MB at 100% ({s['growth_pct']:+.2f}%)"
-        )
+    a = r["adapters"]
+    lines.append(
+        f"adapters (same worker, round-robin): switching every batch x{a['switching/none']}, one always on "
+        f"x{a['always_on/none']} of no adapters ({a['switches_timed']} switches, {a['switch_ms_mean']} ms each; "
+        f"load {a['load_s_per_adapter']} s per adapter, once per worker)"
+    )
+    for label, soak in (("soak", r.get("soak")), ("soak, adapters switching every batch", a.get("soak"))):
+        if soak:
+            lines.append(
+                f"{label}: {soak['batches']} batches, RSS {soak['rss_mb_at_10pct']} MB at 10% -> "
+                f"{soak['rss_mb_at_100pct']} MB at 100% ({soak['growth_pct']:+.2f}%)"
+            )
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from factory.config import FactoryConfig
 from factory.errors import InputError
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.planner import Batch, Task, make_batches
-from factory.io.writer import atomic_write_bytes
+from factory.io.storage import open_store
 from factory.job.plan import plan
 
 # metric -> (threshold key in [quality], "min" if the threshold is a lower bound else "max")
@@ -49,8 +49,8 @@ class CalibrationReport:
     samples: int
     scores: dict[str, dict[str, list[float]]]  # category -> metric -> values
     thresholds: dict[str, dict[str, float]]  # "all" and categories -> [quality] key -> value
-    toml_path: Path
-    report_path: Path
+    toml_path: str  # a local path or a URI under the output root
+    report_path: str
 
 
 def sample_tasks(tasks: list[Task], n: int) -> list[Task]:
@@ -92,8 +92,10 @@ def calibrate(
         raise InputError(
             f"{p.input_path}: no valid rows to calibrate on ({p.input_rows} rows, {len(p.rejected)} rejected)"
         )
-    out = Path(cfg.paths.output) / "calibration" / p.date
-    check_output_dir(cfg.paths.output, out)
+    store = open_store(cfg.paths.output, cfg.storage)
+    out = f"calibration/{p.date}"
+    if store.kind == "local":
+        check_output_dir(store.root, Path(store.path(out)))
     tasks = sample_tasks(p.tasks, sample)
     scores = _score(cfg, tasks)
 
@@ -106,10 +108,12 @@ def calibrate(
             for m, (key, kind) in METRICS.items()
         }
 
-    toml_path, report_path = out / "thresholds.toml", out / "report.md"
-    atomic_write_bytes(toml_path, _toml(thresholds, len(tasks), percentile, cfg).encode())
-    atomic_write_bytes(report_path, _markdown(scores, thresholds, percentile, cfg).encode())
-    return CalibrationReport(len(tasks), {k: dict(v) for k, v in scores.items()}, thresholds, toml_path, report_path)
+    toml_path, report_path = f"{out}/thresholds.toml", f"{out}/report.md"
+    store.put_bytes(toml_path, _toml(thresholds, len(tasks), percentile, cfg).encode())
+    store.put_bytes(report_path, _markdown(scores, thresholds, percentile, cfg).encode())
+    return CalibrationReport(
+        len(tasks), {k: dict(v) for k, v in scores.items()}, thresholds, store.url(toml_path), store.url(report_path)
+    )
 
 
 def _score(cfg: FactoryConfig, tasks: list[Task]) -> dict[str, dict[str, list[float]]]:

@@ -136,6 +136,28 @@ def build_tiny_sd() -> Any:
     return _sd_pipeline(unet, _tiny_vae(), CLIPTextModel(_tiny_text_encoder_config()))
 
 
+def build_tiny_sd_base() -> Any:
+    """A tiny SD1.5-architecture *base* (non-LCM) pipeline: no `time_cond_proj_dim`, SD1.5's DDPM scheduler.
+
+    The teacher of `adfactory train-lora --method lcm-distill` in tests; same VAE and text encoder as `build_tiny_sd`.
+    """
+    import torch
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(TINY_SEED)
+    pipe = _sd_pipeline(tiny_sd_unet(time_cond_proj_dim=None), _tiny_vae(), CLIPTextModel(_tiny_text_encoder_config()))
+    pipe.scheduler = DDPMScheduler(  # the scheduler config of the published SD1.5 checkpoints
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        clip_sample=False,
+    )
+    return pipe
+
+
 def tiny_sdxl_unet(time_cond_proj_dim: int | None = 32) -> Any:
     """A tiny SDXL-architecture UNet (text_time conditioning); `time_cond_proj_dim` as in `tiny_sd_unet`."""
     from diffusers import UNet2DConditionModel

@@ -123,8 +123,8 @@ def test_writes_run_on_the_writer_pool_and_their_errors_reach_the_batch(cfg, tmp
     tasks = tasks_for(3)
     result = worker.process(batch(tasks))
     assert [r.sku_id for r in result.records] == [t.sku_id for t in tasks]  # records in task order
-    assert all((tmp_path / "ok" / t.image_path).is_file() for t in tasks)  # every write drained before returning
-    (tmp_path / "bad").write_text("a file where the date directory should be")
-    worker.date_dir = tmp_path / "bad"
-    with pytest.raises(OSError):
+    assert all((tmp_path / "ok" / r.image_path).is_file() for r in result.records)  # drained before returning
+    (tmp_path / "bad").write_text("a file where the output root should be")
+    worker.target(dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=str(tmp_path / "bad"))), "")
+    with pytest.raises(Exception, match="bad"):
         worker.process(batch(tasks))

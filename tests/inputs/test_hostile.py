@@ -11,7 +11,7 @@ import pytest
 
 from factory.errors import FactoryError
 from factory.job.run import run
-from tests.conftest import DATE, REPO, with_run, write_skus
+from tests.conftest import DATE, REPO, read_manifests, with_run, write_skus
 
 GOOD = {"sku_id": "GOOD-1", "category": "toys", "attrs": json.dumps({"product": "car"})}
 SCHEMA = pa.schema([("sku_id", pa.string()), ("category", pa.string()), ("attrs", pa.string())])
@@ -73,11 +73,8 @@ def test_template_with_a_syntax_error_fails_up_front(cfg, tmp_path, day_file):
 def test_zero_rows_is_an_empty_successful_day(cfg, tmp_path):
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", [], SCHEMA)
     summary = run(with_run(cfg, executor="local"), DATE)
-    assert summary.counts["input_rows"] == 0 and (summary.date_dir / "_SUCCESS").is_file()
-    assert all(
-        pq.read_table(summary.date_dir / "manifests" / f"{n}.parquet").num_rows == 0
-        for n in ("approved", "review", "rejected")
-    )
+    assert summary.counts["input_rows"] == 0 and (Path(summary.output) / DATE / "_SUCCESS").is_file()
+    assert read_manifests(summary.output) == {"approved": [], "review": [], "rejected": []}
 
 
 REJECTED = {
@@ -99,7 +96,7 @@ def test_bad_rows_are_rejected_and_the_run_goes_on(cfg, tmp_path, case):
     rows = [GOOD, {**GOOD, "sku_id": "BAD-1", **change}]
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", rows, SCHEMA)
     summary = run(with_run(cfg, executor="local"), DATE)
-    rejected = pq.read_table(summary.date_dir / "manifests" / "rejected.parquet").to_pylist()
+    rejected = read_manifests(summary.output)["rejected"]
     assert [(r["source_row"], r["reason"]) for r in rejected] == [(1, reason)]
     assert summary.counts["approved_skus"] + summary.counts["review_skus"] == 1
     assert not _files_outside(tmp_path, [tmp_path / "out", tmp_path / "skus"])
@@ -124,11 +121,12 @@ def test_hostile_but_valid_values_are_just_text(cfg, tmp_path, case):
     row = {**GOOD, "sku_id": "H-1", **ACCEPTED[case]}
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", [row], SCHEMA)
     summary = run(with_run(cfg, executor="local"), DATE)
-    m = {n: pq.read_table(summary.date_dir / "manifests" / f"{n}.parquet").to_pylist() for n in ("approved", "review")}
+    m = read_manifests(summary.output)
     [out] = m["approved"] + m["review"]
     assert out["sku_id"] == row["sku_id"]
-    image = (summary.date_dir / out["image_path"]).resolve()
-    assert image.is_relative_to(summary.date_dir.resolve()) and image.is_file()
+    date_dir = Path(summary.output) / DATE
+    image = (Path(summary.output) / out["image_path"]).resolve()
+    assert image.is_relative_to(date_dir.resolve()) and image.is_file()
     assert image.parent.name == "toys" and image.name.count(".") == 1
     assert not _files_outside(tmp_path, [tmp_path / "out", tmp_path / "skus"])
     assert not any(c in out["prompt"] for c in "\x00\x1b\r\n")

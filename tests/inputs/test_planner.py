@@ -1,8 +1,9 @@
 import dataclasses
 import random
+from collections import Counter
 
 from factory.config import PlannerConfig
-from factory.inputs.planner import Planner, derive_seed, make_batches
+from factory.inputs.planner import Planner, count_batches, count_grouped_batches, derive_seed, make_batches
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import REPO, TEST_BUCKETS
@@ -83,3 +84,39 @@ def test_padding_in_size_promotes_a_remainder_only_when_it_wastes_less():
     # never across aspect ratios: the square "large" remainder does not go to the landscape poster bucket
     tasks = _tasks_in("large", 1) + _tasks_in("poster", 1, start=100)
     assert [(b.width, b.height) for b in make_batches(tasks, 4, TEST_BUCKETS, "size")] == [(128, 128), (128, 64)]
+
+
+def test_batches_never_mix_adapter_sets_and_come_grouped_by_set():
+    """Adapter set (with weights) is part of a batch's identity; sets are the major order, so workers switch
+    adapters once per set, not once per bucket."""
+    from factory.config import AdapterConfig
+
+    adapters = {"guochao": AdapterConfig("g", 0.8), "illustration": AdapterConfig("i")}
+    planner = Planner(PlannerConfig(buckets=list(TEST_BUCKETS)), TEMPLATES, adapters)
+    skus = [sku(i, color="red" if i % 2 else "blue HD") for i in range(12)]
+    skus = [
+        dataclasses.replace(s, adapters=(("guochao",), (), ("guochao", "illustration"))[i % 3])
+        for i, s in enumerate(skus)
+    ]
+    tasks = planner.plan_tasks(skus, "2026-11-21")
+    assert {t.adapters for t in tasks} == {(), ("guochao@0.8",), ("guochao@0.8", "illustration@1.0")}
+    for padding in ("none", "size"):
+        batches = make_batches(tasks, 3, TEST_BUCKETS, padding)
+        assert all({t.adapters for t in b.tasks} == {b.adapters} for b in batches)
+        order = [b.adapters for b in batches]
+        assert order == sorted(order) and order[0] == ()  # grouped: each set is one run of batches
+        assert len({b.batch_id for b in batches}) == len(batches) and sum(len(b.tasks) for b in batches) == 12
+        assert count_grouped_batches(planner.group_counts(skus), 3, TEST_BUCKETS, padding) == len(batches)
+    plain = [dataclasses.replace(t, adapters=()) for t in tasks]
+    assert [b.batch_id for b in make_batches(plain, 4, TEST_BUCKETS)][0] == "small-64x64-00000"  # ids as before
+
+
+def test_counts_without_tasks_match_the_planned_batches():
+    skus = [sku(i, color="blue HD" if i % 4 == 0 else "red") for i in range(37)] + [sku(99, variants=3, age="banner")]
+    tasks = PLANNER.plan_tasks(skus, "2026-11-21")
+    counts = PLANNER.bucket_counts(skus)
+    assert counts == Counter(t.bucket for t in tasks)
+    for padding in ("none", "count", "size"):
+        for batch_size in (1, 3, 4, 16):
+            expected = len(make_batches(tasks, batch_size, TEST_BUCKETS, padding))
+            assert count_batches(counts, batch_size, TEST_BUCKETS, padding) == expected

@@ -72,3 +72,13 @@ def test_template_version_changes_with_content(tmp_path):
 def test_category_file_name_is_validated(tmp_path):
     with pytest.raises(TemplateError, match="file name"):
         load_template(_write(tmp_path, GOOD, "../Bad Name.toml".replace("../", "")), BUCKETS)
+
+
+def test_template_adapters_must_be_configured(tmp_path):
+    body = 'prompt = "a {x}"\nnegative_prompt = ""\nrequired = ["x"]\nbucket = "small"\n'
+    p = _write(tmp_path, 'adapters = ["guochao", "guochao"]\n' + body)
+    assert load_template(p, BUCKETS, {"guochao"}).adapters == ("guochao",)
+    with pytest.raises(TemplateError, match=r"cat\.toml: unknown adapter 'guochao' .*none configured"):
+        load_template(p, BUCKETS)
+    with pytest.raises(TemplateError, match="'adapters' must be a list"):
+        load_template(_write(tmp_path, 'adapters = "guochao"\n' + body), BUCKETS, {"guochao"})

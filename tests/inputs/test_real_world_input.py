@@ -20,13 +20,24 @@ from factory.inputs import skus as S
 from factory.inputs.arguments import parse_date
 from factory.inputs.prompts import load_templates
 from factory.job.run import plan, run
-from tests.conftest import DATE, REPO, cli, demo_config_file, with_run
+from tests.conftest import DATE, REPO, cli, demo_config_file, read_manifests, with_run
 
 TEMPLATES = load_templates(REPO / "templates", {"small", "medium", "large", "poster"})
 
 
 def _validate(path: Path) -> tuple[list[S.Sku], list[S.Rejected]]:
-    return S.validate_rows(S.read_tables(path), TEMPLATES, 8)
+    whole = S.validate_rows(S.read_tables(path), TEMPLATES, 8)
+    assert streamed(path) == whole  # what `run` does: record batches (of 2 rows here), one validator
+    return whole
+
+
+def streamed(path: Path, batch_rows: int = 2) -> tuple[list[S.Sku], list[S.Rejected]]:
+    validator, skus, rejected = S.RowValidator(TEMPLATES, 8), [], []
+    for source, offset, table in S.iter_tables(path, batch_rows):
+        s, r = validator.validate(source, table, offset)
+        skus += s
+        rejected += r
+    return skus, rejected
 
 
 def _write(path: Path, table: pa.Table) -> Path:
@@ -60,9 +71,8 @@ def test_readme_pandas_example_runs(cfg, tmp_path):
     ).to_parquet(path)
     assert pq.read_schema(path).field("variants").type == pa.float64()
     s = run(with_run(cfg, executor="local"), DATE)
-    rows = [
-        r for n in ("approved", "review") for r in pq.read_table(s.date_dir / "manifests" / f"{n}.parquet").to_pylist()
-    ]
+    m = read_manifests(s.output)
+    rows = m["approved"] + m["review"]
     assert sorted((r["sku_id"], r["variant"]) for r in rows) == [("SKU-1001", 0), ("SKU-1002", 0), ("SKU-1002", 1)]
     assert s.counts["rejected_rows"] == 0
 
@@ -236,14 +246,11 @@ def test_validate_and_run_agree_on_a_day_of_real_world_rows(cfg, tmp_path):
     ]
     assert [(r.source_row, r.reason) for r in plan(cfg, DATE).rejected] == expected
     s = run(with_run(cfg, executor="local"), DATE)
-    manifests = {
-        n: pq.read_table(s.date_dir / "manifests" / f"{n}.parquet").to_pylist()
-        for n in ("approved", "review", "rejected")
-    }
+    manifests = read_manifests(s.output)
     assert [(r["source_row"], r["reason"]) for r in manifests["rejected"]] == expected
     assert sorted(r["sku_id"] for r in manifests["approved"] + manifests["review"]) == ["DUP-1", "GOOD-1"]
     assert "row 5" in manifests["rejected"][-1]["detail"]
-    assert (s.date_dir / "_SUCCESS").is_file()
+    assert (Path(s.output) / DATE / "_SUCCESS").is_file()
 
 
 def test_undecodable_column_name_is_a_file_error(tmp_path):

@@ -1,12 +1,11 @@
 import os
+import stat
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from factory.io.paths import image_relpath, safe_join
-from factory.io.records import MANIFEST_SCHEMAS
-from factory.io.writer import atomic_write_bytes, write_manifest
+from factory.io.paths import image_relpath
+from factory.io.storage import open_store
 
 HOSTILE = [
     "../../etc/passwd",
@@ -37,7 +36,7 @@ def test_image_paths_stay_inside(tmp_path, sku_id):
     name = parts[2]
     assert not name.startswith(".") and "\x00" not in name and len(name) < 100
     assert name.split(".")[0].upper() not in {"CON", "NUL", "COM1"}
-    assert safe_join(tmp_path, rel).is_relative_to(tmp_path.resolve())
+    assert open_store(str(tmp_path)).path(f"2026-11-21/{rel}").startswith(f"{tmp_path}/2026-11-21/images/shoes/")
 
 
 def test_names_never_collide():
@@ -47,19 +46,29 @@ def test_names_never_collide():
     assert image_relpath("shoes", "a", 0) != image_relpath("shoes", "a", 1)
 
 
-def test_safe_join_refuses_escape(tmp_path):
+def test_store_refuses_escape(tmp_path):
     with pytest.raises(ValueError):
-        safe_join(tmp_path, "../x.png")
+        open_store(str(tmp_path)).path("2026-11-21/../../x.png")
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "d" / "f.bin"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["f.bin"]
+@pytest.mark.parametrize(
+    "umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)], ids=["umask022", "umask027"]
+)
+def test_outputs_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """PNGs, manifest partitions, run.json and the lock as the umask says (mkstemp would make them 0600)."""
+    from factory.io import layout
+    from factory.job.lock import RunLock
 
-
-def test_manifests_have_explicit_schemas_even_when_empty(tmp_path):
-    for name, schema in MANIFEST_SCHEMAS.items():
-        write_manifest(tmp_path / f"{name}.parquet", [], schema)
-        assert pq.read_schema(tmp_path / f"{name}.parquet").equals(schema, check_metadata=False)
+    old = os.umask(umask)
+    try:
+        store = open_store(str(tmp_path))
+        store.put_bytes("d/images/a.png", b"png", durability="none")
+        store.put_bytes("d/run.json", b"{}")
+        layout.write_manifest(store, "approved", "2026-11-21", [])
+        with RunLock(tmp_path / "d", "r"):
+            lock_mode = stat.S_IMODE((tmp_path / "d" / ".lock").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert lock_mode == file_mode
+    for p in tmp_path.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (dir_mode if p.is_dir() else file_mode), p

@@ -32,7 +32,8 @@ def test_a_failed_share_over_the_limit_fails_and_errors_of_a_completed_date_are_
     # one poison SKU of 9 images: below the default share (0.5) the night succeeds with one generation_error ...
     poisoned = with_run(cfg, executor="local", fault_injection="raise:S3")
     first = run(poisoned, DATE)
-    assert first.counts["generation_errors"] == 1 and (first.date_dir / "_SUCCESS").exists()
+    date_dir = Path(first.output) / DATE
+    assert first.counts["generation_errors"] == 1 and (date_dir / "_SUCCESS").exists()
     # ... and a plain rerun (no --force) retries just that row
     again = run(with_run(cfg, executor="local"), DATE)
     assert not again.already_done
@@ -43,7 +44,7 @@ def test_a_failed_share_over_the_limit_fails_and_errors_of_a_completed_date_are_
     strict = with_run(cfg, executor="local", fault_injection="raise:S3", max_error_share=0.0)
     with pytest.raises(FactoryError, match="max_error_share"):
         run(strict, DATE, force=True)
-    assert not (first.date_dir / "_SUCCESS").exists()
+    assert not (date_dir / "_SUCCESS").exists()
 
 
 def test_category_override_without_template_is_refused(cfg):

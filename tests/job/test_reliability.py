@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.errors import LockError
-from factory.job.parts import parts_dir
+from factory.io.layout import MANIFEST_KINDS, partition_path, parts_dir
 from factory.job.run import run
 from tests.conftest import (
     DATE,
@@ -23,22 +23,20 @@ from tests.conftest import (
     cli_args,
     demo_config_file,
     make_cfg,
+    read_manifests,
     sample_rows,
     with_run,
     write_skus,
 )
 
 
-def manifests(date_dir: Path) -> dict[str, list[dict]]:
-    return {
-        n: pq.read_table(date_dir / "manifests" / f"{n}.parquet").to_pylist()
-        for n in ("approved", "review", "rejected")
-    }
+def manifests(output: str | Path) -> dict[str, list[dict]]:
+    return read_manifests(output, DATE)
 
 
-def assert_invariant(date_dir: Path, input_rows: list[dict]) -> None:
+def assert_invariant(output: str | Path, input_rows: list[dict]) -> None:
     """approved + review + rejected = unique input SKUs (+ duplicate rows in rejected); each SKU once."""
-    m = manifests(date_dir)
+    m = manifests(output)
     ids = [r["sku_id"] for r in input_rows]
     a = {r["sku_id"] for r in m["approved"]}
     v = {r["sku_id"] for r in m["review"]}
@@ -46,7 +44,7 @@ def assert_invariant(date_dir: Path, input_rows: list[dict]) -> None:
     keyed = [(r["sku_id"], r["variant"]) for r in m["approved"] + m["review"]]
     assert len(keyed) == len(set(keyed))
     assert len(a) + len(v) + len(m["rejected"]) == len(ids)  # every input row accounted for exactly once
-    assert (date_dir / "_SUCCESS").is_file()
+    assert (Path(output) / DATE / "_SUCCESS").is_file()
 
 
 def many_rows(n: int) -> list[dict]:
@@ -65,27 +63,28 @@ def test_rerun_of_a_completed_date_is_a_noop_and_force_regenerates(cfg, day_file
     forced = run(cfg, DATE, force=True)
     assert not forced.already_done and forced.run_id != first.run_id
     assert forced.counts["images_generated"] == 9
-    assert_invariant(forced.date_dir, sample_rows())
+    assert_invariant(forced.output, sample_rows())
 
 
 def test_resume_skips_finished_work(cfg, day_file):
     """Simulate a crash after some batches: drop _SUCCESS and the final manifests, keep the parts and images."""
     cfg = with_run(cfg, executor="local", batch_size=2)
     first = run(cfg, DATE)
-    date_dir = first.date_dir
-    kept = sorted(parts_dir(date_dir).glob("*.parquet"))[:2]
-    for f in parts_dir(date_dir).glob("*.parquet"):
+    out = Path(first.output)
+    date_dir = out / DATE
+    kept = sorted((out / parts_dir(DATE)).glob("*.parquet"))[:2]
+    for f in (out / parts_dir(DATE)).glob("*.parquet"):
         if f not in kept:
             f.unlink()
-    for f in [date_dir / "_SUCCESS", *(date_dir / "manifests").glob("*.parquet")]:
+    for f in [date_dir / "_SUCCESS", *(out / partition_path(kind, DATE) for kind in MANIFEST_KINDS)]:
         f.unlink()
     kept_rows = [r for f in kept for r in pq.read_table(f).to_pylist()]
-    mtimes = {r["image_path"]: (date_dir / r["image_path"]).stat().st_mtime_ns for r in kept_rows}
+    mtimes = {r["image_path"]: (out / r["image_path"]).stat().st_mtime_ns for r in kept_rows}
     second = run(cfg, DATE)
     assert second.counts["images_resumed"] == len(kept_rows) > 0
     assert second.counts["images_generated"] == 9 - len(kept_rows)
-    assert all((date_dir / p).stat().st_mtime_ns == t for p, t in mtimes.items())  # not regenerated
-    assert_invariant(date_dir, sample_rows())
+    assert all((out / p).stat().st_mtime_ns == t for p, t in mtimes.items())  # not regenerated
+    assert_invariant(out, sample_rows())
 
 
 def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
@@ -113,7 +112,7 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    parts = out / DATE / "manifests" / "_parts"
+    parts = out / parts_dir(DATE)
     deadline = time.time() + 240
     try:
         while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
@@ -132,7 +131,7 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
     done_parts = list(parts.glob("*.parquet"))
     done = [r for f in done_parts for r in pq.read_table(f).to_pylist()]
     assert 0 < len(done) < len(rows)
-    mtimes = {r["image_path"]: (date_dir / r["image_path"]).stat().st_mtime_ns for r in done}
+    mtimes = {r["image_path"]: (out / r["image_path"]).stat().st_mtime_ns for r in done}
 
     res = subprocess.run(
         args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
@@ -141,32 +140,32 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
     info = json.loads((date_dir / "run.json").read_text())
     assert info["counts"]["images_resumed"] >= len(done)
     assert info["counts"]["images_resumed"] + info["counts"]["images_generated"] == len(rows)
-    assert all((date_dir / p).stat().st_mtime_ns == t for p, t in mtimes.items())
-    assert_invariant(date_dir, rows)
+    assert all((out / p).stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert_invariant(out, rows)
     assert not (date_dir / ".lock").exists()
 
 
 def test_worker_killed_mid_batch_is_restarted(cfg, day_file, ray_cluster):
     cfg = with_run(cfg, executor="ray", workers=2, batch_size=4, fault_injection="die_once:S2")
     summary = run(cfg, DATE)
-    assert list(summary.date_dir.glob(".fault-*")), "the worker process should have died once"
-    m = manifests(summary.date_dir)
+    assert list((Path(summary.output) / DATE).glob(".fault-*")), "the worker process should have died once"
+    m = manifests(summary.output)
     assert not [r for r in m["review"] if r["detail"]]  # no generation errors: the batch was retried
     assert "S2" in {r["sku_id"] for r in m["approved"] + m["review"]}
-    assert_invariant(summary.date_dir, sample_rows())
+    assert_invariant(summary.output, sample_rows())
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_poison_sku_is_isolated(cfg, day_file, ray_cluster, executor):
     cfg = with_run(cfg, executor=executor, workers=1, batch_size=4, fault_injection="raise:S3")
     summary = run(cfg, DATE)
-    m = manifests(summary.date_dir)
+    m = manifests(summary.output)
     errors = [r for r in m["review"] if r["detail"]]
     assert [(r["sku_id"], r["reason"]) for r in errors] == [("S3", "generation_error")]
     assert "injected fault" in errors[0]["detail"] and errors[0]["image_path"] is None
     good = [r for r in m["approved"] + m["review"] if r["sku_id"] != "S3"]
-    assert len(good) == 8 and all((summary.date_dir / r["image_path"]).is_file() for r in good)
-    assert_invariant(summary.date_dir, sample_rows())
+    assert len(good) == 8 and all((Path(summary.output) / r["image_path"]).is_file() for r in good)
+    assert_invariant(summary.output, sample_rows())
     assert summary.counts["generation_errors"] == 1
 
 
@@ -176,8 +175,8 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_bytes(cfg, day_file, tmp_p
     oom_cfg = with_run(cfg, executor="local", batch_size=4, fault_injection="oom:S1", padding=padding)
     oom_cfg = dataclasses.replace(oom_cfg, paths=dataclasses.replace(oom_cfg.paths, output=str(tmp_path / "oom")))
     oom = run(oom_cfg, DATE)
-    ref_imgs = {p.name: p.read_bytes() for p in ref.date_dir.rglob("*.png")}
-    oom_imgs = {p.name: p.read_bytes() for p in oom.date_dir.rglob("*.png")}
+    ref_imgs = {p.name: p.read_bytes() for p in Path(ref.output).rglob("*.png")}
+    oom_imgs = {p.name: p.read_bytes() for p in Path(oom.output).rglob("*.png")}
     assert ref_imgs == oom_imgs and oom.counts["generation_errors"] == 0
 
 
@@ -206,19 +205,21 @@ def test_cross_day_cache_reuses_approved_images(cfg, tmp_path):
     write_skus(skus / "2026-11-21.parquet", rows, SAMPLE_SCHEMA)
     day1 = run(cfg, "2026-11-20")
     day2 = run(cfg, "2026-11-21")
-    m1, m2 = manifests(day1.date_dir), manifests(day2.date_dir)
+    out = Path(day1.output)
+    m1, m2 = read_manifests(out, "2026-11-20"), read_manifests(out, "2026-11-21")
     assert day2.counts["cache_hits"] == len(m1["approved"]) > 0
     cached = [r for r in m2["approved"] if r["cached"]]
     assert len(cached) == len(m1["approved"]) and all(str(r["cache_source_date"]) == "2026-11-20" for r in cached)
     for r in cached:
-        a, b = day1.date_dir / r["image_path"], day2.date_dir / r["image_path"]
+        assert r["image_path"].startswith("2026-11-21/images/")  # relative to the output root, today's copy
+        a, b = out / r["image_path"].replace("2026-11-21/", "2026-11-20/", 1), out / r["image_path"]
         assert a.read_bytes() == b.read_bytes() and os.stat(a).st_ino == os.stat(b).st_ino  # hardlinked
     assert day2.counts["images_generated"] == len(m1["review"])  # review images are regenerated, not reused
     # a changed template/prompt misses the cache
     changed = [dict(r, attrs=r["attrs"].replace("Peak", "Summit")) for r in rows]
     write_skus(skus / "2026-11-22.parquet", changed, SAMPLE_SCHEMA)
-    day3 = run(cfg, "2026-11-22")
-    assert "S1" not in {r["sku_id"] for r in manifests(day3.date_dir)["approved"] if r["cached"]}
+    assert run(cfg, "2026-11-22").counts["cache_hits"] > 0
+    assert "S1" not in {r["sku_id"] for r in read_manifests(out, "2026-11-22")["approved"] if r["cached"]}
     # with the default seed scope (a new seed every day) nothing is reused
     daily = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="date"))
     daily = dataclasses.replace(daily, paths=dataclasses.replace(daily.paths, output=str(tmp_path / "daily")))

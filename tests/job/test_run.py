@@ -2,12 +2,16 @@
 
 import hashlib
 import json
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from factory.io.layout import read_manifest
 from factory.io.records import MANIFEST_SCHEMAS
+from factory.io.storage import open_store
 from factory.job.run import run
 from tests.conftest import DATE, SAMPLE_SCHEMA, cli, demo_config_file, make_cfg, sample_rows, with_run, write_skus
 
@@ -19,8 +23,8 @@ def image_digests(date_dir: Path) -> dict[str, str]:
     }
 
 
-def manifest_rows(date_dir: Path, name: str) -> list[dict]:
-    rows = pq.read_table(date_dir / "manifests" / f"{name}.parquet").to_pylist()
+def manifest_rows(output: str, name: str) -> list[dict]:
+    rows = read_manifest(open_store(output), name, DATE).to_pylist()
     return [{k: v for k, v in r.items() if k not in ("run_id", "source_file")} for r in rows]
 
 
@@ -35,8 +39,9 @@ def ray_run(tiny_models, tmp_path_factory, ray_cluster):
 
 def test_manifests_schemas_and_conservation(ray_run):
     cfg, summary = ray_run
-    date_dir = summary.date_dir
-    tables = {name: pq.read_table(date_dir / "manifests" / f"{name}.parquet") for name in MANIFEST_SCHEMAS}
+    out = Path(summary.output)
+    date_dir = out / DATE
+    tables = {name: read_manifest(open_store(summary.output), name, DATE) for name in MANIFEST_SCHEMAS}
     for name, table in tables.items():
         assert table.schema.equals(MANIFEST_SCHEMAS[name], check_metadata=False), name
     approved = tables["approved"].to_pylist()
@@ -59,11 +64,11 @@ def test_manifests_schemas_and_conservation(ray_run):
     assert a and v, "the test threshold should split the sample between approved and review"
     assert all(r["reason"] for r in review)
 
-    # images exist, inside the date directory, with the planned size
+    # images exist, inside the date directory, with the planned size; image_path is relative to the output root
     from PIL import Image
 
     for r in approved + review:
-        path = (date_dir / r["image_path"]).resolve()
+        path = (out / r["image_path"]).resolve()
         assert path.is_relative_to(date_dir.resolve()) and path.is_file()
         assert Image.open(path).size == (r["width"], r["height"])
     assert {r["bucket"] for r in approved + review} >= {"small", "medium", "poster"}
@@ -73,7 +78,7 @@ def test_manifests_schemas_and_conservation(ray_run):
     assert run_json["counts"]["images_planned"] == 9 and run_json["images_per_s"] > 0
     assert run_json["config"]["run"]["executor"] == "ray" and run_json["executor"]["workers"] == 2
     assert {"read_s", "plan_s", "generate_s", "score_s", "write_images_s", "total_s"} <= set(run_json["timings"])
-    assert not list(date_dir.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
 
 
 @pytest.mark.parametrize(
@@ -86,9 +91,9 @@ def test_same_bytes_whatever_batch_size_workers_and_executor(
     ref_cfg, ref = ray_run
     cfg = with_run(make_cfg(tiny_models, tmp_path), executor=executor, workers=workers, batch_size=batch_size)
     summary = run(cfg, DATE, skus_path=Path(ref_cfg.paths.skus) / f"{DATE}.parquet")
-    assert image_digests(summary.date_dir) == image_digests(ref.date_dir)
+    assert image_digests(Path(summary.output) / DATE) == image_digests(Path(ref.output) / DATE)
     for name in MANIFEST_SCHEMAS:
-        assert manifest_rows(summary.date_dir, name) == manifest_rows(ref.date_dir, name)
+        assert manifest_rows(summary.output, name) == manifest_rows(ref.output, name)
 
 
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tmp_path):
@@ -114,27 +119,31 @@ def test_cli_validate_prints_rejections_and_writes_nothing(day_file, cfg, tmp_pa
 
 
 def test_cli_run_on_its_own_local_ray_cluster(day_file, cfg, tmp_path):
-    """The command cron runs: `adfactory run`, starting its own local Ray cluster."""
+    """The command cron runs: `adfactory run`, starting its own local Ray cluster, though an earlier `ray start`
+    left a `ray_current_cluster` file naming a cluster that is gone (it must not be joined); its log is clean
+    (stderr is a pipe, not a TTY) and its outputs readable as the umask says."""
     config = demo_config_file(tmp_path / "factory.toml", cfg)
     out = tmp_path / "cli-out"
-    res = cli(
-        "run",
-        "--date",
-        DATE,
-        "--skus",
-        str(day_file),
-        "--output",
-        str(out),
-        "--config",
-        str(config),
-        "--workers",
-        "2",
-        "--batch-size",
-        "2",
-        cwd=tmp_path,
-        env={"RAY_ADDRESS": ""},
-    )
+    ray_tmp = Path(tempfile.mkdtemp(prefix="adf-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # stale, from an earlier `ray start`
+    try:
+        res = cli(
+            "run", "--date", DATE, "--skus", str(day_file), "--output", str(out), "--config", str(config),
+            "--workers", "2", "--batch-size", "2",
+            cwd=tmp_path,
+            env={"RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)},
+            umask=0o022,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "approved SKUs" in res.stdout and "images/s" in res.stdout
     run_json = json.loads((out / DATE / "run.json").read_text())
     assert run_json["executor"]["executor"] == "ray" and run_json["counts"]["rejected_rows"] == 4
+    # cron log: no library noise, no colour codes, nothing from workers (last line: 100 %)
+    for noise in ("_pytree", "torchao", "Token authentication", "\x1b[", "(Worker", "(pid="):
+        assert noise not in res.stderr, (noise, res.stderr[-2000:])
+    assert "(100%)" in res.stderr.strip().splitlines()[-1]
+    for p in (out / DATE).rglob("*"):  # images, parts, manifests, run.json, _SUCCESS (written by Ray workers too)
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p

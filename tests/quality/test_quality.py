@@ -4,7 +4,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -12,7 +11,7 @@ from factory.config import load_config
 from factory.errors import ConfigError, TemplateError
 from factory.job.run import run
 from factory.tools.calibrate import calibrate
-from tests.conftest import DATE, REPO, with_run
+from tests.conftest import DATE, REPO, read_manifests, with_run
 
 
 def quality(cfg, **kw):
@@ -24,7 +23,7 @@ def output(cfg, name):
 
 
 def rows(summary):
-    m = {n: pq.read_table(summary.date_dir / "manifests" / f"{n}.parquet").to_pylist() for n in ("approved", "review")}
+    m = read_manifests(summary.output)
     return {(r["sku_id"], r["variant"]): r for r in m["approved"] + m["review"]}, m
 
 
@@ -42,8 +41,8 @@ def test_repairable_failure_is_inpainted_only_inside_the_mask(cfg, day_file):
     changed = 0
     for key, r in by_key.items():
         assert r["initial_reasons"] == ["blurry"] and 1 <= r["attempts"] <= 2
-        a = np.asarray(Image.open(original.date_dir / plain[key]["image_path"])).astype(int)
-        b = np.asarray(Image.open(repaired.date_dir / r["image_path"])).astype(int)
+        a = np.asarray(Image.open(Path(original.output) / plain[key]["image_path"])).astype(int)
+        b = np.asarray(Image.open(Path(repaired.output) / r["image_path"])).astype(int)
         if not r["repaired"]:
             assert r["repair_box"] is None and np.array_equal(a, b)  # the original was kept
             continue
@@ -80,7 +79,7 @@ def test_repaired_images_are_deterministic_across_batch_sizes(cfg, day_file):
     kb, _ = rows(b)
     assert any(r["repaired"] for r in ka.values())
     for key, r in ka.items():
-        assert (a.date_dir / r["image_path"]).read_bytes() == (b.date_dir / kb[key]["image_path"]).read_bytes()
+        assert (Path(a.output) / r["image_path"]).read_bytes() == (Path(b.output) / kb[key]["image_path"]).read_bytes()
         assert (r["repaired"], r["repair_box"], r["reasons"]) == (
             kb[key]["repaired"],
             kb[key]["repair_box"],
@@ -125,10 +124,11 @@ def test_per_category_overrides_and_template_quality(cfg, day_file, tmp_path):
 
 def test_calibration_snippet_is_accepted_by_run(cfg, day_file, tmp_path):
     report = calibrate(with_run(cfg, executor="local"), DATE, sample=9, percentile=10)
-    assert report.samples == 9 and report.toml_path.is_file() and report.report_path.is_file()
-    assert "| clip_score |" in report.report_path.read_text()
+    toml_path, report_path = Path(report.toml_path), Path(report.report_path)
+    assert report.samples == 9 and toml_path.is_file() and report_path.is_file()
+    assert "| clip_score |" in report_path.read_text()
     config = tmp_path / "calibrated.toml"
-    config.write_text((REPO / "data" / "demo.toml").read_text().split("[quality]")[0] + report.toml_path.read_text())
+    config.write_text((REPO / "data" / "demo.toml").read_text().split("[quality]")[0] + toml_path.read_text())
     loaded = load_config(config)
     assert loaded.quality.clip_threshold == report.thresholds["all"]["clip_threshold"]
     s = run(dataclasses.replace(cfg, quality=loaded.quality, run=dataclasses.replace(cfg.run, executor="local")), DATE)

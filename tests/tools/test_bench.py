@@ -19,9 +19,21 @@ def test_bench_quick_reports_every_field(cfg):
         "D_full_with_repair",
         "C_bucketed_fast_numerics",
         "D_full_no_repair_fast_numerics",
+        "C_adapters_switching_every_batch",
+        "C_adapter_always_on",
     }
     assert all(v > 0 for v in r["images_per_s"].values())
-    assert set(r["ratios"]) == {"C/A", "C/B", "D/C", "D_repair/C", "C_fast/A", "D_fast/C_fast"}
+    assert set(r["ratios"]) == {
+        "C/A",
+        "C/B",
+        "D/C",
+        "D_repair/C",
+        "C_fast/A",
+        "D_fast/C_fast",
+        "C_adapters_switching/C",
+    }
+    a = r["adapters"]
+    assert a["switches_timed"] >= 2 and a["switch_ms_mean"] > 0 and a["soak"]["batches"] == 4
     assert r["pixel_waste"]["C"] >= 1.0 and r["pixel_waste"]["B"] >= r["pixel_waste"]["C"]
     q = r["quantization"]
     assert q["default_mode"] == "none" and q["compared_mode"] == "int8-dynamic"

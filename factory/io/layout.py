@@ -1,0 +1,120 @@
+"""Where a night's outputs live under the output root, and the one place that writes and reads the manifest tables.
+
+```
+<output>/
+  manifests/approved/run_date=YYYY-MM-DD/part-0.parquet    Hive-partitioned tables, one partition per night
+  manifests/review/run_date=YYYY-MM-DD/part-0.parquet
+  manifests/rejected/run_date=YYYY-MM-DD/part-0.parquet
+  YYYY-MM-DD/images/<category>/<name>.png                  the night's images
+  YYYY-MM-DD/run.json                                      what the night did (status ok | failed)
+  YYYY-MM-DD/_SUCCESS                                      written last: the night (and its partitions) is final
+  YYYY-MM-DD/_parts/<run_id>-<batch>.parquet               resume state while a night runs
+  YYYY-MM-DD/.lock                                         one run per date
+```
+
+Every path is relative to the output root, and so is the manifests' `image_path` (`YYYY-MM-DD/images/...`).
+A partition is one file: rewriting it is one atomic rename (local) or one PUT (object stores), so a rerun replaces
+it whole. The partition files do not store `run_date` (the directory name carries it, as Hive, Spark and Trino
+expect); `read_manifest` adds it back as a date32 column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from factory.io.records import MANIFEST_SCHEMAS
+from factory.io.storage import Store
+
+MANIFEST_KINDS = ("approved", "review", "rejected")
+PARTITION_COLUMN = "run_date"
+PART_FILE = "part-0.parquet"
+SUCCESS = "_SUCCESS"
+RUN_INFO = "run.json"
+PARTS = "_parts"
+IMAGES = "images"
+
+
+def table_dir(kind: str) -> str:
+    """The root of one manifest table, relative to the output root (what a data engineer registers)."""
+    if kind not in MANIFEST_KINDS:
+        raise ValueError(f"unknown manifest {kind!r} (one of {', '.join(MANIFEST_KINDS)})")
+    return f"manifests/{kind}"
+
+
+def partition_path(kind: str, date: str) -> str:
+    return f"{table_dir(kind)}/{PARTITION_COLUMN}={date}/{PART_FILE}"
+
+
+def image_key(date: str, image_relpath: str) -> str:
+    """A task's image (`images/<category>/<name>.png`) as a path under the output root: `<date>/images/...`."""
+    return f"{date}/{image_relpath}" if date else image_relpath
+
+
+def success_path(date: str) -> str:
+    return f"{date}/{SUCCESS}"
+
+
+def run_info_path(date: str) -> str:
+    return f"{date}/{RUN_INFO}"
+
+
+def parts_dir(date: str) -> str:
+    return f"{date}/{PARTS}"
+
+
+def file_schema(kind: str) -> pa.Schema:
+    """The columns stored in a partition file: the manifest's, less the partition column."""
+    schema = MANIFEST_SCHEMAS[kind]
+    return schema.remove(schema.get_field_index(PARTITION_COLUMN))
+
+
+def write_manifest(store: Store, kind: str, date: str, rows: list[dict[str, Any]]) -> None:
+    """Replace the `kind` partition of `date` with `rows` (dicts with the manifest's columns), atomically."""
+    schema = file_schema(kind)
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    with store.open_output_stream(partition_path(kind, date)) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def read_manifest(store: Store, kind: str, date: str) -> pa.Table:
+    """One night's partition with `run_date` as its first column (date32), in the manifest's schema.
+
+    FileNotFoundError if the night wrote no such partition."""
+    table = pq.read_table(store.open_input_file(partition_path(kind, date)))
+    day = pa.array([dt.date.fromisoformat(date)] * table.num_rows, pa.date32())
+    table = table.add_column(0, PARTITION_COLUMN, day)
+    return table.select(MANIFEST_SCHEMAS[kind].names).cast(MANIFEST_SCHEMAS[kind])
+
+
+def read_table(store: Store, kind: str) -> pa.Table:
+    """Every night's rows of one table (what a Hive-aware reader sees), `run_date` as date32, sorted by date."""
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.date32())]), flavor="hive")
+    dataset = ds.dataset(
+        store.path(table_dir(kind)),
+        filesystem=store.fs,
+        format="parquet",
+        partitioning=partitioning,
+        exclude_invalid_files=False,
+        ignore_prefixes=[".", "_"],
+    )
+    table = dataset.to_table()
+    if table.num_rows == 0:
+        return MANIFEST_SCHEMAS[kind].empty_table()
+    table = table.select(MANIFEST_SCHEMAS[kind].names).cast(MANIFEST_SCHEMAS[kind])
+    return table.take(pc.sort_indices(table, [(PARTITION_COLUMN, "ascending")]))
+
+
+def delete_night(store: Store, date: str) -> None:
+    """For --force: the night's manifest partitions, images, parts and run.json (the caller removed `_SUCCESS`)."""
+    for kind in MANIFEST_KINDS:
+        store.delete(partition_path(kind, date))
+    for sub in (IMAGES, PARTS):
+        store.delete_tree(f"{date}/{sub}")
+    store.delete(run_info_path(date))

@@ -1,0 +1,173 @@
+"""`adfactory scale-bench`: the driver at scale, without a model: wall time and peak RSS of the driver process.
+
+  validate     a synthetic day of N rows through `adfactory validate`'s code path (read, validate, plan, count)
+  null-night   a synthetic day of N rows through `factory.job.run.run()` with `model.pipeline = "null"` (no model:
+               solid-colour images from the seed, a gate that passes): orchestration and storage alone
+
+The synthetic day is written once per (rows, seed) as one parquet file: ten categories, attribute columns plus a
+JSON `attrs` column, a few variants, and ~0.5 % bad rows (duplicates, unknown categories, missing attributes).
+Peak RSS is the driver's (`resource.getrusage(RUSAGE_SELF)`): Ray workers are other processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from factory.config import FactoryConfig
+from factory.errors import ConfigError
+from factory.generation.models import NULL_PIPELINE
+
+SCALE_MODES = ("validate", "null-night")
+BENCH_DATE = "2026-01-01"
+
+# (category, JSON attrs) pairs that satisfy each shipped template's required attributes.
+_ATTRS = [
+    ("shoes", '{"color": "white", "style": "runner"}'),
+    ("bags", '{"color": "tan", "material": "leather"}'),
+    ("cosmetics", '{"product": "lipstick", "shade": "coral"}'),
+    ("dress", '{"style": "linen", "color": "navy"}'),
+    ("electronics", '{"product": "earbuds", "feature": "charging case"}'),
+    ("food", '{"product": "dumplings", "serving": "in a bamboo steamer"}'),
+    ("furniture", '{"product": "armchair", "material": "oak"}'),
+    ("jewelry", '{"product": "ring", "metal": "gold", "stone": "a sapphire"}'),
+    ("promo", '{"event": "Double 11 sale", "product": "sneakers"}'),
+    ("toys", '{"product": "building blocks", "age": "3+"}'),
+]
+_BRANDS = ["Peak", "Urban", "Lumen", "Nordic", "Aster", "Kite", "Moss", "Orbit"]
+
+
+def synthetic_day(path: Path, rows: int, seed: int = 0) -> Path:
+    """Write a day of `rows` SKUs (deterministic for a seed); kept when it already exists with that many rows."""
+    if path.is_file() and pq.ParquetFile(path).metadata.num_rows == rows:
+        return path
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(_ATTRS), rows)
+    ids = pc.binary_join_element_wise("SKU-", pc.cast(pa.array(np.arange(rows)), pa.string()), "")
+    bad = rng.random(rows)
+    dup = np.nonzero(bad < 0.002)[0]  # a later row repeating an earlier id
+    ids = ids.to_numpy(zero_copy_only=False)
+    ids[dup] = ids[np.maximum(dup - 1, 0)]
+    category = np.array([c for c, _ in _ATTRS], dtype=object)[pick]
+    category[(bad >= 0.002) & (bad < 0.003)] = "garden"  # no template
+    attrs = np.array([a for _, a in _ATTRS], dtype=object)[pick]
+    attrs[(bad >= 0.003) & (bad < 0.005)] = "{}"  # missing required attributes for most categories
+    variants = pa.array(rng.choice([1, 1, 1, 2], rows), pa.int32(), mask=rng.random(rows) < 0.1)
+    table = pa.table(
+        {
+            "sku_id": pa.array(ids, pa.string()),
+            "category": pa.array(category, pa.string()),
+            "brand": pa.array(np.array(_BRANDS, dtype=object)[rng.integers(0, len(_BRANDS), rows)], pa.string()),
+            "attrs": pa.array(attrs, pa.string()),
+            "variants": variants,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, row_group_size=128 * 1024)
+    tmp.replace(path)
+    return path
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _make_day(path: Path, rows: int) -> Path:
+    """The synthetic day, written by a child process: its arrays must not count in this driver's peak RSS."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=synthetic_day, args=(path, rows))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"writing the synthetic day {path} failed (exit {proc.exitcode})")
+    return path
+
+
+def scale_bench(
+    cfg: FactoryConfig, mode: str, rows: int, workdir: Path, output: str | None = None, date: str = BENCH_DATE
+) -> dict[str, Any]:
+    """Run `mode` on a synthetic day of `rows` rows; wall time, driver CPU time and peak RSS of this process."""
+    if mode not in SCALE_MODES:
+        raise ConfigError(f"scale-bench mode must be one of {', '.join(SCALE_MODES)}; got {mode!r}")
+    if rows < 1:
+        raise ConfigError(f"--rows must be at least 1, got {rows}")
+    skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    if mode == "validate":
+        result = _validate(cfg, skus, date)
+    else:
+        result = _null_night(cfg, skus, date, output or str(workdir / "out"))
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    images = result["images"]
+    return {
+        "mode": mode,
+        "rows": rows,
+        **result,
+        "wall_s": round(wall, 2),
+        "driver_cpu_s": round(cpu, 2),
+        "driver_ms_per_image": round(1000 * cpu / images, 4) if images else None,
+        "wall_ms_per_image": round(1000 * wall / images, 4) if images else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "load_average": load_average(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _validate(cfg: FactoryConfig, skus: Path, date: str) -> dict[str, Any]:
+    from factory.job.plan import summarize
+
+    s = summarize(cfg, date, skus)
+    return {"images": s.images, "batches": s.batches, "rejected_rows": len(s.rejected)}
+
+
+def _null_night(cfg: FactoryConfig, skus: Path, date: str, output: str) -> dict[str, Any]:
+    from factory.job.run import run
+
+    cfg = dataclasses.replace(
+        cfg,
+        paths=dataclasses.replace(cfg.paths, output=output),
+        model=dataclasses.replace(cfg.model, pipeline=NULL_PIPELINE, lora=""),
+        cache=dataclasses.replace(cfg.cache, enabled=False),
+    )
+    s = run(cfg, date, skus, force=True)
+    c = s.counts
+    return {
+        "images": c["images_generated"],
+        "batches": c["batches"],
+        "rejected_rows": c["rejected_rows"],
+        "output": output,
+        "executor": cfg.run.executor,
+        "workers": cfg.run.workers,
+        "batch_size": cfg.run.batch_size,
+        "timings": {k: round(v, 2) for k, v in s.timings.items()},
+    }
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [f"scale-bench {r['mode']}: {r['rows']} rows -> {r['images']} images, {r['rejected_rows']} rejected"]
+    lines.append(f"  wall {r['wall_s']} s, driver CPU {r['driver_cpu_s']} s, driver peak RSS {r['peak_rss_mb']} MB")
+    lines.append(f"  driver CPU per image {r['driver_ms_per_image']} ms, wall per image {r['wall_ms_per_image']} ms")
+    if "timings" in r:
+        lines.append(f"  {r['executor']} x{r['workers']}, batch {r['batch_size']}: {r['timings']}")
+    lines.append(f"  load average {r['load_average']} on {r['cpus']} CPUs (a shared machine inflates wall times)")
+    return "\n".join(lines)
