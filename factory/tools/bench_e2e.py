@@ -129,14 +129,14 @@ def e2e_day(cfg: FactoryConfig, images: int, tmp: Path, threads: int) -> dict[st
 
 
 def _repair_attempts(date_dir: Path) -> int:
+    """Repair attempts of the night, from its approved and review manifest partitions."""
     import pyarrow.parquet as pq
 
+    manifests = date_dir.parent / "manifests"
     return sum(
-        sum(
-            a or 0
-            for a in pq.read_table(date_dir / "manifests" / f"{m}.parquet", columns=["attempts"]).column(0).to_pylist()
-        )
-        for m in ("approved", "review")
+        sum(a or 0 for a in pq.read_table(part, columns=["attempts"]).column(0).to_pylist())
+        for kind in ("approved", "review")
+        for part in sorted((manifests / kind / f"run_date={date_dir.name}").glob("*.parquet"))
     )
 
 
