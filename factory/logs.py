@@ -4,7 +4,7 @@
 log without telling an operator anything: Ray's token-auth banner on each local cluster start, and colour codes
 from Ray's log forwarding when stderr is a file (cron) rather than a terminal. torch's `_pytree` Enum warnings and
 diffusers' "Unable to import torchao Tensor objects" come from importing torchao, which a night without
-quantization no longer does (`factory.generation.models.hide_torchao`).
+quantization no longer does (`factory.generation.models.import_libraries`).
 """
 
 from __future__ import annotations

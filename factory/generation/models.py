@@ -61,22 +61,11 @@ class NullPipeline:
         pass
 
 
-def hide_torchao() -> None:
-    """Make torchao look uninstalled to diffusers and transformers until quantize.py asks for it.
-
-    Both import torchao whenever it is installed, only to support torchao-*serialized* checkpoints (which the
-    factory never loads: it quantizes in process, quantize.py). On torch 2.15 + torchao 0.18 that import logs torch
-    `_pytree` Enum warnings and "Unable to import torchao Tensor objects" in every worker of every night. A None
-    entry in sys.modules makes `find_spec("torchao")` answer "not installed"; `quantize.unhide_torchao()` removes it.
-    """
-    sys.modules.setdefault("torchao", None)  # type: ignore[arg-type]  # no-op when torchao is already imported
-
-
 def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     """Load a local SD1.5-family or SDXL text-to-image pipeline, switched to the LCM scheduler (or NullPipeline)."""
     if cfg.pipeline == NULL_PIPELINE:
         return NullPipeline()
-    hide_torchao()
+    import_libraries()  # torchao kept out of diffusers/transformers (see there), whoever calls first
     from diffusers import DiffusionPipeline, LCMScheduler
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

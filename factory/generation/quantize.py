@@ -33,13 +33,12 @@ Backend: torchao (0.18.0 works with torch 2.15 on CPU for both int8 configs). to
 Importing diffusers with torchao >= 0.15 installed logs "Unable to import `torchao` Tensor objects": diffusers
 looks for torchao tensor classes that 0.18 removed, needed only to load torchao-*serialized* checkpoints, which
 the factory never does (it quantizes in process). So torchao stays hidden from diffusers and transformers
-(`models.hide_torchao`) and is imported here only when a mode other than "none" runs.
+(`models.import_libraries`) and is imported here only when a mode other than "none" runs.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,17 +78,9 @@ def check_mode(mode: str, device: str | torch.device) -> None:
             )
 
 
-def unhide_torchao() -> None:
-    """Undo `models.hide_torchao()` before importing torchao (only a night that quantizes imports it)."""
-    if "torchao" in sys.modules and sys.modules["torchao"] is None:
-        del sys.modules["torchao"]
-
-
 def _config(mode: str, weight_dtype: torch.dtype) -> Any:
     """The torchao config for a mode (torchao imported lazily: only quantizing workers pay for the import)."""
     import torch
-
-    unhide_torchao()
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int8DynamicActivationInt8WeightConfig,
@@ -154,7 +145,6 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
     before = linear_weight_bytes(unet)
     target_before = {name: _stored_bytes(m.weight) for name, m in targets.items()}
     if mode != "none":
-        unhide_torchao()
         from torchao.quantization import quantize_
 
         quantize_(
