@@ -181,3 +181,15 @@ def cli(
         start_new_session=True,
         umask=umask,
     )
+
+
+def small_config_file(path: Path, cfg) -> Path:
+    """The tests' config (quarter-scale buckets, 2 steps, the test models) as a file, for CLI subprocesses."""
+    m = cfg.model
+    text = f'[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
+    text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{cfg.paths.templates}"\n'
+    text += f"[quality]\nclip_threshold = {cfg.quality.clip_threshold}\n"
+    for b in TEST_BUCKETS:
+        text += f'[[planner.buckets]]\nname = "{b.name}"\nwidth = {b.width}\nheight = {b.height}\nsteps = {b.steps}\n'
+    path.write_text(text)
+    return path

@@ -181,3 +181,16 @@ def lora_bytes(unet: Any, text_encoder: Any | None = None, convert: bool = True)
     with tempfile.TemporaryDirectory(prefix="adfactory-lora-") as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
         return (Path(tmp) / WEIGHTS_NAME).read_bytes()
+
+
+def optimize(loss: Any, params: list[Any], optimizer: Any, losses: list[float], progress: StepProgress) -> None:
+    """One training step after the forward pass: backward, clip the gradient norm at 1 (as diffusers' scripts),
+    step, and record the loss."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    losses.append(loss.item())
+    progress.update(losses[-1])

@@ -22,7 +22,16 @@ import logging
 from typing import Any
 
 from factory.errors import ConfigError
-from factory.training.common import Base, LatentCache, StepProgress, TrainArgs, batches, cpu_randn, encode_text
+from factory.training.common import (
+    Base,
+    LatentCache,
+    StepProgress,
+    TrainArgs,
+    batches,
+    cpu_randn,
+    encode_text,
+    optimize,
+)
 from factory.training.data import Example
 from factory.training.lora import add_lora
 
@@ -110,12 +119,7 @@ def distill(base: Base, args: TrainArgs, examples: list[Example]) -> tuple[list[
     for idx in batches(len(examples), args.batch_size, args.steps, gen):
         latents = latents_cache[idx]
         loss = _step_loss(teacher, student, solver, param, sched, args, latents, text[idx.to(device)], uncond, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        progress.update(losses[-1])
+        optimize(loss, params, optimizer, losses, progress)
     progress.close()
     return losses, student.eval()
 

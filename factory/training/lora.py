@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from factory.training.common import Base, LatentCache, StepProgress, TrainArgs, batches, encode_text
+from factory.training.common import Base, LatentCache, StepProgress, TrainArgs, batches, encode_text, optimize
 from factory.training.data import Example
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,7 @@ def train_lora(base: Base, args: TrainArgs, examples: list[Example], guidance_sc
         cond = guidance_cond(pipe, guidance_scale, len(idx))
         pred = pipe.unet(noisy, t, encoder_hidden_states=text, timestep_cond=cond).sample
         loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        progress.update(losses[-1])
+        optimize(loss, params, optimizer, losses, progress)
     progress.close()
     pipe.unet.eval()
     pipe.text_encoder.eval()

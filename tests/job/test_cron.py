@@ -18,24 +18,21 @@ import pytest
 
 from factory.errors import EXIT_TERMINATED, ConfigError
 from factory.logs import JsonFormatter, check_format
-from tests.conftest import DATE, SAMPLE_SCHEMA, TEST_BUCKETS, cli, cli_args, cli_env, make_cfg, write_skus
+from tests.conftest import (
+    DATE,
+    SAMPLE_SCHEMA,
+    cli,
+    cli_args,
+    cli_env,
+    make_cfg,
+    small_config_file,
+    write_skus,
+)
 from tests.job.test_reliability import assert_invariant, many_rows
 
 ROWS = many_rows(8)
 UMASK = 0o027
 NOISE = ("_pytree", "torchao", "Token authentication", "\x1b[", "Traceback")
-
-
-def small_config_file(path, cfg):
-    """The tests' small buckets (2 steps) and models, as a config file for the CLI."""
-    m = cfg.model
-    text = f'[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
-    text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{cfg.paths.templates}"\n'
-    text += f"[quality]\nclip_threshold = {cfg.quality.clip_threshold}\n"
-    for b in TEST_BUCKETS:
-        text += f'[[planner.buckets]]\nname = "{b.name}"\nwidth = {b.width}\nheight = {b.height}\nsteps = {b.steps}\n'
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")

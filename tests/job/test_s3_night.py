@@ -22,28 +22,16 @@ from tests.conftest import (
     DATE,
     REPO,
     SAMPLE_SCHEMA,
-    TEST_BUCKETS,
     cli,
     cli_args,
     make_cfg,
     read_manifests,
+    small_config_file,
     write_skus,
 )
 from tests.job.test_reliability import many_rows
 
 ROWS = 10
-
-
-def small_config(path: Path, cfg) -> Path:
-    """The tests' config (quarter-scale buckets, 2 steps) as a file, for the CLI subprocesses and load_config."""
-    m = cfg.model
-    text = f'[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
-    text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
-    text += f"[quality]\nclip_threshold = {cfg.quality.clip_threshold}\n"
-    for b in TEST_BUCKETS:
-        text += f'[[planner.buckets]]\nname = "{b.name}"\nwidth = {b.width}\nheight = {b.height}\nsteps = {b.steps}\n'
-    path.write_text(text)
-    return path
 
 
 def digests(store, date: str) -> dict[str, str]:
@@ -61,7 +49,7 @@ def test_night_to_s3_killed_refused_resumed_and_same_bytes_as_local(tiny_models,
     store = open_store(out)
     skus_uri = f"{s3_uri}/skus/{DATE}.parquet"  # the input is a URI too
     open_store(s3_uri).put_bytes(f"skus/{DATE}.parquet", local_skus.read_bytes())
-    config = small_config(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
     args = ["run", "--date", DATE, "--skus", skus_uri, "--output", out, "--config", str(config)]
     args += ["--executor", "local", "--batch-size", "2"]
     # the AWS_* variables of the server come from the s3_uri fixture; PYTHONPATH: this checkout's `factory`
