@@ -23,6 +23,7 @@ from factory.config import FactoryConfig
 from factory.errors import FactoryError
 from factory.generation.cluster import check_capacity
 from factory.generation.executors import open_executor
+from factory.generation.models import NULL_PIPELINE
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
@@ -139,7 +140,7 @@ def run(
 def _references(cfg: FactoryConfig, store: Store) -> References | None:
     """Embeddings of quality.reference_dir, cached by file hash per CLIP model: under <output>/_reference_cache/ on
     a local output, in the temp dir when the output is an object store (the cache is a local speed-up only)."""
-    if not cfg.quality.reference_dir:
+    if not cfg.quality.reference_dir or cfg.model.pipeline == NULL_PIPELINE:  # no CLIP: the null gate passes all
         return None
     cache_root = Path(store.root) if store.kind == "local" else Path(tempfile.gettempdir()) / "adfactory"
     cache_file = cache_root / "_reference_cache" / f"{keys.clip_key(cfg)}.parquet"
