@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
 from factory.generation.runtime import Runtime
+from factory.generation.writes import ImageWriter
 from factory.inputs.planner import Batch, Task
-from factory.io.layout import image_key
 from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
@@ -34,7 +34,6 @@ from factory.quality.reasons import is_repairable
 from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
 
 log = logging.getLogger(__name__)
-WRITER_THREADS = 2  # PNG encoding (zlib releases the GIL) and file writes overlap repair and each other
 
 
 @dataclass
@@ -50,23 +49,27 @@ class Worker:
         t0 = time.perf_counter()
         import torch
 
-        from factory.generation.models import (
-            NULL_PIPELINE,
-            import_libraries,
-            load_clip,
-            load_pipeline,
-            model_fingerprint,
-        )
+        from factory.generation.models import import_libraries, model_fingerprint
 
-        import_libraries(
-            runtime.quantization
-        )  # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
+        # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
+        import_libraries(runtime.quantization)
         self.startup: dict[str, float] = {"imports_s": time.perf_counter() - t0}
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)
         self.cfg, self.runtime = cfg, runtime
+        m = cfg.model
+        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
         self.target(cfg, date)
         self.batch_size = cfg.run.batch_size
+        self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        self._load_models()
+        self._build_gate(thresholds)
+
+    def _load_models(self) -> None:
+        """The pipeline (LoRA fused, quantized, style adapters, GPU speed-ups) and CLIP, each load timed."""
+        from factory.generation.models import load_clip, load_pipeline
+
+        cfg, runtime = self.cfg, self.runtime
         t0 = time.perf_counter()
         self.pipe = load_pipeline(cfg.model, runtime.device, runtime.torch_dtype)  # LoRA fused before quantizing
         self.quantization = self._quantize()
@@ -78,20 +81,19 @@ class Worker:
         t0 = time.perf_counter()
         self.clip = load_clip(cfg.model, runtime.device)
         self.startup["clip_load_s"] = time.perf_counter() - t0
-        self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
-        m = cfg.model
-        self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
-        self._writers: ThreadPoolExecutor | None = None  # PNG encoding + writes, off the generation thread
-        if cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
+
+    def _build_gate(self, thresholds: dict[str, QualityConfig]) -> None:
+        from factory.generation.models import NULL_PIPELINE
+
+        if self.cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
             self.gate, self.retry = PassingGate(), None
             return
         # In batch-invariant mode CLIP runs once per image: open_clip's fused, sequence-first attention kernels
         # give row results that depend on the batch size. Otherwise one CLIP forward scores the whole batch.
         t0 = time.perf_counter()
-        self.gate = Gate(self.clip, thresholds, runtime.batch_invariant)
-        self.retry = RepairRetry.build(
-            self.pipe, self.gate, cfg.repair, cfg.model.guidance_scale, runtime.batch_invariant
-        )
+        invariant = self.runtime.batch_invariant
+        self.gate = Gate(self.clip, thresholds, invariant)
+        self.retry = RepairRetry.build(self.pipe, self.gate, self.cfg.repair, self.cfg.model.guidance_scale, invariant)
         self.startup["repair_build_s"] = time.perf_counter() - t0
 
     @classmethod
@@ -112,6 +114,7 @@ class Worker:
         """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
         self.store: Store = open_store(cfg.paths.output, cfg.storage)
         self.date = date
+        self.writer = ImageWriter(self.store, date, self.stamper)  # PNG stamping + writes, off this thread
 
     @property
     def batch_invariant(self) -> bool:
@@ -215,13 +218,13 @@ class Worker:
         # need no repair are already being encoded and written on the writer pool meanwhile
         t0 = time.perf_counter()
         writes = {
-            i: self._write_async(tasks[i], images[i]) for i, a in enumerate(assessments) if not self._needs_repair(a)
+            i: self.writer.submit(tasks[i], images[i]) for i, a in enumerate(assessments) if not self._needs_repair(a)
         }
         try:
             outcomes = self.repair(tasks, images, assessments)
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
-                    writes[i] = self._write_async(task, outcome.image)
+                    writes[i] = self.writer.submit(task, outcome.image)
             timings["repair_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         finally:
@@ -239,18 +242,6 @@ class Worker:
         if self.retry is None:
             return [no_repair(im, a) for im, a in zip(images, assessments)]
         return self.retry.run(list(tasks), images, assessments)
-
-    def _write_async(self, task: Task, image: Any) -> Future:
-        if self._writers is None:
-            self._writers = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="png-writer")
-        return self._writers.submit(self._write_image, task, image)
-
-    def _write_image(self, task: Task, image: Any) -> tuple[str, Any]:
-        """Stamp (labels, parameters, pixel hash, optional C2PA signature) and store one PNG: (key, produce_id)."""
-        key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
-        stamped = self.stamper.png(image, task)
-        self.store.put_bytes(key, stamped.data, durability="none")
-        return key, stamped.produce_id
 
     def records(
         self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]

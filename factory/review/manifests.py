@@ -21,7 +21,7 @@ from factory.inputs.arguments import parse_date
 from factory.io import layout
 from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
-from factory.job import finalize
+from factory.job import finalize, parts
 from factory.job.lease import ObjectLease, open_run_lock
 from factory.job.lock import RunLock
 
@@ -106,8 +106,7 @@ def read_json(night: NightOutputs, relpath: str) -> dict[str, Any] | None:
 
 
 def write_json(night: NightOutputs, relpath: str, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    night.store.put_bytes(night.rel(relpath), text.encode("utf-8"))
+    parts.write_json(night.store, night.rel(relpath), data)  # the night's own JSON writer (run.json, _SUCCESS)
 
 
 def read_run_info(night: NightOutputs) -> dict[str, Any]:

@@ -74,20 +74,26 @@ def _tiny_vae() -> Any:
     )
 
 
+# The noise schedule every published SD1.5 checkpoint's scheduler config shares (LCM and DDPM alike).
+SD15_NOISE_SCHEDULE = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "clip_sample": False,
+}
+
+
 def _lcm_scheduler() -> Any:
     from diffusers import LCMScheduler
 
     # The scheduler config of the published LCM SD1.5 checkpoints.
     return LCMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
+        **SD15_NOISE_SCHEDULE,
         original_inference_steps=50,
         set_alpha_to_one=True,
-        steps_offset=1,
         timestep_spacing="leading",
-        clip_sample=False,
     )
 
 
@@ -147,14 +153,7 @@ def build_tiny_sd_base() -> Any:
 
     torch.manual_seed(TINY_SEED)
     pipe = _sd_pipeline(tiny_sd_unet(time_cond_proj_dim=None), _tiny_vae(), CLIPTextModel(_tiny_text_encoder_config()))
-    pipe.scheduler = DDPMScheduler(  # the scheduler config of the published SD1.5 checkpoints
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        clip_sample=False,
-    )
+    pipe.scheduler = DDPMScheduler(**SD15_NOISE_SCHEDULE)  # the scheduler config of the published SD1.5 checkpoints
     return pipe
 
 

@@ -1,0 +1,33 @@
+"""A worker's image writes: each PNG stamped (factory.io.provenance) and put to the output store on a small thread
+pool, so encoding and uploads overlap repair and each other instead of holding up the generation thread."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from factory.inputs.planner import Task
+from factory.io.layout import image_key
+from factory.io.provenance import Stamper
+from factory.io.storage import Store
+
+WRITER_THREADS = 2  # PNG encoding (zlib releases the GIL) and file writes overlap repair and each other
+
+
+class ImageWriter:
+    def __init__(self, store: Store, date: str, stamper: Stamper):
+        self.store, self.date, self.stamper = store, date, stamper
+        self._pool: ThreadPoolExecutor | None = None  # started on the first write
+
+    def submit(self, task: Task, image: Any) -> Future:
+        """Write one image in the background; the future's result is (image key, produce_id)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="png-writer")
+        return self._pool.submit(self._write, task, image)
+
+    def _write(self, task: Task, image: Any) -> tuple[str, str]:
+        """Stamp (labels, parameters, pixel hash, optional C2PA signature) and store one PNG."""
+        key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
+        stamped = self.stamper.png(image, task)
+        self.store.put_bytes(key, stamped.data, durability="none")
+        return key, stamped.produce_id
