@@ -24,6 +24,7 @@ import functools
 import hashlib
 import io
 import json
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ class C2paSigner:
             chain, key = Path(cfg.c2pa_cert).read_bytes(), Path(cfg.c2pa_key).read_bytes()
         except OSError as exc:
             raise ConfigError(f"provenance.c2pa_cert/c2pa_key: cannot read {exc.filename} ({exc.strerror})") from None
+        self._lock = threading.Lock()
         alg = getattr(c2pa.C2paSigningAlg, cfg.c2pa_alg.upper())
         try:
             self.signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, chain, key, None))
@@ -222,7 +224,8 @@ class C2paSigner:
             ],
         }
         out = io.BytesIO()
-        with c2pa.Builder(json.dumps(manifest), context=self.context) as builder:
+        # one native signer serves the worker's writer threads: c2pa-python does not document it as thread-safe
+        with self._lock, c2pa.Builder(json.dumps(manifest), context=self.context) as builder:
             builder.sign(self.signer, "image/png", io.BytesIO(png), out)
         return out.getvalue()
 
