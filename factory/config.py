@@ -186,6 +186,8 @@ class RunConfig:
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
     max_restarts: int = 2  # a crashed worker process is restarted and its batch retried this many times
     max_error_share: float = 0.5  # more generation_error images than this share: the night fails (exit 1)
+    part_images: int = 2000  # the driver writes one resume part per this many finished images ...
+    part_seconds: float = 60.0  # ... or per this many seconds, whichever comes first (factory/job/parts.py)
     fault_injection: str = ""  # testing only: "die_once:<sku_id>", "raise:<sku_id>", "oom:<sku_id>"
 
 
@@ -285,6 +287,9 @@ def _validate_run(run: RunConfig) -> None:
     for name in ("workers", "batch_size", "cpus_per_worker"):
         _at_least(f"run.{name}", getattr(run, name), 1)
     _at_least("run.max_restarts", run.max_restarts, 0)
+    _at_least("run.part_images", run.part_images, 1)
+    if not run.part_seconds > 0:
+        raise ConfigError(f"run.part_seconds must be greater than 0, got {run.part_seconds}")
     if not 0 <= run.max_error_share <= 1:
         raise ConfigError(f"run.max_error_share must be between 0 and 1, got {run.max_error_share}")
     if run.fault_injection:

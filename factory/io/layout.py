@@ -73,10 +73,16 @@ def file_schema(kind: str) -> pa.Schema:
     return schema.remove(schema.get_field_index(PARTITION_COLUMN))
 
 
-def write_manifest(store: Store, kind: str, date: str, rows: list[dict[str, Any]]) -> None:
-    """Replace the `kind` partition of `date` with `rows` (dicts with the manifest's columns), atomically."""
+def write_manifest(store: Store, kind: str, date: str, rows: list[dict[str, Any]] | pa.Table) -> None:
+    """Replace the `kind` partition of `date` with `rows` (dicts, or a table, with the manifest's columns; a column
+    they lack is null), atomically."""
     schema = file_schema(kind)
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    if isinstance(rows, pa.Table):
+        have = set(rows.column_names)
+        columns = [rows[f.name] if f.name in have else pa.nulls(rows.num_rows, f.type) for f in schema]
+        table = pa.Table.from_arrays(columns, names=schema.names).cast(schema).combine_chunks()
+    else:
+        table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
     with store.open_output_stream(partition_path(kind, date)) as f:
         pq.write_table(table, f, compression="zstd")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
@@ -22,37 +22,116 @@ from factory.quality.reasons import NEAR_DUPLICATE, REFERENCE_MATCH, sort_reason
 EMBEDDINGS_FILE = "embeddings.parquet"  # <date>/: what the next nights' cache hits carry into their checks
 
 
+def sort_rows(table: pa.Table) -> pa.Table:
+    """Rows in (sku_id, variant) order: the order of every manifest and of the similarity search."""
+    return table.sort_by([("sku_id", "ascending"), ("variant", "ascending")])
+
+
 def flag_similar(
     records: list[ImageRecord],
     thresholds: dict[str, QualityConfig],
     refs: duplicates.References | None,
     method: str | None = None,
 ) -> tuple[list[ImageRecord], dict[str, Any]]:
-    """Add near_duplicate / reference_match to the night's images (quality/duplicates.py), per category, in
-    (sku_id, variant) order. Records without an embedding (errors, images from before embeddings were kept) are
-    left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks, tests)."""
+    """flag_similar_table for a list of records (benchmarks, tests)."""
     records = sorted(records, key=lambda r: r.key)
-    by_cat: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        if r.clip_embedding is not None and not r.error:
-            by_cat[r.category].append(i)
-    info = {"method": "numpy", "images_compared": 0, "missing_embeddings": 0, "near_duplicates": 0}
+    usable = np.array([r.clip_embedding is not None and not r.error for r in records], dtype=bool)
+    emb = np.array([r.clip_embedding for r, u in zip(records, usable) if u], dtype=np.float32)
+    skus, cats = (np.array([getattr(r, c) for r in records], dtype=object) for c in ("sku_id", "category"))
+    dups, refm, info = _search(skus, cats, usable, emb, thresholds, refs, method)
     info["missing_embeddings"] = sum(1 for r in records if r.clip_embedding is None and not r.error)
+    for i in np.flatnonzero(usable):
+        records[i] = _with_matches(records[i], dups.get(i), refm.get(i))
+    return records, info
+
+
+def flag_similar_table(
+    table: pa.Table,
+    thresholds: dict[str, QualityConfig],
+    refs: duplicates.References | None,
+    method: str | None = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Add near_duplicate / reference_match to the night's rows (part schema; quality/duplicates.py), per category,
+    in (sku_id, variant) order. Rows without an embedding (errors, images from before embeddings were kept) are
+    left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks, tests)."""
+    table = sort_rows(table)
+    no_error = _no_error(table)
+    has_emb = pc.is_valid(table["clip_embedding"]).to_numpy(zero_copy_only=False)
+    usable = has_emb & no_error
+    emb = embedding_matrix(table["clip_embedding"].filter(pa.array(usable)))
+    skus, cats = (table[c].to_numpy(zero_copy_only=False) for c in ("sku_id", "category"))
+    dups, refm, info = _search(skus, cats, usable, emb, thresholds, refs, method)
+    info["missing_embeddings"] = int((~has_emb & no_error).sum())
+    return _apply_matches(table, usable, dups, refm), info
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float32> column without nulls as one (n, d) float32 matrix (no per-row Python lists)."""
+    n = len(column)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
+
+
+def _no_error(table: pa.Table) -> np.ndarray:
+    err = table["error"]
+    return pc.fill_null(pc.or_kleene(pc.is_null(err), pc.equal(err, "")), True).to_numpy(zero_copy_only=False)
+
+
+Matches = dict[int, duplicates.Match]
+
+
+def _search(
+    skus: np.ndarray,
+    cats: np.ndarray,
+    usable: np.ndarray,
+    emb: np.ndarray,
+    thresholds: dict[str, QualityConfig],
+    refs: duplicates.References | None,
+    method: str | None,
+) -> tuple[Matches, Matches, dict[str, Any]]:
+    """The per-category searches over the usable rows (`emb`: their embeddings, in row order); matches by row."""
+    info = {"method": "numpy", "images_compared": 0, "missing_embeddings": 0, "near_duplicates": 0}
     info["reference_images"], info["reference_matches"] = len(refs.names) if refs else 0, 0
-    for cat, rows in sorted(by_cat.items()):
-        emb = np.array([records[i].clip_embedding for i in rows], dtype=np.float32)
-        q = thresholds[cat]
+    rows_all = np.flatnonzero(usable)
+    dups: Matches = {}
+    refm: Matches = {}
+    for cat in sorted(set(cats[rows_all])):
+        sel = np.flatnonzero(cats[rows_all] == cat)
+        rows, e, q = rows_all[sel], emb[sel], thresholds[cat]
         how = method or duplicates.similarity_method(len(rows))
-        dups = duplicates.near_duplicates([records[i].sku_id for i in rows], emb, q.near_duplicate, how)
-        refm = duplicates.reference_matches(emb, refs, [q.reference_threshold] * len(rows), how) if refs else {}
+        d = duplicates.near_duplicates(skus[rows].tolist(), e, q.near_duplicate, how)
+        r = duplicates.reference_matches(e, refs, [q.reference_threshold] * len(rows), how) if refs else {}
         info["images_compared"] += len(rows)
         if how == "faiss":
             info["method"] = "faiss"
-        for k, i in enumerate(rows):
-            records[i] = _with_matches(records[i], dups.get(k), refm.get(k))
-        info["near_duplicates"] += len(dups)
-        info["reference_matches"] += len(refm)
-    return records, info
+        dups.update({int(rows[k]): m for k, m in d.items()})
+        refm.update({int(rows[k]): m for k, m in r.items()})
+        info["near_duplicates"] += len(d)
+        info["reference_matches"] += len(r)
+    return dups, refm, info
+
+
+def _apply_matches(table: pa.Table, usable: np.ndarray, dups: Matches, refm: Matches) -> pa.Table:
+    """The similarity columns of usable rows replaced by the matches (null without one); reasons of matched rows."""
+    n, mask = table.num_rows, pa.array(usable)
+    for name, matches, attr in (
+        ("duplicate_of", dups, "other"),
+        ("duplicate_score", dups, "score"),
+        ("reference_file", refm, "other"),
+        ("reference_score", refm, "score"),
+    ):
+        values = np.full(n, None, dtype=object)
+        for i, m in matches.items():
+            values[i] = getattr(m, attr)
+        column = pa.array(values, table.schema.field(name).type)
+        table = table.set_column(table.schema.get_field_index(name), name, pc.if_else(mask, column, table[name]))
+    if dups or refm:
+        reasons = table["reasons"].to_pylist()
+        for i in dups.keys() | refm.keys():
+            reasons[i] = sort_reasons(reasons[i] + [NEAR_DUPLICATE] * (i in dups) + [REFERENCE_MATCH] * (i in refm))
+        idx = table.schema.get_field_index("reasons")
+        table = table.set_column(idx, "reasons", pa.array(reasons, table.schema.field("reasons").type))
+    return table
 
 
 def _with_matches(r: ImageRecord, dup: duplicates.Match | None, ref: duplicates.Match | None) -> ImageRecord:
@@ -66,19 +145,21 @@ def _with_matches(r: ImageRecord, dup: duplicates.Match | None, ref: duplicates.
     )
 
 
-def _similarity_detail(r: ImageRecord) -> str | None:
+def _similarity_detail(
+    dup: str | None, dup_score: float | None, ref: str | None, ref_score: float | None
+) -> str | None:
     notes = []
-    if r.duplicate_of is not None:
-        notes.append(f"near_duplicate of {r.duplicate_of!r} (cosine {r.duplicate_score:.3f})")
-    if r.reference_file is not None:
-        notes.append(f"reference_match {r.reference_file!r} (cosine {r.reference_score:.3f})")
+    if dup is not None:
+        notes.append(f"near_duplicate of {dup!r} (cosine {dup_score:.3f})")
+    if ref is not None:
+        notes.append(f"reference_match {ref!r} (cosine {ref_score:.3f})")
     return "; ".join(notes) or None
 
 
-def write_embeddings(store: Store, date: str, records: list[ImageRecord]) -> None:
+def write_embeddings(store: Store, date: str, table: pa.Table) -> None:
     """The night's CLIP image embeddings, `<date>/embeddings.parquet` (not a manifest table: a cache input)."""
-    rows = [r.to_row() for r in sorted(records, key=lambda r: r.key) if r.clip_embedding is not None]
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in EMBEDDING_SCHEMA} for r in rows], EMBEDDING_SCHEMA)
+    table = sort_rows(table.filter(pc.is_valid(table["clip_embedding"])))
+    table = table.select(EMBEDDING_SCHEMA.names).cast(EMBEDDING_SCHEMA).combine_chunks()
     with store.open_output_stream(f"{date}/{EMBEDDINGS_FILE}") as f:
         pq.write_table(table, f, compression="zstd")
 
@@ -94,41 +175,48 @@ def read_embeddings(store: Store, date: str) -> dict[tuple[str, int], list[float
     return {(r["sku_id"], r["variant"]): r["clip_embedding"] for r in rows}
 
 
-def split_outcomes(records: Iterable[ImageRecord]) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """A SKU is approved only if all its variants pass; otherwise all its variants go to review together."""
-    records = sorted(records, key=lambda r: r.key)
-    failing = {r.sku_id for r in records if r.reasons}
-    approved, review = [], []
-    for r in records:
-        if r.sku_id not in failing:
-            approved.append(r)
-        else:
-            review.append(
-                r.replace(
-                    reason=",".join(r.reasons) or SIBLING_IN_REVIEW,
-                    detail=r.error or _similarity_detail(r),
-                    image_path=None if r.error else r.image_path,
-                )
-            )
+def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """A SKU is approved only if all its variants pass; otherwise all its variants go to review together.
+
+    Returns the approved and review rows (in (sku_id, variant) order), review with `reason` and `detail`."""
+    table = sort_rows(table)
+    failing = pc.unique(table["sku_id"].filter(pc.greater(pc.list_value_length(table["reasons"]), 0)))
+    in_review = pc.is_in(table["sku_id"], value_set=failing)
+    approved, review = table.filter(pc.invert(in_review)), table.filter(in_review)
+    reason = pc.binary_join(review["reasons"], ",")
+    reason = pc.if_else(pc.equal(reason, ""), SIBLING_IN_REVIEW, reason)
+    cols = [review[c].to_pylist() for c in ("error", "duplicate_of", "duplicate_score", "reference_file")]
+    errors, ref_scores = cols[0], review["reference_score"].to_pylist()
+    detail = [e or _similarity_detail(d, ds, rf, rs) for e, d, ds, rf, rs in zip(*cols, ref_scores)]
+    paths = [None if e else p for e, p in zip(errors, review["image_path"].to_pylist())]
+    review = review.set_column(review.schema.get_field_index("image_path"), "image_path", pa.array(paths, pa.string()))
+    review = review.append_column("reason", reason).append_column("detail", pa.array(detail, pa.string()))
     return approved, review
 
 
 def write_manifests(
-    store: Store, date: str, approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
+    store: Store,
+    date: str,
+    approved: pa.Table | list[ImageRecord],
+    review: pa.Table | list[ImageRecord],
+    rejected: list[RejectedRow],
 ) -> None:
     """Replace the night's partition of each manifest table (factory.io.layout)."""
-    for kind, records in (("approved", approved), ("review", review), ("rejected", rejected)):
-        layout.write_manifest(store, kind, date, [r.to_row() for r in records])
+    for kind, rows in (("approved", approved), ("review", review), ("rejected", rejected)):
+        layout.write_manifest(store, kind, date, rows if isinstance(rows, pa.Table) else [r.to_row() for r in rows])
 
 
-def outcome_rates(approved: list[ImageRecord], review: list[ImageRecord]) -> dict[str, dict[str, float]]:
+def outcome_rates(approved: pa.Table, review: pa.Table) -> dict[str, dict[str, float]]:
     """Image-level shares per category and overall: approved at first pass, approved after repair, review."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
-    for records, fate in ((approved, None), (review, "review")):
-        for r in records:
-            outcome = fate or ("repaired" if r.repaired else "first_pass")
-            groups[r.category][outcome] += 1
-            groups["all"][outcome] += 1
+    passed = approved.group_by(["category", "repaired"], use_threads=False).aggregate([("sku_id", "count")])
+    for cat, repaired, n in zip(*(passed[c].to_pylist() for c in ("category", "repaired", "sku_id_count"))):
+        groups[cat]["repaired" if repaired else "first_pass"] += n
+    held = review.group_by("category", use_threads=False).aggregate([("sku_id", "count")])
+    for cat, n in zip(held["category"].to_pylist(), held["sku_id_count"].to_pylist()):
+        groups[cat]["review"] += n
+    for c in list(groups.values()):
+        groups["all"].update(c)
     kinds = ("first_pass", "repaired", "review")
     return {
         cat: {
@@ -140,16 +228,22 @@ def outcome_rates(approved: list[ImageRecord], review: list[ImageRecord]) -> dic
 
 
 def by_category(
-    approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
+    approved: pa.Table | list[ImageRecord], review: pa.Table | list[ImageRecord], rejected: list[RejectedRow]
 ) -> dict[str, dict[str, int]]:
     """SKUs per category and fate (rejected: input rows)."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: {"approved": 0, "review": 0, "rejected": 0})
-    for name, records in (("approved", approved), ("review", review)):
-        for _, cat in {(r.sku_id, r.category) for r in records}:
-            out[cat][name] += 1
+    for name, rows in (("approved", approved), ("review", review)):
+        if not isinstance(rows, pa.Table):
+            rows = pa.table({c: [getattr(r, c) for r in rows] for c in ("sku_id", "category")}, _SKU_CATEGORY)
+        skus = rows.group_by("category", use_threads=False).aggregate([("sku_id", "count_distinct")])
+        for cat, n in zip(skus["category"].to_pylist(), skus["sku_id_count_distinct"].to_pylist()):
+            out[cat][name] += n
     for r in rejected:
         out[r.category if isinstance(r.category, str) else "<none>"]["rejected"] += 1
     return dict(out)
+
+
+_SKU_CATEGORY = pa.schema([("sku_id", pa.string()), ("category", pa.string())])
 
 
 def pixel_stats(stage: Counter[str]) -> dict[str, Any]:

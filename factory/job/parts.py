@@ -1,17 +1,23 @@
-"""Per-batch part files: what makes a run resumable and its final manifests atomic.
+"""Rolling part files: what makes a run resumable and its final manifests atomic.
 
-While a run goes, the driver writes each finished batch's rows to `<date>/_parts/<run_id>-<batch>.parquet`
-(atomically, through the output Store). A rerun after a crash loads the parts, keeps every row whose task is
-unchanged (same `task_key`) and whose image exists in the store, and plans only the rest. At the end the rows go
-into the manifest partitions (factory.io.layout), and `_SUCCESS` is written last: readers wait for `_SUCCESS`.
+While a run goes, the driver hands each finished batch's rows to a `PartRoller`, which keeps them as Arrow and
+writes one part, `<date>/_parts/<run_id>-pNNNNN.parquet` (atomically, through the output Store), per
+`run.part_images` images or `run.part_seconds` seconds, whichever comes first, and whatever it holds whenever
+execution ends (normally, on an exception, Ctrl-C or SIGTERM). A SIGKILL loses at most the unwritten window: a
+rerun regenerates those images (same bytes). A rerun loads the parts, keeps every row whose task is unchanged
+(same `task_key`) and whose image exists in the store, and plans only the rest. At the end the rows go into the
+manifest partitions (factory.io.layout), and `_SUCCESS` is written last: readers wait for `_SUCCESS`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,20 +28,80 @@ from factory.io.storage import Store
 log = logging.getLogger(__name__)
 
 
-def write_part(store: Store, date: str, name: str, records: list[ImageRecord]) -> None:
-    table = pa.Table.from_pylist([r.to_row() for r in records], schema=PART_SCHEMA)
+def records_table(records: list[ImageRecord]) -> pa.Table:
+    """Records as a table of the part schema (what the driver keeps instead of the records)."""
+    return pa.Table.from_pylist([r.to_row() for r in records], schema=PART_SCHEMA)
+
+
+def write_part(store: Store, date: str, name: str, table: pa.Table) -> None:
     with store.open_output_stream(f"{layout.parts_dir(date)}/{name}.parquet") as f:
         pq.write_table(table, f, compression="zstd")
+
+
+class PartRoller:
+    """Buffers finished rows and writes one part per `max_images` rows or `max_seconds`, whichever comes first
+    (checked as rows arrive), and the rest on exit from its `with` block, whatever ended it. `tables` keeps every
+    written part's rows (Arrow, not per-image objects) for the night's finalize."""
+
+    def __init__(
+        self,
+        store: Store,
+        date: str,
+        run_id: str,
+        max_images: int,
+        max_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.store, self.date, self.run_id = store, date, run_id
+        self.max_images, self.max_seconds, self.clock = max_images, max_seconds, clock
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.window_start = 0.0
+        self.tables: list[pa.Table] = []  # every written part, in order
+        self.parts = 0
+
+    def __enter__(self) -> PartRoller:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.flush()
+            return
+        try:  # keep what finished before the stop; never hide why it stopped
+            self.flush()
+        except Exception as flush_exc:
+            log.warning("could not write the last resume part (%s); its images will be regenerated", flush_exc)
+
+    def add(self, table: pa.Table) -> None:
+        if not self.pending:
+            self.window_start = self.clock()
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        if self.pending_rows >= self.max_images or self.clock() - self.window_start >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        write_part(self.store, self.date, f"{self.run_id}-p{self.parts:05d}", table)
+        self.tables.append(table)
+        self.parts += 1
+        self.pending, self.pending_rows = [], 0
+
+    def table(self) -> pa.Table:
+        """Every row written so far, as one table."""
+        return pa.concat_tables(self.tables) if self.tables else PART_SCHEMA.empty_table()
 
 
 def part_files(store: Store, date: str) -> list[str]:
     return [p for p in store.list(layout.parts_dir(date)) if p.endswith(".parquet")]
 
 
-def load_parts(store: Store, date: str) -> dict[tuple[str, int], ImageRecord]:
-    """All part records by (sku_id, variant); later files (run ids start with a UTC timestamp) win."""
-    records: dict[tuple[str, int], ImageRecord] = {}
-    for f in part_files(store, date):
+def load_parts(store: Store, date: str) -> pa.Table:
+    """All part rows, one per (sku_id, variant); later files (run ids start with a UTC timestamp) win."""
+    tables = []
+    for f in part_files(store, date):  # sorted
         try:
             table = pq.read_table(store.open_input_file(f))
         except (pa.ArrowException, OSError) as exc:  # cannot happen with atomic writes; never fatal
@@ -44,29 +110,34 @@ def load_parts(store: Store, date: str) -> dict[tuple[str, int], ImageRecord]:
         if not set(PART_SCHEMA.names) <= set(table.column_names):
             log.warning("ignoring part %s with an old schema", store.url(f))
             continue
-        for row in table.to_pylist():
-            record = ImageRecord.from_row(row)
-            records[record.key] = record
-    return records
+        tables.append(table.select(PART_SCHEMA.names).cast(PART_SCHEMA))
+    if not tables:
+        return PART_SCHEMA.empty_table()
+    rows = pa.concat_tables(tables)
+    order = rows.append_column("_i", pa.array(np.arange(rows.num_rows)))
+    last = order.group_by(["sku_id", "variant"], use_threads=False).aggregate([("_i", "max")])
+    return rows.take(np.sort(last.column("_i_max").to_numpy()))
 
 
-def finished(store: Store, date: str, task_keys: dict[tuple[str, int], str]) -> dict[tuple[str, int], ImageRecord]:
-    """The records of this date's planned tasks that an earlier (crashed or failed) attempt finished.
+def finished(store: Store, date: str, task_keys: dict[tuple[str, int], str]) -> pa.Table:
+    """The part rows of this date's planned tasks that an earlier (crashed or failed) attempt finished.
 
     One listing of the date's images (not one request per image) tells which images exist."""
-    parts = load_parts(store, date)
-    if not parts:
-        return {}
+    rows = load_parts(store, date)
+    if not rows.num_rows:
+        return rows
     images = store.sizes(f"{date}/{layout.IMAGES}")
-    return {k: r for k, r in parts.items() if k in task_keys and is_finished(r, task_keys[k], images)}
+    cols = [rows.column(c).to_pylist() for c in ("sku_id", "variant", "task_key", "error", "image_path")]
+    keep = [task_keys.get((s, v)) == k and is_finished(e, p, images) for s, v, k, e, p in zip(*cols)]
+    return rows.filter(pa.array(keep, pa.bool_()))
 
 
-def is_finished(record: ImageRecord, task_key: str, images: dict[str, int]) -> bool:
-    """A part record still counts on resume if its task is unchanged, it did not error, and its image exists
-    (`images`: path -> size under the output root; an image lost to a power cut, size 0, is regenerated)."""
-    if record.task_key != task_key or record.error:
+def is_finished(error: str | None, image_path: str | None, images: dict[str, int]) -> bool:
+    """A part row of an unchanged task still counts on resume if it did not error and its image exists (`images`:
+    path -> size under the output root; an image lost to a power cut, size 0, is regenerated)."""
+    if error:
         return False
-    return record.image_path is None or images.get(record.image_path, 0) > 0
+    return image_path is None or images.get(image_path, 0) > 0
 
 
 def read_success(store: Store, date: str) -> dict[str, Any] | None:
