@@ -145,14 +145,17 @@ def read_manifests(output: str | Path, date: str = DATE) -> dict[str, list[dict]
     return {kind: read_manifest(store, kind, date).to_pylist() for kind in MANIFEST_KINDS}
 
 
-def demo_config_file(path: Path, cfg: FactoryConfig) -> Path:
-    """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses)."""
+def demo_config_file(path: Path, cfg: FactoryConfig, run: dict | None = None) -> Path:
+    """data/demo.toml pointed at the test's models and the repo's templates (for CLI subprocesses), plus `run`
+    keys (e.g. part_images = 1 for tests that watch resume parts appear mid-run)."""
     m = cfg.model
     text = (REPO / "data" / "demo.toml").read_text()
     # demo.toml's relative reference_dir means data/reference next to it: keep it pointing there from a tmp copy
     text = re.sub(r'(?m)^reference_dir = "[^"]*"', f'reference_dir = "{REPO / "data" / "reference"}"', text)
     text += f'\n[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
     text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{REPO / "templates"}"\n'
+    if run:
+        text = re.sub(r"(?m)^\[run\]$", "[run]\n" + _toml_keys(run).rstrip("\n"), text, count=1)
     path.write_text(text)
     return path
 
@@ -183,12 +186,19 @@ def cli(
     )
 
 
-def small_config_file(path: Path, cfg) -> Path:
-    """The tests' config (quarter-scale buckets, 2 steps, the test models) as a file, for CLI subprocesses."""
+def _toml_keys(values: dict) -> str:
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def small_config_file(path: Path, cfg, run: dict | None = None) -> Path:
+    """The tests' config (quarter-scale buckets, 2 steps, the test models) as a file, for CLI subprocesses, plus
+    `run` keys (e.g. part_images = 1 for tests that watch resume parts appear mid-run)."""
     m = cfg.model
     text = f'[model]\npipeline = "{m.pipeline}"\nclip_pretrained = "{m.clip_pretrained}"\n'
     text += f'clip_config_dir = "{m.clip_config_dir}"\n[paths]\ntemplates = "{cfg.paths.templates}"\n'
     text += f"[quality]\nclip_threshold = {cfg.quality.clip_threshold}\n"
+    if run:
+        text += "[run]\n" + _toml_keys(run)
     for b in TEST_BUCKETS:
         text += f'[[planner.buckets]]\nname = "{b.name}"\nwidth = {b.width}\nheight = {b.height}\nsteps = {b.steps}\n'
     path.write_text(text)

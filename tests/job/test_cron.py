@@ -1,7 +1,8 @@
 """What cron sees: `adfactory run` as a real subprocess, stderr a pipe (not a TTY), umask 027.
 
 One module-scoped sequence of nights on the local executor, shared by the assertions:
-1. a run killed by SIGTERM mid-run (a cron timeout, a Kubernetes eviction);
+1. a run killed by SIGTERM mid-run (a cron timeout, a Kubernetes eviction), with a resume-part window larger than
+   the night: the only part is the one written on the way out;
 2. the rerun, with `--log-format json`, which resumes and completes;
 3. a rerun of the completed date (a no-op).
 """
@@ -39,22 +40,24 @@ NOISE = ("_pytree", "torchao", "Token authentication", "\x1b[", "Traceback")
 def nights(tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cron")
     skus = write_skus(tmp / "skus" / f"{DATE}.parquet", ROWS, SAMPLE_SCHEMA)
-    config = small_config_file(tmp / "c.toml", make_cfg(tiny_models, tmp))
+    config = small_config_file(tmp / "c.toml", make_cfg(tiny_models, tmp), {"part_images": 1000, "part_seconds": 3600})
     out = tmp / "out"
     args = cli_args(
         "run", "--date", DATE, "--skus", str(skus), "--output", str(out), "--config", str(config),
         "--executor", "local", "--batch-size", "2",
     )  # fmt: skip
-    parts = out / DATE / "_parts"
+    parts, images = out / DATE / "_parts", out / DATE / "images"
     proc = subprocess.Popen(
         args, cwd=tmp, env=cli_env(), umask=UMASK, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not list(parts.glob("*.parquet")):
+        # batches of 2, one at a time: a third image means the first batch's rows reached the driver
+        while time.time() < deadline and len(list(images.rglob("*.png"))) < 3:
             assert proc.poll() is None, proc.stderr.read()[-2000:]
             time.sleep(0.1)
+        parts_before_stop = len(list(parts.glob("*.parquet")))
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         _, killed_err = proc.communicate(timeout=60)
@@ -69,6 +72,7 @@ def nights(tiny_models, tmp_path_factory):
         "lock": (out / DATE / ".lock").exists(),
         "success": (out / DATE / "_SUCCESS").exists(),
         "parts_rows": sum(pq.read_metadata(f).num_rows for f in parts.glob("*.parquet")),
+        "parts": (parts_before_stop, len(list(parts.glob("*.parquet")))),
     }
     rerun = cli(*args[3:], "--log-format", "json", cwd=tmp, umask=UMASK)
     again = cli(*args[3:], cwd=tmp, umask=UMASK)
@@ -81,6 +85,7 @@ def test_sigterm_releases_the_lock_keeps_parts_and_the_rerun_resumes(nights):
     assert k["stop_s"] < 30  # the batch in flight may finish; nothing waits for the rest of the night
     assert k["stderr"].strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
     assert not k["lock"] and not k["success"] and 0 < k["parts_rows"] < len(ROWS)
+    assert k["parts"] == (0, 1)  # nothing rolled yet; what had finished was written on the way out
     r = nights["rerun"]
     assert r.returncode == 0, r.stderr[-2000:]
     info = json.loads((nights["date_dir"] / "run.json").read_text())
@@ -139,7 +144,7 @@ def test_sigterm_on_its_own_local_ray_cluster(tiny_models, tmp_path):
     """ray.init replaces the driver's SIGTERM handler (sys.exit); ours is put back, so the Ray path also exits 143
     with the lock released, and the local cluster it started is shut down."""
     skus = write_skus(tmp_path / f"{DATE}.parquet", many_rows(16), SAMPLE_SCHEMA)
-    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path), {"part_images": 1})
     out = tmp_path / "out"
     args = cli_args(
         "run", "--date", DATE, "--skus", str(skus), "--output", str(out), "--config", str(config),

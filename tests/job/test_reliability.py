@@ -68,7 +68,7 @@ def test_rerun_of_a_completed_date_is_a_noop_and_force_regenerates(cfg, day_file
 
 def test_resume_skips_finished_work(cfg, day_file):
     """Simulate a crash after some batches: drop _SUCCESS and the final manifests, keep the parts and images."""
-    cfg = with_run(cfg, executor="local", batch_size=2)
+    cfg = with_run(cfg, executor="local", batch_size=2, part_images=1)  # a part per batch
     first = run(cfg, DATE)
     out = Path(first.output)
     date_dir = out / DATE
@@ -91,7 +91,7 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
     """Kill the driver (SIGKILL) mid-run on its own local Ray cluster; the rerun finishes without redoing work."""
     rows = many_rows(24)
     skus = write_skus(tmp_path / "skus" / f"{DATE}.parquet", rows, SAMPLE_SCHEMA)
-    config = demo_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    config = demo_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path), {"part_images": 1})
     out = tmp_path / "out"
     args = cli_args(
         "run",

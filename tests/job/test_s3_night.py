@@ -49,7 +49,7 @@ def test_night_to_s3_killed_refused_resumed_and_same_bytes_as_local(tiny_models,
     store = open_store(out)
     skus_uri = f"{s3_uri}/skus/{DATE}.parquet"  # the input is a URI too
     open_store(s3_uri).put_bytes(f"skus/{DATE}.parquet", local_skus.read_bytes())
-    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path), {"part_images": 1})
     args = ["run", "--date", DATE, "--skus", skus_uri, "--output", out, "--config", str(config)]
     args += ["--executor", "local", "--batch-size", "2"]
     # the AWS_* variables of the server come from the s3_uri fixture; PYTHONPATH: this checkout's `factory`
@@ -78,7 +78,7 @@ def test_night_to_s3_killed_refused_resumed_and_same_bytes_as_local(tiny_models,
             os.killpg(proc.pid, signal.SIGKILL)  # 2. ... and killed mid-run
         proc.wait(30)
     assert not store.exists(layout.success_path(DATE)) and store.exists(f"{DATE}/.lock")  # a stale lease
-    parts_done = len(load_parts(store, DATE))
+    parts_done = load_parts(store, DATE).num_rows
     assert 0 < parts_done < ROWS
 
     # 3. the rerun takes over the dead run's lease and finishes only what is missing
