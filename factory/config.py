@@ -202,6 +202,7 @@ class StorageConfig:
     lock: str = "auto"  # auto (local and s3: exclusive-create, others: lease) | exclusive-create
     #                     | lease -- see README "Scaling out -> storage" for what each guarantees
     lease_seconds: int = 300  # an object-store lock not renewed for this long is stale and may be taken over
+    writer_threads: int = 0  # each worker's PNG writer threads; 0 = 2 on a local disk, 16 on an object store
 
 
 @dataclass
@@ -228,6 +229,7 @@ class FactoryConfig:
         _validate_quality_repair(self.quality, self.repair)
         _validate_adapters(self.lora, self.model)
         _validate_provenance(self.provenance)
+        _at_least("storage.writer_threads", self.storage.writer_threads, 0)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
 

@@ -114,7 +114,8 @@ class Worker:
         """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
         self.store: Store = open_store(cfg.paths.output, cfg.storage)
         self.date = date
-        self.writer = ImageWriter(self.store, date, self.stamper)  # PNG stamping + writes, off this thread
+        # PNG stamping + writes, off this thread
+        self.writer = ImageWriter(self.store, date, self.stamper, cfg.storage.writer_threads)
 
     @property
     def batch_invariant(self) -> bool:

@@ -11,18 +11,29 @@ from factory.io.layout import image_key
 from factory.io.provenance import Stamper
 from factory.io.storage import Store
 
-WRITER_THREADS = 2  # PNG encoding (zlib releases the GIL) and file writes overlap repair and each other
+LOCAL_WRITER_THREADS = 2  # PNG encoding (zlib releases the GIL) and file writes overlap repair and each other
+# An object-store PUT waits on the network (~10 ms to a nearby server), not on this CPU: a batch's images go up
+# together. A batch waits for its own writes, so more threads than images per batch would never be used.
+OBJECT_STORE_WRITER_THREADS = 16
+
+
+def writer_threads(store: Store, configured: int = 0) -> int:
+    """`storage.writer_threads`, or (0) the default for the kind of store."""
+    if configured:
+        return configured
+    return LOCAL_WRITER_THREADS if store.kind == "local" else OBJECT_STORE_WRITER_THREADS
 
 
 class ImageWriter:
-    def __init__(self, store: Store, date: str, stamper: Stamper):
+    def __init__(self, store: Store, date: str, stamper: Stamper, threads: int = 0):
         self.store, self.date, self.stamper = store, date, stamper
+        self.threads = writer_threads(store, threads)
         self._pool: ThreadPoolExecutor | None = None  # started on the first write
 
     def submit(self, task: Task, image: Any) -> Future:
         """Write one image in the background; the future's result is (image key, produce_id)."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="png-writer")
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="png-writer")
         return self._pool.submit(self._write, task, image)
 
     def _write(self, task: Task, image: Any) -> tuple[str, str]:
