@@ -8,7 +8,7 @@
   YYYY-MM-DD/images/<category>/<name>.png                  the night's images
   YYYY-MM-DD/run.json                                      what the night did (status ok | failed)
   YYYY-MM-DD/_SUCCESS                                      written last: the night (and its partitions) is final
-  YYYY-MM-DD/_parts/<run_id>-<batch>.parquet               resume state while a night runs
+  YYYY-MM-DD/_parts/<run_id>-pNNNNN.parquet                resume state while a night runs (factory/job/parts.py)
   YYYY-MM-DD/.lock                                         one run per date
 ```
 

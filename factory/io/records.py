@@ -5,7 +5,7 @@ cache hit, resume) or a `RejectedRow` (input validation); writers call `to_row()
 derived from the dataclass fields' `arrow` metadata, so a column cannot exist in one place and not the other.
 
 Column sets: approved = IMAGE_COLUMNS + DECISION_COLUMNS; review = IMAGE_COLUMNS + reason, detail +
-DECISION_COLUMNS; a resume part (written per batch while a run goes) = IMAGE_COLUMNS + error, task_key,
+DECISION_COLUMNS; a resume part (rolled while a run goes, job/parts.py) = IMAGE_COLUMNS + error, task_key,
 clip_embedding; embeddings.parquet = EMBEDDING_COLUMNS (what the cross-day cache carries into the next night's
 similarity checks). README documents each column.
 """

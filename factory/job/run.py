@@ -282,7 +282,7 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     t0 = time.perf_counter()
     with roller:
         info = executor.run(batches, rt, night.plan.thresholds, night.plan.date, on_result) if batches else {}
-    log.info("%d resume parts written", roller.parts)
+    log.debug("%d resume parts written", roller.parts)
     return roller.table(), Execution(len(batches), stage, time.perf_counter() - t0, info)
 
 

@@ -21,6 +21,7 @@ from tests.conftest import (
     SAMPLE_SCHEMA,
     cli,
     cli_args,
+    cli_env,
     demo_config_file,
     make_cfg,
     read_manifests,
@@ -108,7 +109,7 @@ def test_sigkill_during_a_real_ray_run_then_resume(tiny_models, tmp_path):
         "--workers",
         "2",
     )
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = cli_env({"RAY_ADDRESS": ""})  # this checkout's `factory`, whatever is installed
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
