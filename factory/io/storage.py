@@ -123,6 +123,9 @@ def _s3_filesystem(uri: str, s: S3Settings, what: str) -> tuple[pafs.FileSystem,
         force_virtual_addressing=s.addressing == "virtual" and bool(s.endpoint),
         connect_timeout=5,
         request_timeout=30,
+        # an object smaller than one upload part goes up as one PutObject instead of a multipart upload (create,
+        # upload part, complete): 1 request per image instead of 3; errors surface at close(), which _upload checks
+        allow_delayed_open=True,
     )
     return fs, f"{parts.netloc}{parts.path}"
 

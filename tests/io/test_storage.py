@@ -150,6 +150,21 @@ def test_s3_copy_is_server_side(s3_uri, s3_server):
     assert store.get_bytes("2026-11-21/images/big.png") == payload
 
 
+def test_s3_small_objects_are_one_put_each(s3_uri, s3_server):
+    """A small object (a PNG, a part) is one PutObject, not a multipart upload (create, part, complete): the
+    server's counters see 1 request per object and no POSTs (README "Driver at scale")."""
+    puts = 'SeaweedFS_s3_request_total{bucket="adfactory",code="200",type="PUT"}'
+    posts = 'SeaweedFS_s3_request_total{bucket="adfactory",code="200",type="POST"}'
+    store = open_store(s3_uri)
+    before = s3_server.metrics()
+    for i in range(20):
+        store.put_bytes(f"2026-11-21/images/x/{i}.png", os.urandom(2000), durability="none")
+    after = _metrics_after(s3_server, puts, before.get(puts, 0) + 20)
+    assert after.get(puts, 0) - before.get(puts, 0) == 20
+    assert after.get(posts, 0) == before.get(posts, 0)
+    assert store.get_bytes("2026-11-21/images/x/7.png") and len(store.list("2026-11-21/images")) == 20
+
+
 def test_s3_bad_uris_and_unreachable_stores(s3_uri, s3_server, monkeypatch):
     with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
         open_store("s3://no-such-bucket/x")
