@@ -136,7 +136,7 @@ def run(
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in done])
             done |= _keys(cached)
             todo = [t for t in p.tasks if (t.sku_id, t.variant) not in done]
-            del done
+            del done  # a key per image: not kept for the whole night
             generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
@@ -295,7 +295,7 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
     finalize.write_manifests(night.store, p.date, approved, review, rejected)
     finalize.write_embeddings(night.store, p.date, everything)
-    del everything
+    del everything  # approved and review are copies: one copy of the night's rows from here on
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     counts = _counts(night, approved, review, rejected, rows, ex.batches)
     total_s = time.perf_counter() - night.started
