@@ -3,10 +3,10 @@
 `python -m factory.tools.profile_repair --config data/demo.toml [--batch 8] [--repairs 2] [--rounds 3]`: one
 worker (gate and repair as configured), then per bucket: a batch of `--batch` images generated (seconds per image),
 and `--repairs` of them repaired in one `repair_batch` call, as the night does (a blur defect mask per image), then
-re-scored. Stages are timed by wrapping the pipeline modules' calls (text encoder, VAE encode, UNet, VAE decode) and
-the Repairer's own steps (crop, paste-back); "other" is the rest of the pipeline call (image pre/post-processing,
-scheduler). Best of `--rounds` per stage (the machine is shared); seconds per repaired image. A profiling tool: it
-wraps the worker's module objects for the duration of a measurement only.
+re-scored. Stages of both are timed by wrapping the pipeline modules' calls (text encoder, VAE encode, UNet, VAE
+decode) and the Repairer's own steps (crop, paste-back); "other" is the rest of the repair's pipeline call (image
+pre/post-processing, scheduler). Best of `--rounds` per stage (the machine is shared); seconds per repaired image.
+A profiling tool: it wraps the worker's module objects for the duration of a measurement only.
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ def timed_calls(totals: dict[str, float], targets: dict[str, tuple[Any, str]]) -
             delattr(obj, attr)  # back to the class attribute
 
 
-def _generate(worker: Any, width: int, height: int, steps: int, n: int) -> tuple[list[Any], float]:
-    """n images in one call as the worker makes them; seconds per image."""
+def _generate(worker: Any, width: int, height: int, steps: int, n: int) -> tuple[list[Any], dict[str, float]]:
+    """n images in one call as the worker makes them; seconds per stage (totals)."""
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(n)]
+    totals: dict[str, float] = defaultdict(float)
+    targets = {k: (getattr(worker.pipe, mod), attr) for k, (mod, attr) in PIPELINE_STAGES.items()}
     t0 = time.perf_counter()
-    with torch.inference_mode(), worker._numerics():
+    with torch.inference_mode(), worker._numerics(), timed_calls(totals, targets):
         images = worker.pipe(
             prompt=[f"a product photo, item {i}" for i in range(n)],
             negative_prompt=[""] * n,
@@ -68,7 +70,8 @@ def _generate(worker: Any, width: int, height: int, steps: int, n: int) -> tuple
             guidance_scale=worker.cfg.model.guidance_scale,
             generator=generators,
         ).images
-    return images, (time.perf_counter() - t0) / n
+    totals["generate"] = time.perf_counter() - t0
+    return images, totals
 
 
 def profile_repair(worker: Any, images: list[Any], steps: int, category: str) -> dict[str, float]:
@@ -132,7 +135,8 @@ def run(config: str, batch: int, repairs: int, rounds: int) -> dict[str, Any]:
             for _ in range(rounds):
                 images, gen = _generate(worker, b.width, b.height, b.steps, batch)
                 prof = profile_repair(worker, images[:repairs], b.steps, category)
-                prof["generate_per_image"] = gen
+                prof.update({f"gen_{k}": v / (1 if k.endswith("_calls") else batch) for k, v in gen.items()})
+                prof["generate_per_image"] = gen["generate"] / batch
                 best = {k: min(v, best.get(k, v)) for k, v in prof.items()}
             out["buckets"][b.name] = _per_image(best, repairs, f"{b.width}x{b.height}, {b.steps} steps")
     return out
@@ -141,7 +145,7 @@ def run(config: str, batch: int, repairs: int, rounds: int) -> dict[str, Any]:
 def _per_image(best: dict[str, float], repairs: int, label: str) -> dict[str, Any]:
     row: dict[str, Any] = {"bucket": label}
     for k, v in best.items():
-        row[k] = round(v if k.endswith("_calls") or k == "generate_per_image" else v / repairs, 4)
+        row[k] = round(v if k.endswith("_calls") or k.startswith("gen") else v / repairs, 4)
     total = row["mask"] + row["repair_batch"] + row["rescore"]
     row["repair_per_image"] = round(total, 4)
     row["repair_over_generate"] = round(total / row["generate_per_image"], 2)
