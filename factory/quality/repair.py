@@ -1,13 +1,13 @@
 """Inpaint repair of local defects, ADetailer-style: detect (factory.quality.defects) -> mask -> inpaint -> paste back.
 
 `Repairer` wraps the worker's text-to-image pipeline in an inpainting pipeline over the same module objects
-(`inpaint_pipeline`: `AutoPipelineForInpainting.from_pipe`, or SD1.5 inpainting for `LatentConsistencyModelPipeline`,
-to which AutoPipeline links none): the UNet, VAE and text encoders are shared, so a repair pass costs no second
-copy of the weights. By default the generation UNet (4 input channels) does the inpainting: diffusers' SD and
-SDXL inpaint pipelines support 4-channel UNets by re-noising the original latents outside the mask at every step
-(the "legacy" inpainting scheme). A dedicated 9-channel inpainting UNet (latents + mask + masked-image latents,
-e.g. sd-1.5-inpainting) can be given with `inpaint_unet`; it then is the only extra weight in memory. A LoRA fused
-into the generation UNet (e.g. LCM-LoRA) is not applied to a dedicated UNet, which must be LCM-capable itself.
+(`inpaint_pipeline`: the SD1.5 or SDXL inpainting class built from them, else `AutoPipelineForInpainting.from_pipe`):
+the UNet, VAE and text encoders are shared, so a repair pass costs no second copy of the weights. By default the
+generation UNet (4 input channels) does the inpainting: diffusers' SD and SDXL inpaint pipelines support 4-channel
+UNets by re-noising the original latents outside the mask at every step (the "legacy" inpainting scheme). A dedicated
+9-channel inpainting UNet (latents + mask + masked-image latents, e.g. sd-1.5-inpainting) can be given with
+`inpaint_unet`; it then is the only extra weight in memory. A LoRA fused into the generation UNet (e.g. LCM-LoRA) is
+not applied to a dedicated UNet, which must be LCM-capable itself.
 
 Guarantees of `Repairer.repair`:
   - pixels where the mask is 0 are byte-identical to the input (the result is `Image.composite`d onto it);
@@ -106,10 +106,17 @@ def load_inpaint_unet(path: str | Path, like: Any) -> Any:
     return unet.to(like.device)
 
 
-# Text-to-image classes AutoPipeline links to no inpainting pipeline, and the one that runs their modules.
-# LatentConsistencyModelPipeline (LCM-distilled SD1.5 checkpoints, e.g. SimianLuo/LCM_Dreamshaper_v7) holds an
-# SD1.5 UNet, VAE, text encoder and LCMScheduler: SD1.5's inpaint pipeline runs them, guidance embedding included.
-INPAINT_PIPELINE_FOR = {"LatentConsistencyModelPipeline": "StableDiffusionInpaintPipeline"}
+# Text-to-image classes -> the inpainting class that runs their modules, built directly from them. Measured: importing
+# AutoPipeline imports every pipeline family diffusers has, ~0.6 s of a worker's start-up on a quiet 2-core machine,
+# for a pipeline that builds in ~4 ms. LatentConsistencyModelPipeline (LCM-distilled SD1.5 checkpoints, e.g.
+# SimianLuo/LCM_Dreamshaper_v7), which AutoPipeline links to no inpainting pipeline, holds an SD1.5 UNet, VAE, text
+# encoder and LCMScheduler: SD1.5's inpaint pipeline runs them, guidance embedding included. Other classes go
+# through AutoPipelineForInpainting.from_pipe.
+INPAINT_PIPELINE_FOR = {
+    "StableDiffusionPipeline": "StableDiffusionInpaintPipeline",
+    "LatentConsistencyModelPipeline": "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline",
+}
 
 
 def inpaint_pipeline(pipe: Any, **components: Any) -> Any:
@@ -125,13 +132,20 @@ def inpaint_pipeline(pipe: Any, **components: Any) -> Any:
             raise ModelError(
                 f"{name}: no inpainting pipeline shares its modules ({exc}); set repair.mode = 'off'"
             ) from exc
-    # Built from the same module objects, as AutoPipeline does: `StableDiffusionInpaintPipeline.from_pipe` would
-    # also cast every shared module to its `dtype` argument (float32 by default), the generation UNet included.
     cls = getattr(diffusers, INPAINT_PIPELINE_FOR[name])
+    return cls(**{**_from_pipe_kwargs(cls, pipe), **components})
+
+
+def _from_pipe_kwargs(cls: type, pipe: Any) -> dict[str, Any]:
+    """What AutoPipeline's `from_pipe` passes to `cls`: `pipe`'s module objects as they are, and its config options
+    that `cls` takes (e.g. SDXL's `force_zeros_for_empty_prompt`). Not `cls.from_pipe`: that would also cast every
+    shared module to its `dtype` argument (float32 by default), the generation UNet included."""
     params = inspect.signature(cls.__init__).parameters
     modules = {k: v for k, v in pipe.components.items() if k in params}
-    requires_checker = bool(pipe.config.get("requires_safety_checker", False))
-    return cls(**{**modules, **components}, requires_safety_checker=requires_checker)
+    options = {k.lstrip("_"): v for k, v in pipe.config.items() if k.lstrip("_") in params and k not in pipe.components}
+    if "requires_safety_checker" in params:  # the factory has its own gate (see models.load_pipeline)
+        options["requires_safety_checker"] = bool(pipe.config.get("requires_safety_checker", False))
+    return {**options, **modules}
 
 
 class RepairShortcuts:

@@ -190,3 +190,37 @@ def test_shortcuts_skip_the_unused_masked_image_encode_with_the_same_bytes(sd, k
     assert (ours_calls, their_calls) == (2, 4)
     assert [im.tobytes() for im in ours] == [im.tobytes() for im in theirs]
     assert fast.pipe._execution_device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_inpaint_pipeline_is_what_autopipeline_builds(sd, kind):
+    """Built directly (no AutoPipeline import): the class, shared modules and config options from_pipe gives."""
+    from diffusers import AutoPipelineForInpainting
+
+    from factory.quality.repair import inpaint_pipeline
+
+    pipe = sd if kind == "sd" else build_tiny_sdxl().to("cpu")
+    ours, auto = inpaint_pipeline(pipe), AutoPipelineForInpainting.from_pipe(pipe)
+    assert type(ours) is type(auto)
+    assert all(ours.components[k] is v for k, v in auto.components.items())
+    public = {k: v for k, v in auto.config.items() if not k.startswith("_")}
+    assert {k: v for k, v in ours.config.items() if not k.startswith("_")} == public
+
+
+def test_building_the_repairer_does_not_import_autopipeline(tiny_models):
+    """AutoPipeline imports every pipeline family diffusers has (~0.6 s of a worker's start-up)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    code = (
+        "import sys, torch\n"
+        "from factory.config import ModelConfig\n"
+        "from factory.generation.models import load_pipeline\n"
+        "from factory.quality.repair import Repairer\n"
+        f"Repairer(load_pipeline(ModelConfig(pipeline={str(tiny_models['pipeline'])!r}), 'cpu', torch.float32))\n"
+        "assert 'diffusers.pipelines.auto_pipeline' not in sys.modules, 'imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=cli_env())
+    assert res.returncode == 0, res.stderr[-2000:]
