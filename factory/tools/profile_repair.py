@@ -18,7 +18,10 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from factory.config import FactoryConfig
 
 PIPELINE_STAGES = {
     "text_encoder": ("text_encoder", "forward"),
@@ -121,11 +124,12 @@ def _timed_fn(fn: Any, totals: dict[str, float], name: str) -> Any:
     return timed
 
 
-def run(config: str, batch: int, repairs: int, rounds: int) -> dict[str, Any]:
-    from factory.config import load_config
+def run(cfg: FactoryConfig, batch: int = 8, repairs: int = 2, rounds: int = 3) -> dict[str, Any]:
+    """Per bucket of `cfg`: generation and repair stages, seconds per image (best of `rounds`)."""
     from factory.generation.worker import Worker
 
-    cfg = load_config(config)
+    if cfg.repair.mode == "off" or cfg.repair.max_attempts == 0 or not 0 < repairs <= batch:
+        raise ValueError("profile_repair needs repair on and 0 < repairs <= batch")
     with tempfile.TemporaryDirectory() as tmp:
         worker = Worker.local(cfg, tmp)
         category = sorted(worker.gate.thresholds)[0]
@@ -159,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repairs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
-    print(json.dumps(run(a.config, a.batch, a.repairs, a.rounds), indent=1))
+    from factory.config import load_config
+
+    print(json.dumps(run(load_config(a.config), a.batch, a.repairs, a.rounds), indent=1))
     return 0
 
 
