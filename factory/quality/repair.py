@@ -157,7 +157,9 @@ class RepairShortcuts:
     - the masked image's VAE encode: a 4-channel UNet (the default: generation UNet, "legacy" inpainting) never reads
       the masked-image latents, yet diffusers encodes them (a second encode per repaired image). Skipped; the
       random draw that encode takes from each image's generator is taken all the same, so the scheduler's later
-      draws, and the bytes, are unchanged (tests/quality/test_repair.py compares with the stock pipeline).
+      draws, and the bytes, are unchanged (tests/quality/test_repair.py compares with the stock pipeline, SD1.5 and
+      SDXL in float32; an fp16 SDXL VAE with `force_upcast` draws in float32 there, in float16 here: still
+      deterministic and batch-invariant, possibly other bytes than stock diffusers).
     """
 
     _pinned_device: Any = None  # set by with_shortcuts: the Repairer never moves its pipeline
