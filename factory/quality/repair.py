@@ -1,13 +1,13 @@
 """Inpaint repair of local defects, ADetailer-style: detect (factory.quality.defects) -> mask -> inpaint -> paste back.
 
 `Repairer` wraps the worker's text-to-image pipeline in an inpainting pipeline over the same module objects
-(`inpaint_pipeline`: `AutoPipelineForInpainting.from_pipe`, or SD1.5 inpainting for `LatentConsistencyModelPipeline`,
-to which AutoPipeline links none): the UNet, VAE and text encoders are shared, so a repair pass costs no second
-copy of the weights. By default the generation UNet (4 input channels) does the inpainting: diffusers' SD and
-SDXL inpaint pipelines support 4-channel UNets by re-noising the original latents outside the mask at every step
-(the "legacy" inpainting scheme). A dedicated 9-channel inpainting UNet (latents + mask + masked-image latents,
-e.g. sd-1.5-inpainting) can be given with `inpaint_unet`; it then is the only extra weight in memory. A LoRA fused
-into the generation UNet (e.g. LCM-LoRA) is not applied to a dedicated UNet, which must be LCM-capable itself.
+(`inpaint_pipeline`: the SD1.5 or SDXL inpainting class built from them, else `AutoPipelineForInpainting.from_pipe`):
+the UNet, VAE and text encoders are shared, so a repair pass costs no second copy of the weights. By default the
+generation UNet (4 input channels) does the inpainting: diffusers' SD and SDXL inpaint pipelines support 4-channel
+UNets by re-noising the original latents outside the mask at every step (the "legacy" inpainting scheme). A dedicated
+9-channel inpainting UNet (latents + mask + masked-image latents, e.g. sd-1.5-inpainting) can be given with
+`inpaint_unet`; it then is the only extra weight in memory. A LoRA fused into the generation UNet (e.g. LCM-LoRA) is
+not applied to a dedicated UNet, which must be LCM-capable itself.
 
 Guarantees of `Repairer.repair`:
   - pixels where the mask is 0 are byte-identical to the input (the result is `Image.composite`d onto it);
@@ -106,10 +106,17 @@ def load_inpaint_unet(path: str | Path, like: Any) -> Any:
     return unet.to(like.device)
 
 
-# Text-to-image classes AutoPipeline links to no inpainting pipeline, and the one that runs their modules.
-# LatentConsistencyModelPipeline (LCM-distilled SD1.5 checkpoints, e.g. SimianLuo/LCM_Dreamshaper_v7) holds an
-# SD1.5 UNet, VAE, text encoder and LCMScheduler: SD1.5's inpaint pipeline runs them, guidance embedding included.
-INPAINT_PIPELINE_FOR = {"LatentConsistencyModelPipeline": "StableDiffusionInpaintPipeline"}
+# Text-to-image classes -> the inpainting class that runs their modules, built directly from them. Measured: importing
+# AutoPipeline imports every pipeline family diffusers has, ~0.6 s of a worker's start-up on a quiet 2-core machine,
+# for a pipeline that builds in ~4 ms. LatentConsistencyModelPipeline (LCM-distilled SD1.5 checkpoints, e.g.
+# SimianLuo/LCM_Dreamshaper_v7), which AutoPipeline links to no inpainting pipeline, holds an SD1.5 UNet, VAE, text
+# encoder and LCMScheduler: SD1.5's inpaint pipeline runs them, guidance embedding included. Other classes go
+# through AutoPipelineForInpainting.from_pipe.
+INPAINT_PIPELINE_FOR = {
+    "StableDiffusionPipeline": "StableDiffusionInpaintPipeline",
+    "LatentConsistencyModelPipeline": "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline",
+}
 
 
 def inpaint_pipeline(pipe: Any, **components: Any) -> Any:
@@ -125,13 +132,71 @@ def inpaint_pipeline(pipe: Any, **components: Any) -> Any:
             raise ModelError(
                 f"{name}: no inpainting pipeline shares its modules ({exc}); set repair.mode = 'off'"
             ) from exc
-    # Built from the same module objects, as AutoPipeline does: `StableDiffusionInpaintPipeline.from_pipe` would
-    # also cast every shared module to its `dtype` argument (float32 by default), the generation UNet included.
     cls = getattr(diffusers, INPAINT_PIPELINE_FOR[name])
+    return cls(**{**_from_pipe_kwargs(cls, pipe), **components})
+
+
+def _from_pipe_kwargs(cls: type, pipe: Any) -> dict[str, Any]:
+    """What AutoPipeline's `from_pipe` passes to `cls`: `pipe`'s module objects as they are, and its config options
+    that `cls` takes (e.g. SDXL's `force_zeros_for_empty_prompt`). Not `cls.from_pipe`: that would also cast every
+    shared module to its `dtype` argument (float32 by default), the generation UNet included."""
     params = inspect.signature(cls.__init__).parameters
     modules = {k: v for k, v in pipe.components.items() if k in params}
-    requires_checker = bool(pipe.config.get("requires_safety_checker", False))
-    return cls(**{**modules, **components}, requires_safety_checker=requires_checker)
+    options = {k.lstrip("_"): v for k, v in pipe.config.items() if k.lstrip("_") in params and k not in pipe.components}
+    if "requires_safety_checker" in params:  # the factory has its own gate (see models.load_pipeline)
+        options["requires_safety_checker"] = bool(pipe.config.get("requires_safety_checker", False))
+    return {**options, **modules}
+
+
+class RepairShortcuts:
+    """Mixed into the Repairer's private inpaint pipeline (`with_shortcuts`): two per-call costs removed, same bytes.
+
+    - `_execution_device`: diffusers walks every submodule of every component looking for offloading hooks on each
+      call (~2.6 ms per call for the tiny model, ~5 % of a one-image repair); the factory never offloads, so the
+      pipeline's device, read once when the Repairer is built, is the execution device.
+    - the masked image's VAE encode: a 4-channel UNet (the default: generation UNet, "legacy" inpainting) never reads
+      the masked-image latents, yet diffusers encodes them (a second encode per repaired image). Skipped; the
+      random draw that encode takes from each image's generator is taken all the same, so the scheduler's later
+      draws, and the bytes, are unchanged (tests/quality/test_repair.py compares with the stock pipeline, SD1.5 and
+      SDXL in float32; an fp16 SDXL VAE with `force_upcast` draws in float32 there, in float16 here: still
+      deterministic and batch-invariant, possibly other bytes than stock diffusers).
+    """
+
+    _pinned_device: Any = None  # set by with_shortcuts: the Repairer never moves its pipeline
+
+    @property
+    def _execution_device(self) -> Any:
+        return self._pinned_device
+
+    def prepare_mask_latents(
+        self, mask, masked_image, batch_size, height, width, dtype, device, generator, do_classifier_free_guidance
+    ):  # diffusers' signature (SD and SDXL inpaint pipelines), called positionally
+        skip = self.unet.config.in_channels == 4 and isinstance(generator, list) and masked_image is not None
+        if skip and masked_image.shape[1] != 4:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            scale, channels = self.vae_scale_factor, self.vae.config.latent_channels
+            shape = (1, channels, height // scale, width // scale)
+            for g in generator:  # the draw of DiagonalGaussianDistribution.sample in the skipped encode
+                randn_tensor(shape, generator=g, device=device, dtype=self.vae.dtype)
+            masked_image = torch.zeros(masked_image.shape[0], *shape[1:], dtype=dtype, device=device)
+        return super().prepare_mask_latents(
+            mask, masked_image, batch_size, height, width, dtype, device, generator, do_classifier_free_guidance
+        )
+
+
+_SHORTCUT_CLASSES: dict[type, type] = {}
+
+
+def with_shortcuts(pipe: Any) -> Any:
+    """`pipe` (an inpaint pipeline private to a Repairer) with `RepairShortcuts` mixed into its class."""
+    cls = type(pipe)
+    if cls not in _SHORTCUT_CLASSES:  # one subclass per pipeline class, same name (diffusers looks classes up by name)
+        _SHORTCUT_CLASSES[cls] = type(cls.__name__, (RepairShortcuts, cls), {"__module__": cls.__module__})
+    device = pipe.device
+    pipe.__class__ = _SHORTCUT_CLASSES[cls]
+    pipe._pinned_device = device
+    return pipe
 
 
 class Repairer:
@@ -145,7 +210,7 @@ class Repairer:
         }
         if inpaint_unet:
             components["unet"] = load_inpaint_unet(inpaint_unet, pipe.unet)
-        self.pipe = inpaint_pipeline(pipe, **components)
+        self.pipe = with_shortcuts(inpaint_pipeline(pipe, **components))
         self.pipe.set_progress_bar_config(disable=True)
         self.batch_invariant = batch_invariant
         self._supports_crop = hasattr(self.pipe, "mask_processor")  # diffusers' crop-region helper

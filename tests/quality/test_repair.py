@@ -154,3 +154,73 @@ def test_batched_repair_equals_single_calls_and_keeps_outside_pixels(sd):
 def test_repair_steps_scale_with_strength():
     assert [repair_steps(s, 0.4) for s in (1, 2, 4, 6, 8)] == [1, 1, 2, 3, 4]
     assert repair_steps(4, 1.0) == 4 and repair_steps(4, 0.5) == 2 and repair_steps(4, 0.05) == 1
+
+
+def _encode_counted(repairer, items, **kwargs):
+    """(images, VAE encode calls) of one repair_batch call; the count from a wrapper on the real VAE's method."""
+    vae, calls = repairer.pipe.vae, []
+    encode = vae.encode
+    vae.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    try:
+        return repairer.repair_batch(items, **kwargs), len(calls)
+    finally:
+        del vae.encode
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_shortcuts_skip_the_unused_masked_image_encode_with_the_same_bytes(sd, kind):
+    """A 4-channel UNet never reads the masked-image latents: one VAE encode per repaired image instead of two,
+    and the bytes of diffusers' own inpaint pipeline (which encodes both) over the same modules."""
+    from factory.quality.repair import inpaint_pipeline
+
+    pipe = sd if kind == "sd" else build_tiny_sdxl().to("cpu")
+    fast = Repairer(pipe, batch_invariant=True)
+    stock = Repairer(pipe, batch_invariant=True)
+    stock.pipe = inpaint_pipeline(pipe, scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config))
+    stock.pipe.set_progress_bar_config(disable=True)
+    assert type(stock.pipe).__name__ == type(fast.pipe).__name__ and type(stock.pipe) is not type(fast.pipe)
+    items = [
+        RepairItem(
+            blocks(size=64, seed=i), defects.build_mask((64, 64), box, dilate=2, blur=2)[0], PROMPT, "", SEED + i, i
+        )
+        for i, box in enumerate([(32, 32, 64, 64), (0, 0, 24, 40)])
+    ]
+    ours, ours_calls = _encode_counted(fast, items, steps=2)
+    theirs, their_calls = _encode_counted(stock, items, steps=2)
+    assert (ours_calls, their_calls) == (2, 4)
+    assert [im.tobytes() for im in ours] == [im.tobytes() for im in theirs]
+    assert fast.pipe._execution_device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_inpaint_pipeline_is_what_autopipeline_builds(sd, kind):
+    """Built directly (no AutoPipeline import): the class, shared modules and config options from_pipe gives."""
+    from diffusers import AutoPipelineForInpainting
+
+    from factory.quality.repair import inpaint_pipeline
+
+    pipe = sd if kind == "sd" else build_tiny_sdxl().to("cpu")
+    ours, auto = inpaint_pipeline(pipe), AutoPipelineForInpainting.from_pipe(pipe)
+    assert type(ours) is type(auto)
+    assert all(ours.components[k] is v for k, v in auto.components.items())
+    public = {k: v for k, v in auto.config.items() if not k.startswith("_")}
+    assert {k: v for k, v in ours.config.items() if not k.startswith("_")} == public
+
+
+def test_building_the_repairer_does_not_import_autopipeline(tiny_models):
+    """AutoPipeline imports every pipeline family diffusers has (~0.6 s of a worker's start-up)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    code = (
+        "import sys, torch\n"
+        "from factory.config import ModelConfig\n"
+        "from factory.generation.models import load_pipeline\n"
+        "from factory.quality.repair import Repairer\n"
+        f"Repairer(load_pipeline(ModelConfig(pipeline={str(tiny_models['pipeline'])!r}), 'cpu', torch.float32))\n"
+        "assert 'diffusers.pipelines.auto_pipeline' not in sys.modules, 'imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=cli_env())
+    assert res.returncode == 0, res.stderr[-2000:]
