@@ -5,7 +5,7 @@ images, test-locally: its VAE scaling factor set to 1/std of their latents (how 
 VAE's latents have std ~0.05 at 0.18215) and a short full fine-tune of its UNet with the plain noise-prediction MSE
 (10 % empty captions, so the CFG's unconditional branch is trained too) — a brand's own fine-tuned base, then
 distilled, which is what the method is for. A *random* teacher denoises nothing: its many-step samples (latent std
-~12) lie far from its training latents, and the distillation only moved the 1-step output (README).
+~12) lie far from its training latents, and the distillation moved only the 1- and 2-step outputs closer (README).
 
 What this proves: the distillation runs end to end (DDIM solver, CFG teacher, boundary scalings, huber loss), its
 loss falls, the LoRA it writes loads into an LCMScheduler pipeline with every trained layer (attention, convs,
