@@ -34,7 +34,7 @@ from factory.tools.tiny_models import build_tiny_sd_base
 from factory.training.common import WEIGHTS_NAME, LatentCache, TrainArgs, encode_text
 from factory.training.data import read_examples
 from factory.training.train import train
-from tests.training.test_train_lora import CAPTION, SIDE, config_file, write_stripes
+from tests.training.test_train_lora import CAPTION, SIDE, config_file, one_thread, write_stripes  # noqa: F401
 
 STEPS = (1, 2, 4)  # LCM steps compared
 W = 2.0  # guidance of the distillation (LCM form); the teacher's CFG scale for the same guidance is W + 1
@@ -90,8 +90,7 @@ def _run(pipe, steps: int, guidance: float) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_lcm_distill_brings_one_and_two_step_output_to_the_teachers_ode_solution(tmp_path):
-    torch.set_num_threads(1)
+def test_lcm_distill_brings_one_and_two_step_output_to_the_teachers_ode_solution(tmp_path, one_thread):  # noqa: F811
     images = write_stripes(tmp_path / "images")
     teacher_dir = denoiser_teacher(images, tmp_path / "teacher")
     cfg = load_config(config_file(tmp_path, teacher_dir))
