@@ -112,11 +112,14 @@ def scale_bench(
     if rows < 1:
         raise ConfigError(f"--rows must be at least 1, got {rows}")
     skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
+    output = output or str(workdir / "out")
+    if mode == "null-night":
+        _clear_night(cfg, output, date)
     cpu0, t0 = _cpu_s(), time.perf_counter()
     if mode == "validate":
         result = _validate(cfg, skus, date)
     else:
-        result = _null_night(cfg, skus, date, output or str(workdir / "out"))
+        result = _null_night(cfg, skus, date, output)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     images = result["images"]
     return {
@@ -138,6 +141,15 @@ def _validate(cfg: FactoryConfig, skus: Path, date: str) -> dict[str, Any]:
 
     s = summarize(cfg, date, skus)
     return {"images": s.images, "batches": s.batches, "rejected_rows": len(s.rejected)}
+
+
+def _clear_night(cfg: FactoryConfig, output: str, date: str) -> None:
+    """An earlier bench night at `output`, removed before the clock starts: the figure is a fresh night's, not a
+    fresh night plus deleting 100 k files of the last one (measured: 211 s of a 331 s local run under load)."""
+    from factory.io.storage import open_store
+    from factory.job import parts
+
+    parts.clear_outputs(open_store(output, cfg.storage), date)
 
 
 def _null_night(cfg: FactoryConfig, skus: Path, date: str, output: str) -> dict[str, Any]:
