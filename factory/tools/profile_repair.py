@@ -34,20 +34,8 @@ PIPELINE_STAGES = {
 @contextlib.contextmanager
 def timed_calls(totals: dict[str, float], targets: dict[str, tuple[Any, str]]) -> Iterator[None]:
     """Add the wall time of every call of `obj.attr` to `totals[name]` while inside (instance attributes)."""
-
-    def wrap(name: str, fn: Any) -> Any:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                totals[name] += time.perf_counter() - t0
-                totals[f"{name}_calls"] += 1
-
-        return timed
-
     for name, (obj, attr) in targets.items():
-        setattr(obj, attr, wrap(name, getattr(obj, attr)))
+        setattr(obj, attr, _timed_fn(getattr(obj, attr), totals, name))
     try:
         yield
     finally:
@@ -120,6 +108,7 @@ def _timed_fn(fn: Any, totals: dict[str, float], name: str) -> Any:
             return fn(*args, **kwargs)
         finally:
             totals[name] += time.perf_counter() - t0
+            totals[f"{name}_calls"] += 1
 
     return timed
 
