@@ -34,15 +34,8 @@ def flag_similar(
     method: str | None = None,
 ) -> tuple[list[ImageRecord], dict[str, Any]]:
     """flag_similar_table for a list of records (benchmarks, tests)."""
-    records = sorted(records, key=lambda r: r.key)
-    usable = np.array([r.clip_embedding is not None and not r.error for r in records], dtype=bool)
-    emb = np.array([r.clip_embedding for r, u in zip(records, usable) if u], dtype=np.float32)
-    skus, cats = (np.array([getattr(r, c) for r in records], dtype=object) for c in ("sku_id", "category"))
-    dups, refm, info = _search(skus, cats, usable, emb, thresholds, refs, method)
-    info["missing_embeddings"] = sum(1 for r in records if r.clip_embedding is None and not r.error)
-    for i in np.flatnonzero(usable):
-        records[i] = _with_matches(records[i], dups.get(i), refm.get(i))
-    return records, info
+    table, info = flag_similar_table(parts.records_table(records), thresholds, refs, method)
+    return [ImageRecord.from_row(row) for row in table.to_pylist()], info
 
 
 def flag_similar_table(
@@ -72,9 +65,13 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
 
 
+def has_error(table: pa.Table) -> pa.ChunkedArray:
+    """Rows with a (non-empty) generation error."""
+    return pc.fill_null(pc.not_equal(table["error"], ""), False)
+
+
 def _no_error(table: pa.Table) -> np.ndarray:
-    err = table["error"]
-    return pc.fill_null(pc.or_kleene(pc.is_null(err), pc.equal(err, "")), True).to_numpy(zero_copy_only=False)
+    return pc.invert(has_error(table)).to_numpy(zero_copy_only=False)
 
 
 Matches = dict[int, duplicates.Match]
@@ -132,17 +129,6 @@ def _apply_matches(table: pa.Table, usable: np.ndarray, dups: Matches, refm: Mat
         idx = table.schema.get_field_index("reasons")
         table = table.set_column(idx, "reasons", pa.array(reasons, table.schema.field("reasons").type))
     return table
-
-
-def _with_matches(r: ImageRecord, dup: duplicates.Match | None, ref: duplicates.Match | None) -> ImageRecord:
-    found = ([NEAR_DUPLICATE] if dup else []) + ([REFERENCE_MATCH] if ref else [])
-    return r.replace(
-        reasons=sort_reasons(r.reasons + found) if found else r.reasons,
-        duplicate_of=dup.other if dup else None,
-        duplicate_score=dup.score if dup else None,
-        reference_file=ref.other if ref else None,
-        reference_score=ref.score if ref else None,
-    )
 
 
 def _similarity_detail(

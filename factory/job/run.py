@@ -327,7 +327,7 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
 
 def _finish(night: Night, summary: RunSummary, ex: Execution, similarity: dict, generated: pa.Table, lock: Any) -> None:
     """run.json, and `_SUCCESS` unless too many images failed (then the night fails: exit 1, rerun to retry)."""
-    errors = generated["error"].filter(_has_error(generated))
+    errors = generated["error"].filter(finalize.has_error(generated))
     failed = generated.num_rows > 0 and len(errors) > night.cfg.run.max_error_share * generated.num_rows
     info = {**_run_info(night, summary, ex), "similarity": similarity}
     finalize.write_run_info(night.store, night.plan.date, info, success=not failed, lock=lock)
@@ -337,11 +337,6 @@ def _finish(night: Night, summary: RunSummary, ex: Execution, similarity: dict, 
             f"{night.cfg.run.max_error_share:g}); first error: {errors[0].as_py()}; no _SUCCESS written, rerun to "
             f"retry them"
         )
-
-
-def _has_error(table: pa.Table) -> pa.ChunkedArray:
-    """Rows with a (non-empty) generation error."""
-    return pc.fill_null(pc.not_equal(table["error"], ""), False)
 
 
 def _count_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -354,7 +349,7 @@ def _counts(night: Night, approved: pa.Table, review: pa.Table, rejected, rows: 
         "input_rows": p.input_rows,
         "skus_planned": len({t.sku_id for t in p.tasks}),
         "images_planned": len(p.tasks),
-        "images_generated": gen.num_rows - _count_true(_has_error(gen)),  # images that exist
+        "images_generated": gen.num_rows - _count_true(finalize.has_error(gen)),  # images that exist
         "images_resumed": rows.resumed.num_rows,
         "cache_hits": rows.cached.num_rows,
         "batches": batches,
@@ -363,7 +358,7 @@ def _counts(night: Night, approved: pa.Table, review: pa.Table, rejected, rows: 
         "rejected_rows": len(rejected),
         "approved_images": approved.num_rows,
         "review_images": review.num_rows,
-        "generation_errors": _count_true(_has_error(review)),  # detail also explains similarity matches
+        "generation_errors": _count_true(finalize.has_error(review)),  # detail also explains similarity matches
         "prompts_truncated": _count_true(approved["prompt_truncated"]) + _count_true(review["prompt_truncated"]),
     }
 
