@@ -149,7 +149,7 @@ def validate(
 ) -> None:
     """Check the day's input and the templates; print what would be rejected. Generates and writes nothing."""
     from factory.config import load_config
-    from factory.job.plan import summarize
+    from factory.job.night_plan import summarize
 
     def go() -> None:
         cfg = load_config(config)
@@ -181,7 +181,7 @@ def calibrate(
 ) -> None:
     """Score a sample of the day's images and suggest per-category quality thresholds (a TOML snippet)."""
     from factory.config import load_config
-    from factory.tools.calibrate import calibrate as run_calibration
+    from factory.tools.ops.calibrate import calibrate as run_calibration
 
     def go() -> None:
         cfg = load_config(config, {"paths": {"output": str(output) if output else None}})
@@ -216,12 +216,12 @@ def bench(
 
     from factory.config import load_config
     from factory.errors import ConfigError
-    from factory.tools.bench import bench as run_bench
-    from factory.tools.bench import format_table
+    from factory.tools.benchmarks.bench import bench as run_bench
+    from factory.tools.benchmarks.bench import format_table
 
     def go() -> None:
         if e2e:
-            from factory.tools.bench_e2e import bench_e2e, format_e2e
+            from factory.tools.benchmarks.bench_e2e import bench_e2e, format_e2e
 
             try:
                 sizes = tuple(int(x) for x in images.split(","))
@@ -261,8 +261,8 @@ def scale_bench(
     import json
 
     from factory.config import load_config
-    from factory.tools.scale_bench import format_result
-    from factory.tools.scale_bench import scale_bench as run_scale_bench
+    from factory.tools.benchmarks.scale_bench import format_result
+    from factory.tools.benchmarks.scale_bench import scale_bench as run_scale_bench
 
     def go() -> None:
         cfg = load_config(config, {"run": {"executor": executor, "workers": workers, "batch_size": batch_size}})
@@ -283,7 +283,7 @@ def demo_skus(
 ) -> None:
     """Write the demo SKU file for a date (if absent): mixed categories, keyword buckets and a few bad rows."""
     from factory.inputs.arguments import parse_date
-    from factory.tools.demo import write_demo_skus
+    from factory.tools.ops.demo import write_demo_skus
 
     def go() -> None:
         path = skus_dir / f"{parse_date(date or _today())}.parquet"  # the date names a file: never a path
@@ -344,7 +344,7 @@ def init_tiny(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the embedded tiny models (random weights, fixed seed) in standard diffusers/open_clip formats."""
-    from factory.tools.tiny_models import init_tiny as build
+    from factory.tools.builders.tiny_models import init_tiny as build
 
     def go() -> None:
         paths = build(directory, force=force)
@@ -360,7 +360,7 @@ def init_style_lora(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build a random "style" LoRA for the embedded tiny UNet (diffusers format), to try [lora.adapters]."""
-    from factory.tools.style_lora import write_style_lora
+    from factory.tools.builders.style_lora import write_style_lora
 
     _guard(verbose, lambda: typer.echo(f"tiny style LoRA: {write_style_lora(directory, seed=seed)}"))
 
@@ -373,7 +373,7 @@ def init_random_sd15(
     """Build a full-size SD1.5-architecture LCM pipeline with random weights (fp16), for GPU benchmarks."""
     import torch
 
-    from factory.tools.tiny_models import build_random_sd15
+    from factory.tools.builders.tiny_models import build_random_sd15
 
     def go() -> None:
         build_random_sd15(torch.float16).save_pretrained(directory, safe_serialization=True)
@@ -393,7 +393,7 @@ def check(
 ) -> None:
     """Load a checkpoint as a night would, generate and repair one small image; one line per component."""
     from factory.config import load_config
-    from factory.tools.check_model import check_model
+    from factory.tools.ops.check_model import check_model
 
     def go() -> None:
         report = check_model(
@@ -434,7 +434,7 @@ def provenance_bench(
     verbose: VerboseOpt = False,
 ) -> None:
     """Cost per image of the provenance marks (and C2PA signing) and of the near-duplicate search."""
-    from factory.tools.provenance_bench import provenance_costs, similarity_costs
+    from factory.tools.benchmarks.provenance_bench import provenance_costs, similarity_costs
 
     def go() -> None:
         for key, value in provenance_costs(size, images).items():

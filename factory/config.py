@@ -282,7 +282,7 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 def _validate_run(run: RunConfig) -> None:
     from factory.generation.executors import EXECUTORS
-    from factory.inputs.planner import PADDING_MODES
+    from factory.inputs.bucketing import PADDING_MODES
 
     _one_of("run.padding", run.padding, ("auto", *PADDING_MODES))
     _one_of("run.executor", run.executor, tuple(EXECUTORS))
@@ -301,7 +301,7 @@ def _validate_run(run: RunConfig) -> None:
 
 
 def _validate_planner(planner: PlannerConfig) -> None:
-    from factory.inputs.planner import SEED_SCOPES
+    from factory.inputs.bucketing import SEED_SCOPES
 
     if not planner.buckets:
         raise ConfigError("planner.buckets must list at least one bucket")
@@ -339,7 +339,7 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> None:
-    from factory.quality.retry import REPAIR_MODES
+    from factory.quality.repair_loop import REPAIR_MODES
 
     _check_gate(quality, "quality")
     for category, overrides in quality.categories.items():

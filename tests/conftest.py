@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.config import Bucket, FactoryConfig, load_config
-from factory.tools.tiny_models import init_tiny
+from factory.tools.builders.tiny_models import init_tiny
 from tests.s3_server import BUCKET, SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent

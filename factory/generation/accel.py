@@ -7,7 +7,7 @@ the batches.
 
 On CPU everything here is a no-op apart from reporting: channels-last and compiled kernels change the float
 summation order by batch size and layout, which would break the batch-invariant numerics of
-`factory.generation.invariance` (and `BatchInvariantMode`, a TorchFunctionMode, is not traced into compiled graphs).
+`factory.determinism` (and `BatchInvariantMode`, a TorchFunctionMode, is not traced into compiled graphs).
 
 VAE decoding needs no work here: `StableDiffusionPipeline` / `StableDiffusionXLPipeline` already decode the whole
 batch in one `vae.decode` call (checked in diffusers 0.42.1; only `vae.enable_slicing()` would split it), so a

@@ -29,7 +29,7 @@ from typing import Any
 
 from factory.config import AdapterConfig
 from factory.errors import ModelError
-from factory.inputs.planner import parse_adapter_entry
+from factory.inputs.bucketing import parse_adapter_entry
 
 log = logging.getLogger(__name__)
 

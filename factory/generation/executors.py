@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, FactoryError
-from factory.inputs.planner import Batch
+from factory.inputs.bucketing import Batch
 
 if TYPE_CHECKING:
     from factory.generation.runtime import Runtime

@@ -17,7 +17,7 @@ from typing import Any
 
 from factory.config import FactoryConfig
 from factory.generation.worker import Worker
-from factory.inputs.planner import Batch
+from factory.inputs.bucketing import Batch
 
 FAULT_KINDS = ("die_once", "raise", "oom")
 

@@ -2,8 +2,9 @@
 
 The factory only ever loads models through `load_pipeline` / `load_clip`, which use the standard entry points
 (`DiffusionPipeline.from_pretrained(dir, local_files_only=True)`,
-`open_clip.create_model_and_transforms(name, pretrained=path)`). `factory.tools.tiny_models` writes random-weight
-models of the real architectures in those same on-disk formats, so the whole factory runs offline on a CPU.
+`open_clip.create_model_and_transforms(name, pretrained=path)`). `factory.tools.builders.tiny_models` writes
+random-weight models of the real architectures in those same on-disk formats, so the whole factory runs offline on a
+CPU.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ folded in. The order matters: a LoRA cannot be fused into int8/fp8 weights, and 
 `nn.Linear`, so quantizing before fusing would silently skip every adapted layer. Call order in a worker:
 `load_pipeline` (moves to the device, fuses LoRA) -> `quantize_unet(pipe.unet, mode)` -> `accel.optimize_pipeline`.
 
-Batch invariance on CPU (`factory.generation.invariance.BatchInvariantMode`): "int8-dynamic" keeps it (integer GEMMs are
+Batch invariance on CPU (`factory.determinism.BatchInvariantMode`): "int8-dynamic" keeps it (integer GEMMs are
 exact and activation scales are per token), "int8-weight" does not (its float matmul runs on the whole flattened
 batch; measured: pixels differ by 1 level between a batch of one and a batch of five).
 
@@ -169,10 +169,10 @@ def default_quantization_for(device: str) -> str:
     """The mode "auto" means: "none" on every device, because every mode measured slower than float.
 
     CUDA, one H200 (full-size SD1.5 LCM UNet, 512x512, 4 steps, fp16, batch 16, no compile, torch 2.11 + torchao
-    0.18; `python -m factory.tools.bench_gpu`, docs/bench-gpu-h200.json): none 18.3 images/s, int8-weight 16.4,
-    fp8 13.7, while UNet Linear weight bytes fall 540 -> 303 MB. The UNet is convolution-bound at these shapes, so
-    the quantized GEMMs save little and the activation quantization costs more. Quantize for memory (more workers
-    or bigger batches per GPU), chosen explicitly.
+    0.18; `python -m factory.tools.benchmarks.bench_gpu`, docs/bench-gpu-h200.json): none 18.3 images/s,
+    int8-weight 16.4, fp8 13.7, while UNet Linear weight bytes fall 540 -> 303 MB. The UNet is convolution-bound at
+    these shapes, so the quantized GEMMs save little and the activation quantization costs more. Quantize for memory
+    (more workers or bigger batches per GPU), chosen explicitly.
 
     CPU: int8 measured slower too. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
     2 cores, torch 2.15.0 + torchao 0.18.0; the 4 pipelines loaded side by side and timed round-robin, 10 rounds,

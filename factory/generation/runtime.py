@@ -16,7 +16,7 @@ from factory.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
-# batch-invariant: factory.generation.invariance.BatchInvariantMode (same pixels whatever the batch); fast: plain
+# batch-invariant: factory.determinism.BatchInvariantMode (same pixels whatever the batch); fast: plain
 # batched kernels (the CUDA default: GPU kernels may differ slightly across batch sizes).
 DETERMINISM_MODES = ("batch-invariant", "fast")
 
@@ -27,7 +27,7 @@ class Runtime:
     dtype: str  # float32 | float16 | bfloat16
     determinism: str  # batch-invariant | fast
     quantization: str  # none | int8-weight | int8-dynamic | fp8 (factory.generation.quantize)
-    padding: str  # count | size | none (factory.inputs.planner)
+    padding: str  # count | size | none (factory.inputs.bucketing)
     compile: str  # none | regional | full (factory.generation.accel)
 
     @property

@@ -23,15 +23,15 @@ from PIL import Image
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
+from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
-from factory.generation.writes import ImageWriter
-from factory.inputs.planner import Batch, Task
+from factory.inputs.bucketing import Batch, Task
 from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
 from factory.quality.gate import Assessment, Gate, PassingGate
 from factory.quality.reasons import is_repairable
-from factory.quality.retry import RepairOutcome, RepairRetry, no_repair
+from factory.quality.repair_loop import RepairOutcome, RepairRetry, no_repair
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Worker:
 
         from factory.generation.runtime import local_device, resolve
         from factory.inputs.prompts import load_templates
-        from factory.job.plan import category_thresholds
+        from factory.job.night_plan import category_thresholds
 
         cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
         templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
@@ -141,7 +141,7 @@ class Worker:
         return applied
 
     def _numerics(self) -> contextlib.AbstractContextManager:
-        from factory.generation.invariance import BatchInvariantMode
+        from factory.determinism import BatchInvariantMode
 
         return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
 

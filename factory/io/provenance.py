@@ -2,7 +2,7 @@
 an optional visible label, optional C2PA signing, and `inspect()` which reads all of it back (`adfactory provenance
 verify`). README "Provenance and labelling" says which rule each mark serves.
 
-Chunks after IHDR, in file order (text chunks written by `factory.io.writer.png_bytes`):
+Chunks after IHDR, in file order (text chunks written by `factory.io.png.png_bytes`):
   iTXt `XML:com.adobe.xmp`  XMP packet: `TC260:AIGC` (namespace TC260_NS) = the Annex E JSON {Label, ContentProducer,
                             ProduceID, ReservedCode1, ContentPropagator, PropagateID, ReservedCode2}, plus IPTC
                             `Iptc4xmpExt:DigitalSourceType` = trainedAlgorithmicMedia (what image hosts read)
@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from factory.config import ProvenanceConfig
 from factory.errors import ConfigError, InputError
-from factory.io.writer import PngText, png_bytes
+from factory.io.png import PngText, png_bytes
 
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")  # where the visible label goes
 C2PA_ALGS = ("es256", "es384", "ps256")  # signing algorithms offered (the key's type must match)

@@ -102,7 +102,7 @@ class ImageRecord:
 
     @classmethod
     def from_task(cls, task: Any, **values: Any) -> ImageRecord:
-        """A record for a planned task (`factory.inputs.planner.Task`) plus `values`."""
+        """A record for a planned task (`factory.inputs.bucketing.Task`) plus `values`."""
         fields = dataclasses.asdict(task)
         fields["adapters"] = list(fields.get("adapters", ()))
         return cls(**{**fields, **values})

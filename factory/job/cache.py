@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from factory.config import QualityConfig
 from factory.errors import StorageError
-from factory.inputs.planner import Task
+from factory.inputs.bucketing import Task
 from factory.io import layout
 from factory.io.records import ImageRecord
 from factory.io.storage import Store

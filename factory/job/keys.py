@@ -20,7 +20,7 @@ from typing import Any
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.generation.runtime import Runtime
-from factory.inputs.planner import Task, parse_adapter_entry
+from factory.inputs.bucketing import Task, parse_adapter_entry
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The nightly job as one typed function, `run()`, which the CLI, the cron job and the tests all call.
 
 It reads top to bottom as numbered steps; each step is a call into the module that owns it:
-plan (factory.job.plan) → lock (lock) → resolve the runtime on the executor's device (generation.runtime) and
+plan (factory.job.night_plan) → lock (lock) → resolve the runtime on the executor's device (generation.runtime) and
 the keys (keys) → resume (parts) → cross-day cache (cache) → batch and execute (inputs.planner,
 generation.executors) → finalize: manifests, run.json, `_SUCCESS` last (finalize).
 """
@@ -30,13 +30,13 @@ from factory.generation.models import NULL_PIPELINE
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
-from factory.inputs.planner import Task, make_batches
+from factory.inputs.bucketing import Task, make_batches
+from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner
 from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
-from factory.job.lease import open_run_lock
-from factory.job.plan import Plan, plan
+from factory.job.night_plan import Plan, plan
 from factory.job.progress import Progress
 from factory.quality.duplicates import References, clip_encoder, load_references
 from factory.review import manifests as review_outputs

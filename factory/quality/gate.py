@@ -76,7 +76,7 @@ class Gate:
         self.clip = clip
         self.texts = clip_scores.TextFeatureCache(clip)
         self.per_image = per_image  # batch-invariant mode: one CLIP forward per image (see worker.py)
-        self.thresholds = thresholds  # per category, built once at plan time (factory.job.plan)
+        self.thresholds = thresholds  # per category, built once at plan time (factory.job.night_plan)
 
     def config(self, category: str) -> QualityConfig:
         return self.thresholds[category]

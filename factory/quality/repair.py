@@ -21,7 +21,7 @@ Typical use (the worker):
         fixed = repairer.repair(image, task.prompt, task.negative_prompt, task.seed, defect.mask, attempt=0)
         # then re-score `fixed`; on failure retry with attempt=1, ... or send to review
     Several images of one size: `repairer.repair_batch([RepairItem(image, mask, prompt, negative, seed, attempt),
-    ...])` (one pipeline call; factory.quality.retry groups a batch's repairs by (size, steps)).
+    ...])` (one pipeline call; factory.quality.repair_loop groups a batch's repairs by (size, steps)).
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ class Repairer:
         self._max_steps = getattr(self.pipe.scheduler.config, "original_inference_steps", None)
 
     def _numerics(self) -> contextlib.AbstractContextManager:
-        from factory.generation.invariance import BatchInvariantMode
+        from factory.determinism import BatchInvariantMode
 
         return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
 

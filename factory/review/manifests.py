@@ -19,11 +19,11 @@ from factory.config import FactoryConfig, StorageConfig
 from factory.errors import InputError
 from factory.inputs.arguments import parse_date
 from factory.io import layout
+from factory.io.lease import ObjectLease, open_run_lock
+from factory.io.lock import RunLock
 from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import finalize, parts
-from factory.job.lease import ObjectLease, open_run_lock
-from factory.job.lock import RunLock
 
 SHEET = "review/sheet.html"  # relative to the date directory
 DECISION_LOG = "review/decisions.log.jsonl"

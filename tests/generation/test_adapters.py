@@ -1,7 +1,7 @@
 """Style LoRA adapters per batch, end to end on the tiny model: only the adapted category's images change, the
 bytes do not depend on batch size or executor, switches are counted, keys follow the adapter files and weights.
 
-The style LoRAs are random (factory/tools/style_lora.py): these tests prove plumbing, never a style.
+The style LoRAs are random (factory/tools/builders/style_lora.py): these tests prove plumbing, never a style.
 """
 
 import dataclasses
@@ -20,9 +20,9 @@ from factory.generation.runtime import resolve
 from factory.io.layout import read_manifest
 from factory.io.storage import open_store
 from factory.job import keys
-from factory.job.plan import plan, summarize
+from factory.job.night_plan import plan, summarize
 from factory.job.run import run
-from factory.tools.style_lora import write_style_lora
+from factory.tools.builders.style_lora import write_style_lora
 from tests.conftest import DATE, REPO, make_cfg, with_run, write_skus
 
 SCHEMA = pa.schema(

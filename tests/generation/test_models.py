@@ -7,7 +7,7 @@ import torch
 from factory.config import ModelConfig
 from factory.errors import ModelError
 from factory.generation.models import load_clip, load_pipeline
-from factory.tools.tiny_models import build_clip_tokenizer, init_tiny
+from factory.tools.builders.tiny_models import build_clip_tokenizer, init_tiny
 
 
 def _digest(root):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from factory.config import ModelConfig
+from factory.determinism import BatchInvariantMode
 from factory.errors import ConfigError
-from factory.generation.invariance import BatchInvariantMode
 from factory.generation.models import load_pipeline
 from factory.generation.quantize import (
     DEFAULT_SKIP,
@@ -142,7 +142,7 @@ def test_quantize_after_fused_lora():
     """The loader's order: LoRA fused into the base weights and unloaded, then quantized."""
     from peft import LoraConfig
 
-    from factory.tools.tiny_models import build_tiny_sdxl
+    from factory.tools.builders.tiny_models import build_tiny_sdxl
 
     pipe = build_tiny_sdxl()
     unet = pipe.unet

@@ -9,7 +9,7 @@ from PIL import Image
 
 from factory.config import PlannerConfig
 from factory.generation.worker import Worker
-from factory.inputs.planner import Batch, Planner
+from factory.inputs.bucketing import Batch, Planner
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import DATE, REPO, TEST_BUCKETS
@@ -60,7 +60,7 @@ def tiny_sdxl(tmp_path_factory):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from factory.tools.tiny_models import build_tiny_sdxl
+    from factory.tools.builders.tiny_models import build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("sdxl")
     build_tiny_sdxl().save_pretrained(root / "pipe", safe_serialization=True)

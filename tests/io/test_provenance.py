@@ -18,7 +18,7 @@ from factory.config import ProvenanceConfig
 from factory.errors import ConfigError
 from factory.io import provenance
 from factory.job.run import run
-from factory.tools.signing_chain import make_signing_chain
+from factory.tools.builders.signing_chain import make_signing_chain
 from tests.conftest import DATE, cli, make_cfg, read_manifests, with_run, write_skus
 
 ROWS = [

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 
 from factory.config import QualityConfig
-from factory.inputs.planner import Task
+from factory.inputs.bucketing import Task
 from factory.io import layout
 from factory.io.records import ImageRecord
 from factory.io.storage import open_store

@@ -3,7 +3,7 @@
 import dataclasses
 
 from factory.generation.runtime import resolve
-from factory.inputs.planner import Task
+from factory.inputs.bucketing import Task
 from factory.job import keys
 
 TASK = Task("S1", "shoes", 0, "a red shoe", "", 7, "small", 64, 64, 2, "images/shoes/x.png", "v1", "f.parquet", 0)

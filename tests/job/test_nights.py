@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from factory.errors import ConfigError, FactoryError
-from factory.job.plan import plan
+from factory.job.night_plan import plan
 from factory.job.run import run
 from tests.conftest import DATE, with_run
 

@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from factory.job.plan import plan
+from factory.job.night_plan import plan
 from tests.conftest import DATE, with_run, write_skus
 
 

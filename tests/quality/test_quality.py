@@ -10,7 +10,7 @@ from PIL import Image
 from factory.config import load_config
 from factory.errors import ConfigError, TemplateError
 from factory.job.run import run
-from factory.tools.calibrate import calibrate
+from factory.tools.ops.calibrate import calibrate
 from tests.conftest import DATE, REPO, read_manifests, with_run
 
 

@@ -10,7 +10,7 @@ from factory.errors import ModelError
 from factory.generation.models import load_pipeline
 from factory.quality import defects
 from factory.quality.repair import Repairer, RepairItem, inference_steps, repair_seed, repair_steps
-from factory.tools.tiny_models import build_tiny_sdxl
+from factory.tools.builders.tiny_models import build_tiny_sdxl
 from tests.quality.test_checks import blocks
 
 PROMPT = "product photography of a red sneaker, white background"

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.errors import InputError, LockError
+from factory.io.lock import RunLock
 from factory.io.records import ImageRecord
 from factory.io.storage import open_store
-from factory.job.lock import RunLock
 from factory.review.apply import apply_decisions
 from factory.review.manifests import APPLYING, manifest_relpath, open_night
 from tests.conftest import DATE, cli
@@ -171,7 +171,7 @@ def test_reviewer_defaults_to_user(night, tmp_path, monkeypatch):
 
 
 def test_a_cached_image_carries_no_earlier_decision():
-    from factory.inputs.planner import Task
+    from factory.inputs.bucketing import Task
 
     record = ImageRecord(sku_id="S", review_decision="approve", reviewed_by="ana", review_note="ok")
     task = Task(**{k: v for k, v in vars(record).items() if k in Task.__dataclass_fields__})

@@ -32,7 +32,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler, StableDiffusio
 from safetensors import safe_open
 
 from factory.config import load_config
-from factory.tools.tiny_models import build_tiny_sd_base
+from factory.tools.builders.tiny_models import build_tiny_sd_base
 from factory.training.common import WEIGHTS_NAME, LatentCache, TrainArgs, encode_text
 from factory.training.data import read_examples
 from factory.training.train import train

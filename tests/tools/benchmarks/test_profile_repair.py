@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from factory.tools.profile_repair import run
+from factory.tools.benchmarks.profile_repair import run
 
 
 def test_profile_covers_every_stage_and_counts_one_encode_per_repair(cfg):

@@ -1,6 +1,6 @@
 """Where a repair's time goes, stage by stage, next to the cost of generating one image in the same bucket.
 
-`python -m factory.tools.profile_repair --config data/demo.toml [--batch 8] [--repairs 2] [--rounds 3]`: one
+`python -m factory.tools.benchmarks.profile_repair --config data/demo.toml [--batch 8] [--repairs 2] [--rounds 3]`: one
 worker (gate and repair as configured), then per bucket: a batch of `--batch` images generated (seconds per image),
 and `--repairs` of them repaired in one `repair_batch` call, as the night does (a blur defect mask per image), then
 re-scored. Stages of both are timed by wrapping the pipeline modules' calls (text encoder, VAE encode, UNet, VAE
@@ -146,7 +146,7 @@ def _per_image(best: dict[str, float], repairs: int, label: str) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m factory.tools.profile_repair")
+    p = argparse.ArgumentParser(prog="python -m factory.tools.benchmarks.profile_repair")
     p.add_argument("--config", default="data/demo.toml")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repairs", type=int, default=2)

@@ -34,8 +34,8 @@ from typing import Any
 
 from factory.config import StorageConfig
 from factory.errors import ConfigError, LockError
+from factory.io.lock import LOCK_NAME, RunLock, _alive
 from factory.io.storage import Store, check_storage_config, s3_settings
-from factory.job.lock import LOCK_NAME, RunLock, _alive
 
 log = logging.getLogger(__name__)
 SKEW_S = 30.0  # "lease" mode compares the holder's clock with ours: allow this much disagreement

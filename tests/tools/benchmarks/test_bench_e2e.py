@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from factory.config import load_config
-from factory.tools.bench_e2e import bench_e2e, held_out_rows, write_config
+from factory.tools.benchmarks.bench_e2e import bench_e2e, held_out_rows, write_config
 from tests.conftest import REPO
 
 

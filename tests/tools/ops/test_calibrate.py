@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from factory.errors import InputError
-from factory.tools.calibrate import calibrate
+from factory.tools.ops.calibrate import calibrate
 from tests.conftest import DATE, cli, demo_config_file, with_run, write_skus
 
 SCHEMA = pa.schema([("sku_id", pa.string()), ("category", pa.string()), ("product", pa.string())])

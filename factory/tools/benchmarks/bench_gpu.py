@@ -1,4 +1,4 @@
-"""`python -m factory.tools.bench_gpu`: the GPU proof — full-size SD1.5 architecture on one CUDA device.
+"""`python -m factory.tools.benchmarks.bench_gpu`: the GPU proof — full-size SD1.5 architecture on one CUDA device.
 
 Builds (once) a random-weight SD1.5 LCM pipeline (`build_random_sd15`, 859.6 M UNet parameters) and a random-weight
 open_clip ViT-L-14 (the size of the scorer a production gate uses), then measures on one day of 512² SKUs:
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.config import FactoryConfig, load_config
-from factory.inputs.planner import make_batches
+from factory.inputs.bucketing import make_batches
 
 
 def build_models(root: Path, clip_model: str) -> dict[str, float]:
@@ -34,7 +34,7 @@ def build_models(root: Path, clip_model: str) -> dict[str, float]:
     import torch
     from safetensors.torch import save_file
 
-    from factory.tools.tiny_models import build_random_sd15
+    from factory.tools.builders.tiny_models import build_random_sd15
 
     seconds: dict[str, float] = {}
     if not (root / "sd15" / "model_index.json").is_file():
@@ -127,8 +127,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from factory.generation.worker import Worker
-    from factory.job.plan import plan
-    from factory.tools.demo import write_demo_skus
+    from factory.job.night_plan import plan
+    from factory.tools.ops.demo import write_demo_skus
 
     root, out = Path(args.models), Path(args.json)
     report = Report(out)
@@ -284,7 +284,7 @@ def _quantization(base: FactoryConfig, root: Path, args: argparse.Namespace, tas
     """Each mode without compile (compile time per mode would not fit one lease); float first as the baseline,
     and the naive one-call-per-image loop on the float worker."""
     from factory.generation.worker import Worker
-    from factory.tools.bench import naive_images
+    from factory.tools.benchmarks.bench import naive_images
 
     results: dict[str, Any] = {}
     for mode in ["none", *args.quant]:

@@ -4,7 +4,7 @@ Each replica copies what the loader sees of a published repository: its `model_i
 component entries incl. `safety_checker` / `feature_extractor` where the real one has them, and the pipeline
 flags), its component folders, its scheduler class, its UNet kind (LCM-distilled or base) and, for LCM-LoRAs, the
 published file name and key format (kohya-style `lora_unet_*` keys with `.alpha`, as the LCM-LoRA releases ship).
-The weights are tiny and random (`factory.tools.tiny_models` builders, 64 px class): the replicas prove loading
+The weights are tiny and random (`factory.tools.builders.tiny_models` builders, 64 px class): the replicas prove loading
 and plumbing (load, LoRA fusing, generation, inpaint repair) for each layout, never image quality.
 
 | replica                        | published as                                                  | LCM from        |
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.tools.tiny_models import (
+from factory.tools.builders.tiny_models import (
     TINY_SEED,
     _lcm_scheduler,
     _tiny_text_encoder_config,

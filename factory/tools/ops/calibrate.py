@@ -24,9 +24,9 @@ import numpy as np
 from factory.config import FactoryConfig
 from factory.errors import InputError
 from factory.inputs.arguments import check_output_dir
-from factory.inputs.planner import Batch, Task, make_batches
+from factory.inputs.bucketing import Batch, Task, make_batches
 from factory.io.storage import open_store
-from factory.job.plan import plan
+from factory.job.night_plan import plan
 
 # metric -> (threshold key in [quality], "min" if the threshold is a lower bound else "max")
 METRICS = {

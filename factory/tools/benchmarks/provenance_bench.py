@@ -1,7 +1,7 @@
 """Cost per image of the provenance marks and of the night-wide similarity search (`adfactory provenance bench`).
 
 Provenance: PNG encoding of a noise image (the tiny model's look; worst case for zlib) without marks, with the XMP
-label + parameters, plus the visible label, plus C2PA signing (a throwaway chain from tools/signing_chain.py).
+label + parameters, plus the visible label, plus C2PA signing (a throwaway chain from tools/builders/signing_chain.py).
 Similarity: `finalize.flag_similar` on random unit vectors of CLIP ViT-B-32's width (512) in one category, numpy
 and faiss paths, with one reference set.
 """
@@ -19,8 +19,8 @@ from PIL import Image
 
 from factory.config import ProvenanceConfig, QualityConfig
 from factory.io import provenance
+from factory.io.png import PngText, png_bytes
 from factory.io.records import ImageRecord
-from factory.io.writer import PngText, png_bytes
 from factory.job.finalize import flag_similar
 from factory.quality import duplicates
 
@@ -44,7 +44,7 @@ def provenance_costs(size: int = 256, n: int = 50) -> dict[str, float]:
         sku_id="SKU-1", variant=0, prompt="product photo of red sneakers, HD", negative_prompt="blurry", steps=4,
         seed=1, width=size, height=size, image_path="images/shoes/SKU-1-v0.png",
     )  # fmt: skip
-    from factory.tools.signing_chain import make_signing_chain
+    from factory.tools.builders.signing_chain import make_signing_chain
 
     def marks() -> list[PngText]:
         digest = provenance.pixel_sha256(image)

@@ -137,7 +137,7 @@ def scale_bench(
 
 
 def _validate(cfg: FactoryConfig, skus: Path, date: str) -> dict[str, Any]:
-    from factory.job.plan import summarize
+    from factory.job.night_plan import summarize
 
     s = summarize(cfg, date, skus)
     return {"images": s.images, "batches": s.batches, "rejected_rows": len(s.rejected)}

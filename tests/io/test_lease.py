@@ -14,9 +14,9 @@ import pytest
 
 from factory.config import StorageConfig
 from factory.errors import EXIT_LOCKED, ConfigError, LockError
+from factory.io.lease import ObjectLease, open_run_lock
+from factory.io.lock import RunLock
 from factory.io.storage import open_store
-from factory.job.lease import ObjectLease, open_run_lock
-from factory.job.lock import RunLock
 from tests.conftest import REPO
 
 DAY = "2026-11-21"
@@ -27,7 +27,7 @@ import os, sys, time
 from factory.config import StorageConfig
 from factory.errors import LockError
 from factory.io.storage import open_store
-from factory.job.lease import open_run_lock
+from factory.io.lease import open_run_lock
 uri, mode, run_id, go = sys.argv[1:5]
 lock = open_run_lock(open_store(uri), "2026-11-21", run_id, StorageConfig(lock=mode))
 print("ready", flush=True)

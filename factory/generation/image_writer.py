@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from factory.inputs.planner import Task
+from factory.inputs.bucketing import Task
 from factory.io.layout import image_key
 from factory.io.provenance import Stamper
 from factory.io.storage import Store

@@ -25,7 +25,7 @@ def write_style_lora(path: str | Path, seed: int = 0, rank: int = 4, scale: floa
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from factory.tools.tiny_models import tiny_sd_unet
+    from factory.tools.builders.tiny_models import tiny_sd_unet
 
     unet = tiny_sd_unet()  # only the module names and shapes matter: the LoRA matrices are drawn below
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=STYLE_TARGETS))

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from factory.errors import LockError
-from factory.job.lock import GRACE_S, LOCK_NAME, RunLock
+from factory.io.lock import GRACE_S, LOCK_NAME, RunLock
 from tests.conftest import REPO
 
 CYCLES = 300
 _CHURN = f"""
 import sys
 from pathlib import Path
-from factory.job.lock import RunLock
+from factory.io.lock import RunLock
 for i in range({CYCLES}):
     with RunLock(Path(sys.argv[1]), f"run-{{i}}"):
         pass

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from factory.tools.bench import bench, format_table
+from factory.tools.benchmarks.bench import bench, format_table
 from tests.conftest import REPO, with_run
 
 

@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from factory.inputs.planner import make_batches
-from factory.job.plan import plan, summarize
+from factory.inputs.bucketing import make_batches
+from factory.job.night_plan import plan, summarize
 from tests.conftest import DATE, with_run
 
 

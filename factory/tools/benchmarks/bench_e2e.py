@@ -4,8 +4,8 @@ For each day size (default 48 and 200 images) on a held-out generated day (demo 
 calibration day):
   factory  `python -m factory.cli run --executor local` (gate and repair as configured: on in data/demo.toml),
            timed from process start to exit; its run.json gives startup and the stage times;
-  plain    `python -m factory.tools.plain_loop`: the same prompts, sizes, steps and seeds, one pipeline call per
-           image, PNGs written, nothing gated.
+  plain    `python -m factory.tools.benchmarks.plain_loop`: the same prompts, sizes, steps and seeds, one pipeline
+           call per image, PNGs written, nothing gated.
 Both use the same torch thread count (`run.cpus_per_worker`, default: every core). Ratio = plain / factory wall
 time. The machine's load average is recorded: on a shared machine compare only ratios from one run.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.config import FactoryConfig
-from factory.inputs.planner import Task
+from factory.inputs.bucketing import Task
 
 DAY = "2026-02-02"
 HELD_OUT_SEED = 11  # the demo/calibration day uses seed 7
@@ -31,7 +31,7 @@ HELD_OUT_SEED = 11  # the demo/calibration day uses seed 7
 
 def held_out_rows(images: int) -> list[dict[str, Any]]:
     """Demo rows (another seed) whose variants add up to exactly `images`."""
-    from factory.tools.demo import demo_rows
+    from factory.tools.ops.demo import demo_rows
 
     rows = demo_rows(images, seed=HELD_OUT_SEED, bad_rows=False)
     out, total = [], 0
@@ -101,8 +101,8 @@ def _plain_spec(cfg: FactoryConfig, tasks: list[Task], threads: int) -> dict[str
 
 def e2e_day(cfg: FactoryConfig, images: int, tmp: Path, threads: int) -> dict[str, Any]:
     """One day size: the factory and the plain loop as processes, plain loop first."""
-    from factory.job.plan import plan
-    from factory.tools.demo import write_rows
+    from factory.job.night_plan import plan
+    from factory.tools.ops.demo import write_rows
 
     root = tmp / f"day{images}"
     root.mkdir()
@@ -118,7 +118,9 @@ def e2e_day(cfg: FactoryConfig, images: int, tmp: Path, threads: int) -> dict[st
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     plain_s, plain_out = _timed_process(
-        [sys.executable, "-m", "factory.tools.plain_loop", str(root / "plain.json"), str(root / "plain")], repo, env
+        [sys.executable, "-m", "factory.tools.benchmarks.plain_loop", str(root / "plain.json"), str(root / "plain")],
+        repo,
+        env,
     )
     factory_args = ["-m", "factory.cli", "run", "--config", str(config), "--date", DAY, "--skus", str(skus)]
     factory_s, _ = _timed_process([sys.executable, *factory_args], repo, env)

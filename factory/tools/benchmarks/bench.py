@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from factory.config import FactoryConfig
-from factory.inputs.planner import Batch, Task, make_batches
+from factory.inputs.bucketing import Batch, Task, make_batches
 
 
 def rss_mb() -> float:
@@ -111,8 +111,8 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
 
 def _setup(cfg: FactoryConfig, tmp: Path, n_skus: int, result: dict[str, Any]) -> _Setup:
     from factory.generation.worker import Worker
-    from factory.job.plan import plan
-    from factory.tools.demo import demo_rows, write_demo_skus
+    from factory.job.night_plan import plan
+    from factory.tools.ops.demo import demo_rows, write_demo_skus
 
     day = "2026-01-01"
     skus = write_demo_skus(tmp / "skus.parquet", n_skus, bad_rows=False)
@@ -233,13 +233,14 @@ def _quantization(s: _Setup, mode: str, repeats: int) -> dict[str, Any]:
 
 
 def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dict[str, Any]:
-    """C's batches in one worker holding two tiny style LoRAs (factory/tools/style_lora.py): without adapters, with
-    one always on, and switching every batch, timed round-robin (best of `repeats` rounds) so that machine noise hits
+    """C's batches in one worker holding two tiny style LoRAs (factory/tools/builders/style_lora.py): without adapters,
+    with one always on, and switching every batch, timed round-robin (best of `repeats` rounds) so that machine noise
+    hits
     all three alike; adds the rows to `result`'s images/s and ratios. With `soak`, the soak switching every batch."""
     from factory.config import AdapterConfig, LoraSection
     from factory.generation.worker import Worker
-    from factory.inputs.planner import adapter_entry
-    from factory.tools.style_lora import write_style_lora
+    from factory.inputs.bucketing import adapter_entry
+    from factory.tools.builders.style_lora import write_style_lora
 
     names = ("style_a", "style_b")
     configured = {n: AdapterConfig(str(write_style_lora(s.tmp / n, seed=i).parent)) for i, n in enumerate(names)}

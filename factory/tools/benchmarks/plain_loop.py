@@ -1,10 +1,10 @@
 """The baseline of `adfactory bench --e2e`: what a user writes first, run as its own process.
 
-`python -m factory.tools.plain_loop TASKS.json OUT_DIR`: load the diffusers pipeline, then one pipeline call per
-image (the same prompts, sizes, steps and seeds as the factory's night), each written as a PNG; nothing is gated,
-repaired or recorded. It imports only torch and diffusers, so its wall time is a fair whole-process baseline.
-TASKS.json: {"pipeline": DIR, "guidance_scale": G, "threads": N,
-             "tasks": [{"name", "prompt", "negative_prompt", "width", "height", "steps", "seed"}, ...]}
+`python -m factory.tools.benchmarks.plain_loop TASKS.json OUT_DIR`: load the diffusers pipeline, then one pipeline
+call per image (the same prompts, sizes, steps and seeds as the factory's night), each written as a PNG; nothing is
+gated, repaired or recorded. It imports only torch and diffusers, so its wall time is a fair whole-process baseline.
+TASKS.json: {"pipeline": DIR, "guidance_scale": G, "threads": N, "tasks": [{"name", "prompt", "negative_prompt",
+"width", "height", "steps", "seed"}, ...]}
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_store_refuses_escape(tmp_path):
 def test_outputs_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
     """PNGs, manifest partitions, run.json and the lock as the umask says (mkstemp would make them 0600)."""
     from factory.io import layout
-    from factory.job.lock import RunLock
+    from factory.io.lock import RunLock
 
     old = os.umask(umask)
     try:

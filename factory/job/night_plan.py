@@ -11,7 +11,7 @@ from pathlib import Path
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
-from factory.inputs.planner import Planner, Task, count_grouped_batches
+from factory.inputs.bucketing import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 from factory.io.storage import looks_like_uri

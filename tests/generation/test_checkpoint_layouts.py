@@ -1,7 +1,7 @@
 """Every checkpoint layout README claims, as a tiny replica: a worker with inpaint repair on, and `models check`.
 
-The replicas (factory/tools/layouts.py) have the published model_index.json, component folders and LoRA key format;
-their weights are tiny and random, so these tests prove loading and plumbing only.
+The replicas (factory/tools/builders/checkpoint_replicas.py) have the published model_index.json, component folders and
+LoRA key format; their weights are tiny and random, so these tests prove loading and plumbing only.
 """
 
 import dataclasses
@@ -18,8 +18,8 @@ from factory.errors import EXIT_BAD_INPUT, ModelInputError
 from factory.generation.models import load_pipeline
 from factory.generation.worker import Worker
 from factory.quality.repair import Repairer
-from factory.tools.check_model import check_model
-from factory.tools.layouts import LORA_FILE, write_lcm_lora, write_replicas
+from factory.tools.builders.checkpoint_replicas import LORA_FILE, write_lcm_lora, write_replicas
+from factory.tools.ops.check_model import check_model
 from tests.conftest import cli
 from tests.generation.test_worker import batch, tasks_for
 

@@ -2,7 +2,7 @@
 
 import pyarrow.parquet as pq
 
-from factory.tools.scale_bench import scale_bench, synthetic_day
+from factory.tools.benchmarks.scale_bench import scale_bench, synthetic_day
 from tests.conftest import with_run
 
 

@@ -3,7 +3,7 @@ import random
 from collections import Counter
 
 from factory.config import PlannerConfig
-from factory.inputs.planner import Planner, count_batches, count_grouped_batches, derive_seed, make_batches
+from factory.inputs.bucketing import Planner, count_batches, count_grouped_batches, derive_seed, make_batches
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
 from tests.conftest import REPO, TEST_BUCKETS
