@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors: | $(VENV)/.installed
-	$(BIN)/adfactory models init-tiny $(MODELS)
+	$(BIN)/adfactory dev init-tiny $(MODELS)
 
 models: $(VENV)/.installed $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors
 
@@ -44,11 +44,11 @@ chromium:
 
 # Speed, pixel waste, quantization and memory, side by side in one process (the demo's scaled buckets).
 bench: models
-	$(BIN)/adfactory bench --config data/demo.toml --skus 48 --repeats 2 --soak 200 --json data/output/bench.json
+	$(BIN)/adfactory dev bench --config data/demo.toml --skus 48 --repeats 2 --soak 200 --json data/output/bench.json
 
 # The whole night (adfactory run --executor local) vs a plain diffusers loop, as processes, at 48 and 200 images.
 bench-e2e: models
-	$(BIN)/adfactory bench --e2e --config data/demo.toml --images 48,200 --json data/output/bench_e2e.json
+	$(BIN)/adfactory dev bench --e2e --config data/demo.toml --images 48,200 --json data/output/bench_e2e.json
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check factory tests jobs

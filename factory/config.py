@@ -2,9 +2,9 @@
 
 Resolution order (later wins): the defaults below → a TOML file (`factory.toml` at the repo root, or `--config`)
 → CLI flags. Relative paths in a file resolve against that file's directory, relative paths given as flags against
-the working directory. Allowed values of each mode are declared by the module that implements it (validate() reads
-them there); "auto" values are resolved once per run by `factory.generation.runtime.resolve`. The config and the
-resolved runtime are written to every run's run.json.
+the working directory. Allowed values of each mode live in the leaf `factory.modes`, which the implementing modules
+import too: config imports nothing above it. "auto" values are resolved once per run by
+`factory.generation.runtime.resolve`. The config and the resolved runtime are written to every run's run.json.
 """
 
 from __future__ import annotations
@@ -18,6 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
+from factory.io.paths import looks_like_uri
+from factory.modes import (
+    C2PA_ALGS,
+    COMPILE_MODES,
+    CORNERS,
+    DETERMINISM_MODES,
+    DEVICES,
+    DTYPES,
+    EXECUTORS,
+    FAULT_KINDS,
+    MIN_LABEL_SIZE,
+    NULL_PIPELINE,
+    PADDING_MODES,
+    QUANT_MODES,
+    REPAIR_MODES,
+    SEED_SCOPES,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "factory.toml"
@@ -237,9 +254,7 @@ class FactoryConfig:
         """Relative paths resolved against `base` (a config file's directory; the working directory for flags)."""
 
         def fix(p: str) -> str:
-            return str((base / Path(p).expanduser()).resolve()) if p and not _is_uri(p) else p
-
-        from factory.generation.models import NULL_PIPELINE
+            return str((base / Path(p).expanduser()).resolve()) if p and not looks_like_uri(p) else p
 
         paths, m = self.paths, self.model
         return dataclasses.replace(
@@ -263,13 +278,6 @@ class FactoryConfig:
         )
 
 
-def _is_uri(p: str) -> bool:
-    """The test of factory.io.storage (`s3:/b` too, so it gets an error rather than becoming a local `s3:` dir)."""
-    from factory.io.storage import looks_like_uri
-
-    return looks_like_uri(p)
-
-
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -281,9 +289,6 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 
 def _validate_run(run: RunConfig) -> None:
-    from factory.generation.executors import EXECUTORS
-    from factory.inputs.bucketing import PADDING_MODES
-
     _one_of("run.padding", run.padding, ("auto", *PADDING_MODES))
     _one_of("run.executor", run.executor, tuple(EXECUTORS))
     for name in ("workers", "batch_size", "cpus_per_worker"):
@@ -295,14 +300,10 @@ def _validate_run(run: RunConfig) -> None:
     if not 0 <= run.max_error_share <= 1:
         raise ConfigError(f"run.max_error_share must be between 0 and 1, got {run.max_error_share}")
     if run.fault_injection:
-        from factory.generation.faults import FAULT_KINDS
-
         _one_of("run.fault_injection kind", run.fault_injection.partition(":")[0], FAULT_KINDS)
 
 
 def _validate_planner(planner: PlannerConfig) -> None:
-    from factory.inputs.bucketing import SEED_SCOPES
-
     if not planner.buckets:
         raise ConfigError("planner.buckets must list at least one bucket")
     names = [b.name for b in planner.buckets]
@@ -320,11 +321,6 @@ def _validate_planner(planner: PlannerConfig) -> None:
 
 
 def _validate_model(model: ModelConfig) -> None:
-    from factory.generation.accel import COMPILE_MODES
-    from factory.generation.models import NULL_PIPELINE
-    from factory.generation.quantize import QUANT_MODES
-    from factory.generation.runtime import DETERMINISM_MODES, DEVICES, DTYPES
-
     _one_of("model.device", model.device, ("auto", *DEVICES))
     _one_of("model.quantization", model.quantization, ("auto", *QUANT_MODES))
     _one_of("model.compile", model.compile, COMPILE_MODES)
@@ -339,8 +335,6 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> None:
-    from factory.quality.repair_loop import REPAIR_MODES
-
     _check_gate(quality, "quality")
     for category, overrides in quality.categories.items():
         if "reference_dir" in overrides:
@@ -374,8 +368,6 @@ def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
 
 
 def _validate_provenance(p: ProvenanceConfig) -> None:
-    from factory.io.provenance import C2PA_ALGS, CORNERS, MIN_LABEL_SIZE
-
     if not p.producer.strip():
         raise ConfigError("provenance.producer must name the producer (GB 45438 ContentProducer)")
     _one_of("provenance.visible_label_corner", p.visible_label_corner, CORNERS)

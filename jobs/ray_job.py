@@ -50,7 +50,7 @@ def path_problem(argv: list[str], workdir: Path) -> str | None:
     """Why the run's output or model paths cannot work under a Ray job started in `workdir`, else None."""
     from factory.config import load_config
     from factory.errors import FactoryError
-    from factory.generation.models import NULL_PIPELINE
+    from factory.modes import NULL_PIPELINE
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("command", nargs="?")
@@ -89,7 +89,7 @@ def path_problem(argv: list[str], workdir: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from factory.cli import main as cli_main
+    from factory.cli.app import main as cli_main
     from factory.errors import EXIT_BAD_INPUT
 
     argv = sys.argv[1:] if argv is None else argv

@@ -17,11 +17,11 @@ separate batched decoder would duplicate diffusers.
 from __future__ import annotations
 
 import time
-from typing import Any  # torch is imported where used: config validation must not load it
+from typing import Any  # torch is imported where used, so importing this module stays cheap
 
 from factory.errors import ConfigError
+from factory.modes import COMPILE_MODES
 
-COMPILE_MODES = ("none", "regional", "full")
 # Inductor's default mode: "max-autotune" would multiply compile time per shape (one per bucket) for little gain on
 # the compute-bound UNet shapes of SD at 512-1024 px; fullgraph=True makes a graph break an error instead of a
 # silent slowdown.

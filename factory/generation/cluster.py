@@ -118,7 +118,7 @@ def _host_port(address: str, source: str) -> tuple[str, int]:
 def _start_local(**kwargs: Any) -> None:
     """`ray.init` of a new local cluster (in the main thread: Ray installs its shutdown hooks there).
 
-    ray.init replaces the process's SIGTERM handler (with sys.exit); the driver's own (factory/cli.py) is put
+    ray.init replaces the process's SIGTERM handler (with sys.exit); the driver's own (factory/cli/options.py) is put
     back, so SIGTERM still ends the night like a crash that releases the lock (and shuts this cluster down)."""
     import ray
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray")
 OnResult = Callable[["BatchResult"], None]
 Thresholds = dict[str, QualityConfig]
 

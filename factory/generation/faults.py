@@ -19,8 +19,6 @@ from factory.config import FactoryConfig
 from factory.generation.worker import Worker
 from factory.inputs.bucketing import Batch
 
-FAULT_KINDS = ("die_once", "raise", "oom")
-
 
 def worker_class(cfg: FactoryConfig) -> type[Worker]:
     return FaultyWorker if cfg.run.fault_injection else Worker

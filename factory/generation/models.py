@@ -1,6 +1,7 @@
 """Model loading: real checkpoints and the embedded tiny models alike, through the same entry points.
 
-The factory only ever loads models through `load_pipeline` / `load_clip`, which use the standard entry points
+The factory only ever loads the generator through `load_pipeline` (and CLIP through
+`factory.quality.clip_model.load_clip`), which use the standard entry points
 (`DiffusionPipeline.from_pretrained(dir, local_files_only=True)`,
 `open_clip.create_model_and_transforms(name, pretrained=path)`). `factory.tools.builders.tiny_models` writes
 random-weight models of the real architectures in those same on-disk formats, so the whole factory runs offline on a
@@ -19,13 +20,9 @@ from typing import Any
 
 from factory.config import ModelConfig, resolve_path
 from factory.errors import ModelError
+from factory.modes import NULL_PIPELINE
 
 log = logging.getLogger(__name__)
-
-# `model.pipeline = "null"`: no model at all. Solid-colour images from each seed, no CLIP, a gate that passes every
-# image: the same executor/worker/writer path with the model's cost taken out, to measure orchestration and storage
-# alone (`adfactory scale-bench null-night`). Never a production setting. A directory named null is `./null`.
-NULL_PIPELINE = "null"
 
 
 @dataclass(frozen=True)
@@ -103,38 +100,6 @@ def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@dataclass
-class Clip:
-    model: Any
-    preprocess: Any  # PIL image -> tensor
-    tokenizer: Any
-    device: str
-
-
-def load_clip(cfg: ModelConfig, device: str) -> Clip | None:
-    """Load an open_clip model from a local checkpoint (never from a hub); None for the null pipeline."""
-    if cfg.pipeline == NULL_PIPELINE:
-        return None
-    import open_clip
-
-    if cfg.clip_config_dir:
-        config_dir = resolve_path(cfg.clip_config_dir)
-        if not config_dir.is_dir():
-            raise ModelError(f"{config_dir}: open_clip config directory not found; run 'make models'")
-        open_clip.add_model_config(config_dir)
-    checkpoint = resolve_path(cfg.clip_pretrained)
-    if not checkpoint.is_file():
-        raise ModelError(f"{checkpoint}: open_clip checkpoint not found; run 'make models'")
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.clip_model, pretrained=str(checkpoint), device=device
-        )
-    except Exception as exc:
-        raise ModelError(f"{checkpoint}: cannot load open_clip model {cfg.clip_model!r} ({exc})") from exc
-    model.eval()
-    return Clip(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(cfg.clip_model), device=device)
 
 
 def model_fingerprint(cfg: ModelConfig) -> str:

@@ -44,11 +44,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from factory.errors import ConfigError
+from factory.modes import QUANT_MODES
 
-if TYPE_CHECKING:  # torch is imported where it is used: config validation must not load it
+if TYPE_CHECKING:  # torch is imported where it is used: the driver resolves modes here without it
     import torch
 
-QUANT_MODES = ("none", "int8-weight", "int8-dynamic", "fp8")
 DEFAULT_SKIP = ("attn2.to_q", "attn2.to_k", "attn2.to_v")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada (sm_89) / Hopper (sm_90): the first GPUs with float8 tensor cores
 
@@ -56,7 +56,7 @@ FP8_MIN_CAPABILITY = (8, 9)  # Ada (sm_89) / Hopper (sm_90): the first GPUs with
 def check_mode(mode: str, device: str | torch.device) -> None:
     """Raise ConfigError if `mode` is unknown or cannot run on `device` ("cpu", "cuda", "cuda:1", ...).
 
-    Cheap (no model needed), so config validation can call it before any model is loaded.
+    Cheap (no model needed), so it runs before any model is loaded.
     """
     import torch
 

@@ -14,12 +14,6 @@ from typing import Any
 from factory.config import FactoryConfig
 from factory.errors import ConfigError
 
-DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
-# batch-invariant: factory.determinism.BatchInvariantMode (same pixels whatever the batch); fast: plain
-# batched kernels (the CUDA default: GPU kernels may differ slightly across batch sizes).
-DETERMINISM_MODES = ("batch-invariant", "fast")
-
 
 @dataclass(frozen=True)
 class Runtime:

@@ -67,7 +67,8 @@ class Worker:
 
     def _load_models(self) -> None:
         """The pipeline (LoRA fused, quantized, style adapters, GPU speed-ups) and CLIP, each load timed."""
-        from factory.generation.models import load_clip, load_pipeline
+        from factory.generation.models import load_pipeline
+        from factory.quality.clip_model import load_clip
 
         cfg, runtime = self.cfg, self.runtime
         t0 = time.perf_counter()
@@ -83,7 +84,7 @@ class Worker:
         self.startup["clip_load_s"] = time.perf_counter() - t0
 
     def _build_gate(self, thresholds: dict[str, QualityConfig]) -> None:
-        from factory.generation.models import NULL_PIPELINE
+        from factory.modes import NULL_PIPELINE
 
         if self.cfg.model.pipeline == NULL_PIPELINE:  # no model: nothing to score or repair (orchestration benchmarks)
             self.gate, self.retry = PassingGate(), None
@@ -95,20 +96,6 @@ class Worker:
         self.gate = Gate(self.clip, thresholds, invariant)
         self.retry = RepairRetry.build(self.pipe, self.gate, self.cfg.repair, self.cfg.model.guidance_scale, invariant)
         self.startup["repair_build_s"] = time.perf_counter() - t0
-
-    @classmethod
-    def local(cls, cfg: FactoryConfig, output: str, date: str = "") -> Worker:
-        """A worker for this process's device, with the thresholds of the config's templates (tools, tests), writing
-        images under `output` (a directory or URI; `<output>/images/...` when no `date` is given)."""
-        import dataclasses
-
-        from factory.generation.runtime import local_device, resolve
-        from factory.inputs.prompts import load_templates
-        from factory.job.night_plan import category_thresholds
-
-        cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
-        templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
-        return cls(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)
 
     def target(self, cfg: FactoryConfig, date: str) -> None:
         """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
@@ -193,10 +180,6 @@ class Worker:
             for im, t in zip(images, tasks)
         ]
 
-    def prompt_tokens(self, prompts: list[str]) -> list[int]:
-        """Token counts (with BOS/EOS) under the pipeline's tokenizer, so truncation is reported, not silent."""
-        return [len(ids) for ids in self.pipe.tokenizer(prompts, truncation=False).input_ids]
-
     def process(self, batch: Batch) -> BatchResult:
         timings: dict[str, float] = {}
         tasks = batch.tasks
@@ -232,7 +215,7 @@ class Worker:
             wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
         # 4. the records, from what was written; the first failed write (in task order) is raised here
         written = [writes[i].result() for i in range(len(tasks))]
-        records = self.records(tasks, outcomes, written)
+        records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
 
@@ -244,26 +227,6 @@ class Worker:
             return [no_repair(im, a) for im, a in zip(images, assessments)]
         return self.retry.run(list(tasks), images, assessments)
 
-    def records(
-        self, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]
-    ) -> list[ImageRecord]:
-        records = []
-        limit = self.pipe.tokenizer.model_max_length
-        tokens = self.prompt_tokens([t.prompt for t in tasks])
-        for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written):
-            records.append(
-                ImageRecord.from_task(
-                    task,
-                    image_path=key,
-                    **outcome.assessment.columns(),
-                    **outcome.columns(),
-                    produce_id=produce_id,
-                    prompt_tokens=n_tokens,
-                    prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
-                )
-            )
-        return records
-
 
 def _check_device(runtime: Runtime) -> None:
     """A worker placed where the driver's resolution does not hold (e.g. no GPU on its node) stops, loudly."""
@@ -272,3 +235,24 @@ def _check_device(runtime: Runtime) -> None:
 
         if not torch.cuda.is_available():
             raise ModelError("the run was resolved for CUDA but this worker sees no CUDA device")
+
+
+def image_records(
+    tokenizer: Any, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]
+) -> list[ImageRecord]:
+    """One manifest record per task: its final assessment, repair outcome, written key and prompt token count."""
+    limit = tokenizer.model_max_length
+    # token counts with BOS/EOS under the pipeline's tokenizer, so truncation is reported, not silent
+    tokens = [len(ids) for ids in tokenizer([t.prompt for t in tasks], truncation=False).input_ids]
+    return [
+        ImageRecord.from_task(
+            task,
+            image_path=key,
+            **outcome.assessment.columns(),
+            **outcome.columns(),
+            produce_id=produce_id,
+            prompt_tokens=n_tokens,
+            prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
+        )
+        for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written)
+    ]

@@ -21,11 +21,6 @@ from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
 from factory.io.paths import image_relpath
 
-# padding of partial batches: count = fill with padding slots up to batch_size (the worker drops their images);
-# size = also promote a bucket's remainder to the next larger bucket when that wastes fewer pixels; none.
-PADDING_MODES = ("count", "size", "none")
-SEED_SCOPES = ("date", "sku")  # what a seed is derived from besides the SKU and variant: the date, or nothing
-
 
 @dataclass(frozen=True, slots=True)
 class Task:

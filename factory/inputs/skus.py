@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from factory.config import StorageConfig
 from factory.errors import InputError
 from factory.inputs.prompts import Template, clean_value
-from factory.io.storage import looks_like_uri, open_store
+from factory.io.paths import looks_like_uri
+from factory.io.storage import open_store
 
 RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input

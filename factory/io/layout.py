@@ -21,13 +21,14 @@ expect); `read_manifest` adds it back as a date32 column.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.io.records import MANIFEST_SCHEMAS
+from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store
 
 MANIFEST_KINDS = ("approved", "review", "rejected")
@@ -124,3 +125,41 @@ def delete_night(store: Store, date: str) -> None:
     for sub in (IMAGES, PARTS):
         store.delete_tree(f"{date}/{sub}")
     store.delete(run_info_path(date))
+
+
+def write_manifests(
+    store: Store,
+    date: str,
+    approved: pa.Table | list[ImageRecord],
+    review: pa.Table | list[ImageRecord],
+    rejected: list[RejectedRow],
+) -> None:
+    """Replace the night's partition of each manifest table, each atomically."""
+    for kind, rows in (("approved", approved), ("review", review), ("rejected", rejected)):
+        write_manifest(store, kind, date, rows if isinstance(rows, pa.Table) else [r.to_row() for r in rows])
+
+
+def read_success(store: Store, date: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.get_bytes(success_path(date)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_json(store: Store, relpath: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    store.put_bytes(relpath, text.encode("utf-8"))
+
+
+def write_success(store: Store, date: str, info: dict[str, Any]) -> None:
+    write_json(store, success_path(date), info)
+
+
+def remove_success(store: Store, date: str) -> None:
+    store.delete(success_path(date))
+
+
+def clear_outputs(store: Store, date: str) -> None:
+    """For --force: `_SUCCESS` goes first, so no reader ever sees a marker over half-replaced files."""
+    remove_success(store, date)
+    delete_night(store, date)

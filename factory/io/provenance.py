@@ -37,10 +37,6 @@ from factory.config import ProvenanceConfig
 from factory.errors import ConfigError, InputError
 from factory.io.png import PngText, png_bytes
 
-CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")  # where the visible label goes
-C2PA_ALGS = ("es256", "es384", "ps256")  # signing algorithms offered (the key's type must match)
-MIN_LABEL_SIZE = 0.05  # GB 45438: explicit-label text at least 5 % of the image's shorter side
-
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
 XMP_KEY = "XML:com.adobe.xmp"
 PARAMETERS_KEY = "parameters"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,3 +175,22 @@ PART_SCHEMA = _schema(ImageRecord, IMAGE_COLUMNS + PART_ONLY + EMBEDDING)
 EMBEDDING_SCHEMA = _schema(ImageRecord, EMBEDDING_COLUMNS)  # <date>/embeddings.parquet
 REJECTED_SCHEMA = _schema(RejectedRow, tuple(f.name for f in dataclasses.fields(RejectedRow)))
 MANIFEST_SCHEMAS = {"approved": APPROVED_SCHEMA, "review": REVIEW_SCHEMA, "rejected": REJECTED_SCHEMA}
+
+
+def by_category(
+    approved: pa.Table | list[ImageRecord], review: pa.Table | list[ImageRecord], rejected: list[RejectedRow]
+) -> dict[str, dict[str, int]]:
+    """SKUs per category and fate (rejected: input rows)."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"approved": 0, "review": 0, "rejected": 0})
+    for name, rows in (("approved", approved), ("review", review)):
+        if not isinstance(rows, pa.Table):
+            rows = pa.table({c: [getattr(r, c) for r in rows] for c in ("sku_id", "category")}, _SKU_CATEGORY)
+        skus = rows.group_by("category", use_threads=False).aggregate([("sku_id", "count_distinct")])
+        for cat, n in zip(skus["category"].to_pylist(), skus["sku_id_count_distinct"].to_pylist()):
+            out[cat][name] += n
+    for r in rejected:
+        out[r.category if isinstance(r.category, str) else "<none>"]["rejected"] += 1
+    return dict(out)
+
+
+_SKU_CATEGORY = pa.schema([("sku_id", pa.string()), ("category", pa.string())])

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 
 from factory.config import StorageConfig
 from factory.errors import ConfigError, StorageError
+from factory.io.paths import looks_like_uri
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")  # our in-flight local temp files (`_temp_name`)
@@ -75,13 +76,6 @@ def check_storage_config(storage: StorageConfig) -> None:
         raise ConfigError(f"storage.lock must be auto, exclusive-create or lease, got {storage.lock!r}")
     if storage.lease_seconds < 10:
         raise ConfigError(f"storage.lease_seconds must be at least 10, got {storage.lease_seconds}")
-
-
-def looks_like_uri(p: str) -> bool:
-    """True for `s3://b/p` and also for malformed `s3:/b` or `s3:b` (so they get an error, not a local `s3:` dir);
-    False for plain paths and Windows drives (`C:/x`). Config path resolution must leave these strings alone."""
-    m = _SCHEME.match(p.strip())
-    return m is not None and len(m.group(1)) > 1
 
 
 def open_store(uri: str, storage: StorageConfig | None = None, what: str = "paths.output") -> Store:

@@ -25,10 +25,10 @@ from factory.config import QualityConfig
 from factory.errors import StorageError
 from factory.inputs.bucketing import Task
 from factory.io import layout
+from factory.io.layout import read_success
 from factory.io.records import ImageRecord
 from factory.io.storage import Store
 from factory.job.finalize import read_embeddings
-from factory.job.parts import read_success
 from factory.quality.gate import failing_checks
 
 log = logging.getLogger(__name__)

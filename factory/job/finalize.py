@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
 from factory.io import layout
-from factory.io.records import EMBEDDING_SCHEMA, SIBLING_IN_REVIEW, ImageRecord, RejectedRow
+from factory.io.records import EMBEDDING_SCHEMA, SIBLING_IN_REVIEW, ImageRecord
 from factory.io.storage import Store
 from factory.job import parts
 from factory.quality import duplicates
@@ -180,18 +180,6 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     return approved, review
 
 
-def write_manifests(
-    store: Store,
-    date: str,
-    approved: pa.Table | list[ImageRecord],
-    review: pa.Table | list[ImageRecord],
-    rejected: list[RejectedRow],
-) -> None:
-    """Replace the night's partition of each manifest table (factory.io.layout)."""
-    for kind, rows in (("approved", approved), ("review", review), ("rejected", rejected)):
-        layout.write_manifest(store, kind, date, rows if isinstance(rows, pa.Table) else [r.to_row() for r in rows])
-
-
 def outcome_rates(approved: pa.Table, review: pa.Table) -> dict[str, dict[str, float]]:
     """Image-level shares per category and overall: approved at first pass, approved after repair, review."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
@@ -213,25 +201,6 @@ def outcome_rates(approved: pa.Table, review: pa.Table) -> dict[str, dict[str, f
     }
 
 
-def by_category(
-    approved: pa.Table | list[ImageRecord], review: pa.Table | list[ImageRecord], rejected: list[RejectedRow]
-) -> dict[str, dict[str, int]]:
-    """SKUs per category and fate (rejected: input rows)."""
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"approved": 0, "review": 0, "rejected": 0})
-    for name, rows in (("approved", approved), ("review", review)):
-        if not isinstance(rows, pa.Table):
-            rows = pa.table({c: [getattr(r, c) for r in rows] for c in ("sku_id", "category")}, _SKU_CATEGORY)
-        skus = rows.group_by("category", use_threads=False).aggregate([("sku_id", "count_distinct")])
-        for cat, n in zip(skus["category"].to_pylist(), skus["sku_id_count_distinct"].to_pylist()):
-            out[cat][name] += n
-    for r in rejected:
-        out[r.category if isinstance(r.category, str) else "<none>"]["rejected"] += 1
-    return dict(out)
-
-
-_SKU_CATEGORY = pa.schema([("sku_id", pa.string()), ("category", pa.string())])
-
-
 def pixel_stats(stage: Counter[str]) -> dict[str, Any]:
     needed = stage["pixels_needed"]
     return {
@@ -245,9 +214,9 @@ def write_run_info(store: Store, date: str, info: dict[str, Any], success: bool,
     """run.json always (a failed night says why); `_SUCCESS` only for a night that succeeded, and last. `lock`
     (RunLock / ObjectLease) is checked first: a run that lost its lease must not mark the night complete."""
     info = {**info, "finished_at": dt.datetime.now(dt.UTC).isoformat(), "status": "ok" if success else "failed"}
-    parts.write_json(store, layout.run_info_path(date), info)
+    layout.write_json(store, layout.run_info_path(date), info)
     if success:
         if lock is not None:
             lock.check()
         keep = ("run_id", "run_date", "finished_at", "counts", "timings", "by_category")
-        parts.write_success(store, date, {k: info[k] for k in keep})
+        layout.write_success(store, date, {k: info[k] for k in keep})

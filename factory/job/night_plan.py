@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
@@ -14,7 +16,10 @@ from factory.inputs.arguments import parse_date
 from factory.inputs.bucketing import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
-from factory.io.storage import looks_like_uri
+from factory.io.paths import looks_like_uri
+
+if TYPE_CHECKING:
+    from factory.generation.worker import Worker
 
 
 @dataclass
@@ -124,3 +129,14 @@ def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None
         buckets[bucket] += n
     n_batches = count_grouped_batches(groups, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)
+
+
+def local_worker(cfg: FactoryConfig, output: str, date: str = "") -> Worker:
+    """A worker for this process's device, with the thresholds of the config's templates (tools, tests), writing
+    images under `output` (a directory or URI; `<output>/images/...` when no `date` is given)."""
+    from factory.generation.runtime import local_device, resolve
+    from factory.generation.worker import Worker
+
+    cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
+    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
+    return Worker(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)

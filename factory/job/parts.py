@@ -11,11 +11,9 @@ manifest partitions (factory.io.layout), and `_SUCCESS` is written last: readers
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -138,29 +136,3 @@ def is_finished(error: str | None, image_path: str | None, images: dict[str, int
     if error:
         return False
     return image_path is None or images.get(image_path, 0) > 0
-
-
-def read_success(store: Store, date: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(store.get_bytes(layout.success_path(date)))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def write_json(store: Store, relpath: str, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    store.put_bytes(relpath, text.encode("utf-8"))
-
-
-def write_success(store: Store, date: str, info: dict[str, Any]) -> None:
-    write_json(store, layout.success_path(date), info)
-
-
-def remove_success(store: Store, date: str) -> None:
-    store.delete(layout.success_path(date))
-
-
-def clear_outputs(store: Store, date: str) -> None:
-    """For --force: `_SUCCESS` goes first, so no reader ever sees a marker over half-replaced files."""
-    remove_success(store, date)
-    layout.delete_night(store, date)

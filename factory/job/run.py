@@ -26,11 +26,11 @@ from factory.config import FactoryConfig
 from factory.errors import FactoryError
 from factory.generation.cluster import check_capacity
 from factory.generation.executors import open_executor
-from factory.generation.models import NULL_PIPELINE
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.bucketing import Task, make_batches
+from factory.io import layout, records
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner
 from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
@@ -38,6 +38,7 @@ from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
 from factory.job.night_plan import Plan, plan
 from factory.job.progress import Progress
+from factory.modes import NULL_PIPELINE
 from factory.quality.duplicates import References, clip_encoder, load_references
 from factory.review import manifests as review_outputs
 from factory.review.sheet import write_sheet
@@ -56,6 +57,35 @@ class RunSummary:
     by_category: dict[str, dict[str, int]]
     already_done: bool = False  # the date had completed before: nothing was done
     outcomes: dict[str, dict[str, float]] = field(default_factory=dict)  # see finalize.outcome_rates()
+
+    def format(self) -> str:
+        """The summary a person reads after `adfactory run`: counts, throughput, where the outputs are, the gate."""
+        c = self.counts
+        lines = [
+            f"adfactory {self.date} (run {self.run_id})",
+            f"  input rows     {c['input_rows']}",
+            f"  approved SKUs  {c['approved_skus']}  ({c['approved_images']} images)",
+            f"  review SKUs    {c['review_skus']}  ({c['review_images']} images)",
+            f"  rejected rows  {c['rejected_rows']}",
+            f"  images         {c['images_generated']} generated, {c['images_resumed']} resumed, "
+            f"{c['cache_hits']} from cache",
+            f"  throughput     {self.images_per_s:.2f} images/s "
+            f"({c['images_generated']} generated in {self.timings['total_s']:.1f}s)",
+            f"  outputs        {self.output}/{self.date}/ (images/, run.json, _SUCCESS); "
+            f"manifests in {self.output}/manifests/{{approved,review,rejected}}/run_date={self.date}/",
+        ]
+        o = self.outcomes.get("all")
+        if o:
+            lines.append(
+                f"  quality gate   {o['first_pass_share']:.0%} approved first pass, {o['repaired_share']:.0%} "
+                f"approved after repair, {o['review_share']:.0%} to review (images)"
+            )
+            lines += [
+                f"    {cat:<12} {r['first_pass']:>4} first pass {r['repaired']:>4} repaired {r['review']:>4} review"
+                for cat, r in self.outcomes.items()
+                if cat != "all"
+            ]
+        return "\n".join(lines)
 
 
 @dataclass
@@ -161,15 +191,15 @@ def _references(cfg: FactoryConfig, store: Store) -> References | None:
 
 def _completed(store: Store, date: str, force: bool) -> RunSummary | None:
     """The summary of a date that completed before (nothing to do), else None after preparing a (re)run."""
-    done = parts.read_success(store, date)
+    done = layout.read_success(store, date)
     if force:
-        parts.clear_outputs(store, date)
+        layout.clear_outputs(store, date)
         return None
     if done is None:
         return None
     if done.get("counts", {}).get("generation_errors"):
         log.info("%s completed with %d generation errors: retrying them", date, done["counts"]["generation_errors"])
-        parts.remove_success(store, date)  # readers must not trust the date while it changes
+        layout.remove_success(store, date)  # readers must not trust the date while it changes
         return None
     log.info("%s already completed by run %s; nothing to do (use --force to regenerate)", date, done.get("run_id"))
     return RunSummary(
@@ -293,7 +323,7 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     approved, review = finalize.split_outcomes(everything)
     run_date = dt.date.fromisoformat(p.date)
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
-    finalize.write_manifests(night.store, p.date, approved, review, rejected)
+    layout.write_manifests(night.store, p.date, approved, review, rejected)
     finalize.write_embeddings(night.store, p.date, everything)
     del everything  # approved and review are copies: one copy of the night's rows from here on
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
@@ -318,7 +348,7 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
         counts=counts,
         timings=timings,
         images_per_s=counts["images_generated"] / total_s if total_s > 0 else 0.0,
-        by_category=finalize.by_category(approved, review, rejected),
+        by_category=records.by_category(approved, review, rejected),
         outcomes=finalize.outcome_rates(approved, review),
     )
     _finish(night, summary, ex, similarity, rows.generated, lock)

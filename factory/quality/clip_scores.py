@@ -16,7 +16,7 @@ from PIL import Image
 from factory.config import QualityConfig
 from factory.quality.reasons import LOW_CLIP_SCORE, LOW_QUALITY, UNSAFE
 
-if TYPE_CHECKING:  # torch is imported where it is used: config validation must not load it
+if TYPE_CHECKING:  # torch is imported where it is used, so importing this module stays cheap
     import torch
 
 
@@ -37,7 +37,7 @@ class ClipThresholds:
 def encode_images(clip: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """L2-normalised float32 image features (N, D) with ONE `clip.model.encode_image` call for the whole list.
 
-    `clip` is a `generation.models.Clip`. All image scores (alignment, IQA, safety) reuse these features. Note that
+    `clip` is a `quality.clip_model.Clip`. All image scores (alignment, IQA, safety) reuse these features. Note that
     the result rows may differ in the last float bits with the batch size (fused attention kernels); a caller
     that needs batch-invariant scores calls this once per image.
     """

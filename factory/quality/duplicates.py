@@ -159,7 +159,7 @@ def clip_encoder(model_cfg: object) -> Callable[[list[Path]], np.ndarray]:
     batch-invariant features the workers compute). Loads the model on first use only."""
     from PIL import Image
 
-    from factory.generation.models import load_clip
+    from factory.quality.clip_model import load_clip
     from factory.quality.clip_scores import encode_images
 
     def encode(files: list[Path]) -> np.ndarray:

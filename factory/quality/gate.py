@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from factory.config import QualityConfig
-from factory.generation.models import Clip
 from factory.quality import clip_scores, pixels
 from factory.quality import reasons as codes
+from factory.quality.clip_model import Clip
 
 
 @dataclass

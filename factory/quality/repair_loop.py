@@ -10,7 +10,6 @@ from factory.config import RepairConfig
 from factory.quality import defects, reasons
 from factory.quality.gate import Assessment, Gate
 
-REPAIR_MODES = ("inpaint", "off")
 Box = tuple[int, int, int, int]
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import InputError
+from factory.io import layout, records
 from factory.io.records import SIBLING_IN_REVIEW, ImageRecord
-from factory.job import finalize
 from factory.review import manifests, sheet
 from factory.review.manifests import NightOutputs
 
@@ -115,7 +115,7 @@ def apply_decisions(night: NightOutputs, csv_path: Path, reviewer: str | None = 
         approved, review = _move(approved, review, {d.sku_id: d for d in changed}, stamp)
         manifests.begin_rewrite(night, {"owner": owner, "csv": str(csv_path)})
         _log(night, csv_path, changed, stamp)  # write-ahead: an interrupted apply may log a change twice, never zero
-        manifests.write_manifests(night, approved, review, rejected)
+        layout.write_manifests(night.store, night.date, approved, review, rejected)
         sheet_url = sheet.write_sheet(night)
         info, success = _run_info(night, approved, review, rejected, stamp["reviewed_at"])
         if hasattr(lock, "check"):
@@ -198,7 +198,7 @@ def _run_info(night: NightOutputs, approved, review, rejected, at: dt.datetime) 
     decided = {r.sku_id: r.review_decision for r in approved + review if r.review_decision}
     info.update(
         counts=counts,
-        by_category=finalize.by_category(approved, review, rejected),
+        by_category=records.by_category(approved, review, rejected),
         review={
             "approved_skus": sum(1 for v in decided.values() if v == "approve"),
             "rejected_skus": sum(1 for v in decided.values() if v == "reject"),

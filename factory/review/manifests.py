@@ -23,7 +23,6 @@ from factory.io.lease import ObjectLease, open_run_lock
 from factory.io.lock import RunLock
 from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
-from factory.job import finalize, parts
 
 SHEET = "review/sheet.html"  # relative to the date directory
 DECISION_LOG = "review/decisions.log.jsonl"
@@ -81,13 +80,6 @@ def read_rejected(night: NightOutputs) -> list[RejectedRow]:
     return [RejectedRow(**{k: r.get(k) for k in names}) for r in _read_rows(night, "rejected")]
 
 
-def write_manifests(
-    night: NightOutputs, approved: list[ImageRecord], review: list[ImageRecord], rejected: list[RejectedRow]
-) -> None:
-    """The night's partition of each manifest table, each atomically, with the night's own writer."""
-    finalize.write_manifests(night.store, night.date, approved, review, rejected)
-
-
 def image_bytes(night: NightOutputs, image_path: str) -> bytes:
     """A manifest's image (its `image_path` is relative to the output root)."""
     return night.store.get_bytes(image_path)
@@ -106,7 +98,7 @@ def read_json(night: NightOutputs, relpath: str) -> dict[str, Any] | None:
 
 
 def write_json(night: NightOutputs, relpath: str, data: dict[str, Any]) -> None:
-    parts.write_json(night.store, night.rel(relpath), data)  # the night's own JSON writer (run.json, _SUCCESS)
+    layout.write_json(night.store, night.rel(relpath), data)  # the night's own JSON writer (run.json, _SUCCESS)
 
 
 def read_run_info(night: NightOutputs) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from factory.config import ModelConfig
 from factory.errors import ConfigError
-from factory.generation.accel import COMPILE_MODES, optimize_pipeline, warmup
+from factory.generation.accel import optimize_pipeline, warmup
 from factory.generation.models import load_pipeline
+from factory.modes import COMPILE_MODES
 
 
 @pytest.fixture(scope="module")

@@ -232,7 +232,7 @@ def test_hotswap_slot_matches_set_adapters(cfg, loras):
 def test_cli_style_lora_and_unknown_template_adapter_is_exit_2(tmp_path, tiny_models, cfg):
     from tests.conftest import cli, demo_config_file
 
-    res = cli("models", "init-style-lora", str(tmp_path / "style"), "--seed", "3")
+    res = cli("dev", "init-style-lora", str(tmp_path / "style"), "--seed", "3")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "style" / "pytorch_lora_weights.safetensors").is_file()
     config = demo_config_file(tmp_path / "night.toml", cfg)

@@ -16,7 +16,7 @@ from PIL import Image
 from factory.config import ModelConfig
 from factory.errors import EXIT_BAD_INPUT, ModelInputError
 from factory.generation.models import load_pipeline
-from factory.generation.worker import Worker
+from factory.job.night_plan import local_worker
 from factory.quality.repair import Repairer
 from factory.tools.builders.checkpoint_replicas import LORA_FILE, write_lcm_lora, write_replicas
 from factory.tools.ops.check_model import check_model
@@ -86,7 +86,7 @@ def assert_lora_fused(pipe, base_dir):
 def test_worker_generates_and_repairs_with_each_layout(name, replicas, cfg, tmp_path):
     r = replicas[name]
     model = dataclasses.replace(cfg.model, pipeline=str(r.pipeline), lora=str(r.lora or ""))
-    worker = Worker.local(only_blurry_fails(dataclasses.replace(cfg, model=model)), str(tmp_path))
+    worker = local_worker(only_blurry_fails(dataclasses.replace(cfg, model=model)), str(tmp_path))
     assert type(worker.pipe).__name__ == r.pipeline_class
     assert type(worker.pipe.scheduler).__name__ == "LCMScheduler"
     assert worker.retry.repairer.pipe.unet is worker.pipe.unet and worker.retry.repairer.pipe.vae is worker.pipe.vae

@@ -6,7 +6,8 @@ import torch
 
 from factory.config import ModelConfig
 from factory.errors import ModelError
-from factory.generation.models import load_clip, load_pipeline
+from factory.generation.models import load_pipeline
+from factory.quality.clip_model import load_clip
 from factory.tools.builders.tiny_models import build_clip_tokenizer, init_tiny
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from factory.config import load_config
 from factory.errors import ConfigError
-from factory.generation.models import NULL_PIPELINE
 from factory.job.run import run
+from factory.modes import NULL_PIPELINE
 from tests.conftest import DATE, REPO, read_manifests, with_run
 
 

@@ -14,13 +14,13 @@ from factory.errors import ConfigError
 from factory.generation.models import load_pipeline
 from factory.generation.quantize import (
     DEFAULT_SKIP,
-    QUANT_MODES,
     check_mode,
     default_quantization_for,
     linear_weight_bytes,
     psnr,
     quantize_unet,
 )
+from factory.modes import QUANT_MODES
 
 CPU_MODES = ("none", "int8-weight", "int8-dynamic")
 PROMPTS = ["studio photo of a red sneaker", "a blue handbag on marble"]

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from factory.config import PlannerConfig
-from factory.generation.worker import Worker
 from factory.inputs.bucketing import Batch, Planner
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
+from factory.job.night_plan import local_worker
 from tests.conftest import DATE, REPO, TEST_BUCKETS
 
 
@@ -33,7 +33,7 @@ def pixels(worker, tasks):
 
 
 def test_batch_invariant_pixels_and_scores(cfg, tmp_path):
-    worker = Worker.local(cfg, str(tmp_path))
+    worker = local_worker(cfg, str(tmp_path))
     assert worker.batch_invariant  # "auto" on CPU
     tasks = tasks_for(5, "medium")
     whole = pixels(worker, tasks)
@@ -49,7 +49,7 @@ def test_batch_invariant_pixels_and_scores(cfg, tmp_path):
 
 def test_fast_mode_is_selectable(cfg, tmp_path):
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, determinism="fast"))
-    assert not Worker.local(cfg, str(tmp_path)).batch_invariant
+    assert not local_worker(cfg, str(tmp_path)).batch_invariant
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def tiny_sdxl(tmp_path_factory):
 
 def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
     sdxl = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pipeline=str(tiny_sdxl / "pipe")))
-    base = Worker.local(sdxl, str(tmp_path / "base"))
+    base = local_worker(sdxl, str(tmp_path / "base"))
     assert type(base.pipe).__name__ == "StableDiffusionXLPipeline"
     tasks = tasks_for(2, "poster")
     result = base.process(batch(tasks))
@@ -87,7 +87,7 @@ def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
     assert all(isinstance(r.clip_score, float) for r in result.records)
 
     lora_cfg = dataclasses.replace(sdxl, model=dataclasses.replace(sdxl.model, lora=str(tiny_sdxl / "lora")))
-    lora = Worker.local(lora_cfg, str(tmp_path / "lora"))
+    lora = local_worker(lora_cfg, str(tmp_path / "lora"))
     assert not any("lora" in n for n, _ in lora.pipe.unet.named_parameters())  # fused, adapters unloaded
     assert not np.array_equal(pixels(base, tasks)[0], pixels(lora, tasks)[0])
     whole, single = pixels(lora, tasks), [pixels(lora, [t])[0] for t in tasks]
@@ -96,7 +96,7 @@ def test_sdxl_with_lcm_lora_runs_through_the_worker(cfg, tiny_sdxl, tmp_path):
 
 def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_path):
     padded_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, padding="count", batch_size=4))
-    worker = Worker.local(padded_cfg, str(tmp_path / "padded"))
+    worker = local_worker(padded_cfg, str(tmp_path / "padded"))
     tasks = tasks_for(3)
     calls = []
     original_call = worker.pipe.__call__
@@ -110,7 +110,7 @@ def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_
     assert calls == [4]  # 3 tasks + 1 padding slot
     assert result.timings["pixels_computed"] == 4 * 64 * 64 and result.timings["pixels_needed"] == 3 * 64 * 64
     assert len(list((tmp_path / "padded").rglob("*.png"))) == 3 and len(result.records) == 3
-    plain = Worker.local(cfg, str(tmp_path / "plain"))
+    plain = local_worker(cfg, str(tmp_path / "plain"))
     assert all(
         np.array_equal(a, b)
         for a, b in zip(pixels(plain, tasks), [np.asarray(r) for r in worker.generate(batch(tasks))])
@@ -119,7 +119,7 @@ def test_padding_in_count_keeps_shapes_static_and_writes_nothing_extra(cfg, tmp_
 
 def test_writes_run_on_the_writer_pool_and_their_errors_reach_the_batch(cfg, tmp_path):
     cfg = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
-    worker = Worker.local(cfg, str(tmp_path / "ok"))
+    worker = local_worker(cfg, str(tmp_path / "ok"))
     tasks = tasks_for(3)
     result = worker.process(batch(tasks))
     assert [r.sku_id for r in result.records] == [t.sku_id for t in tasks]  # records in task order

@@ -13,7 +13,8 @@ import pytest
 
 from factory.config import StorageConfig
 from factory.errors import ConfigError, StorageError
-from factory.io.storage import Store, looks_like_uri, open_store
+from factory.io.paths import looks_like_uri
+from factory.io.storage import Store, open_store
 
 
 @pytest.fixture(params=["local", "s3"])

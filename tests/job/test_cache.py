@@ -10,7 +10,7 @@ from factory.inputs.bucketing import Task
 from factory.io import layout
 from factory.io.records import ImageRecord
 from factory.io.storage import open_store
-from factory.job import cache, parts
+from factory.job import cache
 from tests.io.test_storage import _metrics_after
 
 SCORES = dict(
@@ -38,7 +38,7 @@ def earlier_night(store, date: str, skus: list[str], success: bool) -> None:
         rows.append(record.replace(run_date=dt.date.fromisoformat(date)).to_row())
     layout.write_manifest(store, "approved", date, rows)
     if success:
-        parts.write_success(store, date, {"run_id": "r"})
+        layout.write_success(store, date, {"run_id": "r"})
 
 
 def test_s3_cache_hits_copy_server_side_and_skip_unfinished_nights(s3_uri, s3_server):

@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.errors import ConfigError
-from factory.generation.models import NULL_PIPELINE
 from factory.generation.worker import Worker
 from factory.io.layout import parts_dir, success_path
 from factory.io.records import ImageRecord
 from factory.io.storage import open_store
 from factory.job import parts
 from factory.job.run import run
+from factory.modes import NULL_PIPELINE
 from tests.conftest import DATE, sample_rows, with_run
 from tests.job.test_reliability import assert_invariant
 

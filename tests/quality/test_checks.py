@@ -8,9 +8,9 @@ import torch
 from PIL import Image, ImageFilter
 
 from factory.config import IQA_PAIRS, UNSAFE_CONCEPTS, ModelConfig, QualityConfig
-from factory.generation.models import load_clip
 from factory.quality import clip_scores, defects, pixels
 from factory.quality import reasons as codes
+from factory.quality.clip_model import load_clip
 from factory.quality.clip_scores import ClipThresholds, TextFeatureCache
 from factory.quality.pixels import PixelThresholds
 from factory.quality.reasons import (

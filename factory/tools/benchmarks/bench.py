@@ -1,4 +1,4 @@
-"""`adfactory bench`: the factory's speed, waste, quantization and memory, measured side by side in one process.
+"""`adfactory dev bench`: the factory's speed, waste, quantization and memory, measured side by side in one process.
 
 On one generated mixed-bucket SKU day, with one loaded model and the same per-bucket steps:
   A  naive loop: one pipeline call per image (what a user writes first)
@@ -110,8 +110,7 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
 
 
 def _setup(cfg: FactoryConfig, tmp: Path, n_skus: int, result: dict[str, Any]) -> _Setup:
-    from factory.generation.worker import Worker
-    from factory.job.night_plan import plan
+    from factory.job.night_plan import local_worker, plan
     from factory.tools.ops.demo import demo_rows, write_demo_skus
 
     day = "2026-01-01"
@@ -120,7 +119,7 @@ def _setup(cfg: FactoryConfig, tmp: Path, n_skus: int, result: dict[str, Any]) -
     tasks = plan(cfg, day, skus).tasks
     result["images"] = len(tasks)
     result["buckets"] = {b.name: sum(t.bucket == b.name for t in tasks) for b in cfg.planner.buckets}
-    worker = Worker.local(_with(cfg, repair={"mode": "off"}), str(tmp / "out"))
+    worker = local_worker(_with(cfg, repair={"mode": "off"}), str(tmp / "out"))
     buckets = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
     return _Setup(cfg, tmp, day, skus, tasks, worker, buckets, padded_to_largest(tasks, cfg.run.batch_size))
 
@@ -140,7 +139,7 @@ def _warm(worker: Any, batches: list[Batch]) -> None:
 
 
 def _throughput(s: _Setup, repeats: int) -> dict[str, Any]:
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     worker = s.worker
     _warm(worker, s.buckets + s.seed000)
@@ -156,10 +155,10 @@ def _throughput(s: _Setup, repeats: int) -> dict[str, Any]:
     t["B"], px_b = _timed(lambda: run_batches(s.seed000), repeats)
     t["C"], px_c = _timed(lambda: run_batches(s.buckets), repeats)
     t["D"] = _timed(lambda: _full(s, worker, "d"), repeats)[0]
-    t["D_repair"] = _timed(lambda: _full(s, Worker.local(_with(s.cfg), str(s.tmp / "dr")), "dr"), repeats)[0]
+    t["D_repair"] = _timed(lambda: _full(s, local_worker(_with(s.cfg), str(s.tmp / "dr")), "dr"), repeats)[0]
     # the same C and D with plain batched kernels ("fast": what CUDA uses), to show the price of CPU batch
     # invariance (per-sample convolutions and per-image CLIP scoring)
-    fast = Worker.local(_with(s.cfg, repair={"mode": "off"}, model={"determinism": "fast"}), str(s.tmp / "fast"))
+    fast = local_worker(_with(s.cfg, repair={"mode": "off"}, model={"determinism": "fast"}), str(s.tmp / "fast"))
     _warm(fast, s.buckets)
     t["C_fast"] = _timed(lambda: [fast.generate(b) for b in s.buckets], repeats)[0]
     t["D_fast"] = _timed(lambda: _full(s, fast, "df"), repeats)[0]
@@ -206,9 +205,9 @@ def _rates(n: int, t: dict[str, float]) -> dict[str, Any]:
 def _quantization(s: _Setup, mode: str, repeats: int) -> dict[str, Any]:
     """Same seeds, float vs quantized UNet: bytes, PSNR and speed."""
     from factory.generation.quantize import linear_weight_bytes, psnr
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
-    qworker = Worker.local(_with(s.cfg, repair={"mode": "off"}, model={"quantization": mode}), str(s.tmp / "q"))
+    qworker = local_worker(_with(s.cfg, repair={"mode": "off"}, model={"quantization": mode}), str(s.tmp / "q"))
     _warm(qworker, s.buckets)
     t_q = _timed(lambda: [qworker.generate(b) for b in s.buckets], repeats)[0]
     t_c = _timed(lambda: [s.worker.generate(b) for b in s.buckets], repeats)[0]
@@ -238,14 +237,14 @@ def _adapters(s: _Setup, repeats: int, soak: int, result: dict[str, Any]) -> dic
     hits
     all three alike; adds the rows to `result`'s images/s and ratios. With `soak`, the soak switching every batch."""
     from factory.config import AdapterConfig, LoraSection
-    from factory.generation.worker import Worker
     from factory.inputs.bucketing import adapter_entry
+    from factory.job.night_plan import local_worker
     from factory.tools.builders.style_lora import write_style_lora
 
     names = ("style_a", "style_b")
     configured = {n: AdapterConfig(str(write_style_lora(s.tmp / n, seed=i).parent)) for i, n in enumerate(names)}
     cfg = dataclasses.replace(_with(s.cfg, repair={"mode": "off"}), lora=LoraSection(configured))
-    worker = Worker.local(cfg, str(s.tmp / "adapters"))
+    worker = local_worker(cfg, str(s.tmp / "adapters"))
     base = s.buckets if len(s.buckets) % 2 == 0 else s.buckets * 2  # even, so cycling keeps alternating
     runs = {
         "none": base,
@@ -330,7 +329,7 @@ def format_table(r: dict[str, Any]) -> str:
     ips, ratios = r["images_per_s"], r["ratios"]
     q = r["quantization"]
     lines = [
-        f"adfactory bench: {r['images']} images from {r['skus']} SKUs, batch size {r['batch_size']}, "
+        f"adfactory dev bench: {r['images']} images from {r['skus']} SKUs, batch size {r['batch_size']}, "
         f"buckets {r['buckets']}",
         "",
         "| configuration | images/s |",

@@ -1,4 +1,4 @@
-"""`adfactory bench --e2e`: the whole night as whole processes, against a plain diffusers loop.
+"""`adfactory dev bench --e2e`: the whole night as whole processes, against a plain diffusers loop.
 
 For each day size (default 48 and 200 images) on a held-out generated day (demo categories, another seed than the
 calibration day):
@@ -176,7 +176,7 @@ def bench_e2e(cfg: FactoryConfig, sizes: tuple[int, ...] = (48, 200), threads: i
 
 def format_e2e(r: dict[str, Any]) -> str:
     lines = [
-        f"adfactory bench --e2e ({r['threads']} torch threads each; load average before "
+        f"adfactory dev bench --e2e ({r['threads']} torch threads each; load average before "
         f"{r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f})",
         "",
         "| images | plain loop s | factory s | plain / factory | factory startup s | repair s per attempt "

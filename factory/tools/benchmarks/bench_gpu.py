@@ -126,8 +126,7 @@ class Report:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from factory.generation.worker import Worker
-    from factory.job.night_plan import plan
+    from factory.job.night_plan import local_worker, plan
     from factory.tools.ops.demo import write_demo_skus
 
     root, out = Path(args.models), Path(args.json)
@@ -146,11 +145,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal cfg
         failed = {}
         try:
-            seconds, w = _timed(lambda: Worker.local(cfg, str(tmp / "c")))
+            seconds, w = _timed(lambda: local_worker(cfg, str(tmp / "c")))
         except Exception as exc:  # a compile that fails on this torch/diffusers pair: measure uncompiled instead
             failed = {"compile_error": f"{type(exc).__name__}: {exc}"[:1500]}
             cfg = gpu_config(base, root, args.clip_model, compile="none", quantization="none")
-            seconds, w = _timed(lambda: Worker.local(cfg, str(tmp / "c")))
+            seconds, w = _timed(lambda: local_worker(cfg, str(tmp / "c")))
         state["worker"] = w
         return {"seconds": round(seconds, 1), "runtime": str(w.runtime), "accel": w.accel, **failed, **_mem()}
 
@@ -176,10 +175,10 @@ def _median_s(fn: Callable[[], Any], n: int = 3) -> float:
 
 def _breakdown(base: FactoryConfig, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Where one 512² batch's time goes: text encoding, the UNet steps, VAE decode, conversion to PIL."""
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     cfg = gpu_config(base, root, args.clip_model, compile="none", quantization="none")
-    pipe = Worker.local(cfg, "/tmp/breakdown").pipe
+    pipe = local_worker(cfg, "/tmp/breakdown").pipe
     out = {str(n): _breakdown_one(pipe, cfg.planner.buckets[0], n) for n in args.breakdown_batches}
     return out
 
@@ -188,10 +187,10 @@ def _compile_variants(base: FactoryConfig, root: Path, args: argparse.Namespace)
     """The batch-16 breakdown again with cuDNN autotuning, then with the whole UNet and the VAE decoder compiled."""
     import torch
 
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     cfg = gpu_config(base, root, args.clip_model, compile="none", quantization="none")
-    pipe = Worker.local(cfg, "/tmp/variants").pipe
+    pipe = local_worker(cfg, "/tmp/variants").pipe
     b, out = cfg.planner.buckets[0], {}
     torch.backends.cudnn.benchmark = True
     out["cudnn_benchmark"] = _breakdown_one(pipe, b, 16)
@@ -283,14 +282,14 @@ def _full(worker: Any, cfg: FactoryConfig, day: str, skus: Path, tmp: Path, n: i
 def _quantization(base: FactoryConfig, root: Path, args: argparse.Namespace, tasks: list, tmp: Path) -> dict:
     """Each mode without compile (compile time per mode would not fit one lease); float first as the baseline,
     and the naive one-call-per-image loop on the float worker."""
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
     from factory.tools.benchmarks.bench import naive_images
 
     results: dict[str, Any] = {}
     for mode in ["none", *args.quant]:
         try:
             cfg = gpu_config(base, root, args.clip_model, compile="none", quantization=mode)
-            load_s, w = _timed(lambda cfg=cfg, mode=mode: Worker.local(cfg, str(tmp / f"q-{mode}")))
+            load_s, w = _timed(lambda cfg=cfg, mode=mode: local_worker(cfg, str(tmp / f"q-{mode}")))
             r = _generation(w, tasks, cfg)
             r.update(load_s=round(load_s, 1), quantization={k: v for k, v in w.quantization.items() if k != "layers"})
             if mode == "none":

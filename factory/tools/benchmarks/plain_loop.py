@@ -1,4 +1,4 @@
-"""The baseline of `adfactory bench --e2e`: what a user writes first, run as its own process.
+"""The baseline of `adfactory dev bench --e2e`: what a user writes first, run as its own process.
 
 `python -m factory.tools.benchmarks.plain_loop TASKS.json OUT_DIR`: load the diffusers pipeline, then one pipeline
 call per image (the same prompts, sizes, steps and seeds as the factory's night), each written as a PNG; nothing is

@@ -115,12 +115,12 @@ def _timed_fn(fn: Any, totals: dict[str, float], name: str) -> Any:
 
 def run(cfg: FactoryConfig, batch: int = 8, repairs: int = 2, rounds: int = 3) -> dict[str, Any]:
     """Per bucket of `cfg`: generation and repair stages, seconds per image (best of `rounds`)."""
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     if cfg.repair.mode == "off" or cfg.repair.max_attempts == 0 or not 0 < repairs <= batch:
         raise ValueError("profile_repair needs repair on and 0 < repairs <= batch")
     with tempfile.TemporaryDirectory() as tmp:
-        worker = Worker.local(cfg, tmp)
+        worker = local_worker(cfg, tmp)
         category = sorted(worker.gate.thresholds)[0]
         out: dict[str, Any] = {"batch": batch, "repairs": repairs, "rounds": rounds, "buckets": {}}
         for b in cfg.planner.buckets:

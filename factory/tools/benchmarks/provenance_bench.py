@@ -1,4 +1,4 @@
-"""Cost per image of the provenance marks and of the night-wide similarity search (`adfactory provenance bench`).
+"""Cost per image of the provenance marks and of the night-wide similarity search (`adfactory dev provenance-bench`).
 
 Provenance: PNG encoding of a noise image (the tiny model's look; worst case for zlib) without marks, with the XMP
 label + parameters, plus the visible label, plus C2PA signing (a throwaway chain from tools/builders/signing_chain.py).

@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TINY_SEED = 0  # fixed: `models init-tiny` always writes the same weights
+TINY_SEED = 0  # fixed: `adfactory dev init-tiny` always writes the same weights
 TINY_CLIP_NAME = "tiny-clip"
 
 

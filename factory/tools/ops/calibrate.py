@@ -118,12 +118,12 @@ def calibrate(
 
 def _score(cfg: FactoryConfig, tasks: list[Task]) -> dict[str, dict[str, list[float]]]:
     """Generate and score `tasks` (no repair, nothing kept): category and "all" -> metric -> values."""
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as scratch:  # the worker writes nothing here: we only generate and score
         no_repair = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
-        worker = Worker.local(no_repair, scratch)
+        worker = local_worker(no_repair, scratch)
         batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
         for batch in batches:
             images = worker.generate(batch)

@@ -49,7 +49,7 @@ def test_bench_cli_writes_json(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((REPO / "tests" / "bench_quick.toml").read_text())
     res = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "bench", "--skus", "4", "--config", str(config), "--json", str(out)],
+        [sys.executable, "-m", "factory.cli", "dev", "bench", "--skus", "4", "--config", str(config), "--json", out],
         cwd=REPO,
         capture_output=True,
         text=True,

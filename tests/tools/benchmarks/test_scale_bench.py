@@ -1,4 +1,4 @@
-"""`adfactory scale-bench`: a synthetic day through validate and through a null-pipeline night."""
+"""`adfactory dev scale-bench`: a synthetic day through validate and through a null-pipeline night."""
 
 import pyarrow.parquet as pq
 
