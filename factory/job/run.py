@@ -1,9 +1,9 @@
 """The nightly job as one typed function, `run()`, which the CLI, the cron job and the tests all call.
 
 It reads top to bottom as numbered steps; each step is a call into the module that owns it:
-plan (factory.job.night_plan) → lock (lock) → resolve the runtime on the executor's device (generation.runtime) and
-the keys (keys) → resume (parts) → cross-day cache (cache) → batch and execute (inputs.planner,
-generation.executors) → finalize: manifests, run.json, `_SUCCESS` last (finalize).
+plan (factory.job.night_plan) → lock (io.lock, io.lease) → resolve the runtime on the executor's device
+(generation.runtime) and the keys (keys) → resume (parts) → cross-day cache (cache) → batch and execute
+(inputs.bucketing, generation.executors) → finalize: manifests, run.json, `_SUCCESS` last (finalize).
 """
 
 from __future__ import annotations
