@@ -131,12 +131,12 @@ def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)
 
 
-def local_worker(cfg: FactoryConfig, output: str, date: str = "") -> Worker:
-    """A worker for this process's device, with the thresholds of the config's templates (tools, tests), writing
-    images under `output` (a directory or URI; `<output>/images/...` when no `date` is given)."""
+def local_worker(cfg: FactoryConfig, output: str, date: str = "", cls: type[Worker] | None = None) -> Worker:
+    """A worker (`cls`, default Worker) for this process's device, with the thresholds of the config's templates
+    (tools, tests), writing images under `output` (a directory or URI; `<output>/images/...` without a `date`)."""
     from factory.generation.runtime import local_device, resolve
     from factory.generation.worker import Worker
 
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
     templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
-    return Worker(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)
+    return (cls or Worker)(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)

@@ -13,6 +13,7 @@ from factory.io.layout import parts_dir, success_path
 from factory.io.records import ImageRecord
 from factory.io.storage import open_store
 from factory.job import parts
+from factory.job.night_plan import local_worker
 from factory.job.run import run
 from factory.modes import NULL_PIPELINE
 from tests.conftest import DATE, sample_rows, with_run
@@ -97,7 +98,7 @@ def test_an_interrupted_night_keeps_what_finished_and_the_rerun_resumes(cfg, day
     cfg = _null(cfg, part_images=100, part_seconds=3600)
     out = Path(cfg.paths.output)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, DATE, worker=StopsAfterThreeBatches.local(cfg, str(out)))
+        run(cfg, DATE, worker=local_worker(cfg, str(out), cls=StopsAfterThreeBatches))
     assert _part_sizes(out) == [3] and not open_store(str(out)).exists(success_path(DATE))
     again = run(cfg, DATE)  # the lock was released; the three images are kept
     assert again.counts["images_resumed"] == 3 and again.counts["images_generated"] == 6

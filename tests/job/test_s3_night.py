@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from factory.config import load_config
-from factory.generation.worker import Worker
 from factory.io import layout
 from factory.io.storage import open_store
+from factory.job.night_plan import local_worker
 from factory.job.parts import load_parts
 from factory.job.run import run
 from tests.conftest import (
@@ -83,7 +83,7 @@ def test_night_to_s3_killed_refused_resumed_and_same_bytes_as_local(tiny_models,
 
     # 3. the rerun takes over the dead run's lease and finishes only what is missing
     cfg = load_config(config, {"run": {"executor": "local", "batch_size": 2}})
-    worker = Worker.local(cfg, out)  # one model load for both nights below
+    worker = local_worker(cfg, out)  # one model load for both nights below
     s3_cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=out))
     resumed = run(s3_cfg, DATE, skus_path=skus_uri, worker=worker)
     assert resumed.output == out and resumed.counts["images_resumed"] >= parts_done

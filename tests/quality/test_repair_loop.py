@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from factory.generation.worker import Worker
+from factory.job.night_plan import local_worker
 from tests.generation.test_worker import batch, tasks_for
 
 
@@ -16,7 +16,7 @@ def test_batched_repair_is_batch_size_invariant_and_local(cfg, tmp_path):
         quality=dataclasses.replace(cfg.quality, clip_threshold=-1.0, blur_laplacian_var=1e6),
         repair=dataclasses.replace(cfg.repair, max_attempts=2),
     )
-    worker = Worker.local(cfg, str(tmp_path))
+    worker = local_worker(cfg, str(tmp_path))
     tasks = tasks_for(3)
     images = worker.generate(batch(tasks))
     assessments = worker.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks])
