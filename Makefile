@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium
+.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml
 $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors: | $(VENV)/.installed
 	$(BIN)/adfactory dev init-tiny $(MODELS)
 
-models: $(VENV)/.installed $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors
+models: fonts $(VENV)/.installed $(MODELS)/tiny-sd/model_index.json $(MODELS)/tiny-clip/open_clip_model.safetensors
 
 # The nightly job for today on a local Ray cluster, with the embedded tiny model at demo-scale buckets.
-demo: models
+demo: fonts models
 	$(BIN)/adfactory demo-skus --date $(DATE)
 	$(BIN)/adfactory run --date $(DATE) --config data/demo.toml
 
@@ -28,10 +28,10 @@ validate: models
 	$(BIN)/adfactory demo-skus --date $(DATE)
 	$(BIN)/adfactory validate --date $(DATE) --config data/demo.toml
 
-test: models
+test: fonts models
 	$(BIN)/pytest -m "not slow" -q
 
-test-all: models chromium
+test-all: fonts models chromium
 	$(BIN)/pytest -q
 
 # The review sheet's browser test drives Debian's chromium with Playwright (Playwright's own browser download is
@@ -41,6 +41,15 @@ chromium:
 	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
 	  echo "note: no chromium and no root apt-get: tests/review/test_browser.py will be skipped"
+
+# The visible label's CJK font (provenance.label_font): Debian's fonts-wqy-microhei, installed with apt when missing
+# and apt is there (as root: CI). Elsewhere: install it, or point provenance.label_font at a CJK TTF/TTC.
+LABEL_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+fonts:
+	@[ -f $(LABEL_FONT) ] || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-wqy-microhei; } || \
+	  echo "note: no $(LABEL_FONT) and no root apt-get: install fonts-wqy-microhei or set provenance.label_font"
 
 # Speed, pixel waste, quantization and memory, side by side in one process (the demo's scaled buckets).
 bench: models

@@ -172,6 +172,11 @@ class RepairConfig:
     inpaint_unet: str = ""  # optional dedicated 9-channel inpainting UNet dir (e.g. SD1.5-inpainting)
 
 
+# The visible label's CJK font: Debian's fonts-wqy-microhei (WenQuanYi Micro Hei, CJK + Latin), which `make fonts`
+# installs. Any TTF/TTC with the label's glyphs will do (e.g. Noto Sans CJK); another font changes the label's pixels.
+DEFAULT_LABEL_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+
+
 @dataclass
 class ProvenanceConfig:
     """What every PNG says about itself (factory/io/provenance.py; README "Provenance and labelling")."""
@@ -182,6 +187,7 @@ class ProvenanceConfig:
     visible_label: str = ""  # explicit label drawn on the image, e.g. "AI生成"; "" = off
     visible_label_corner: str = "bottom-right"  # bottom-right | bottom-left | top-right | top-left
     visible_label_size: float = 0.05  # text height as a share of the shorter side (GB 45438: at least 0.05)
+    label_font: str = DEFAULT_LABEL_FONT  # TTF/TTC the visible label is drawn with (needs its CJK glyphs)
     c2pa_cert: str = ""  # PEM certificate chain (signer first, then intermediates); with c2pa_key: C2PA signing on
     c2pa_key: str = ""  # PEM private key of the signing certificate
     c2pa_alg: str = "es256"  # es256 | es384 | ps256 (must match the key)
@@ -272,7 +278,10 @@ class FactoryConfig:
             repair=dataclasses.replace(self.repair, inpaint_unet=fix(self.repair.inpaint_unet)),
             quality=dataclasses.replace(self.quality, reference_dir=fix(self.quality.reference_dir)),
             provenance=dataclasses.replace(
-                self.provenance, c2pa_cert=fix(self.provenance.c2pa_cert), c2pa_key=fix(self.provenance.c2pa_key)
+                self.provenance,
+                c2pa_cert=fix(self.provenance.c2pa_cert),
+                c2pa_key=fix(self.provenance.c2pa_key),
+                label_font=fix(self.provenance.label_font),
             ),
             lora=LoraSection({n: dataclasses.replace(a, path=fix(a.path)) for n, a in self.lora.adapters.items()}),
         )

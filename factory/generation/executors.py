@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from factory import logs
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, FactoryError
 from factory.inputs.bucketing import Batch
@@ -162,11 +163,13 @@ class RayExecutor:
         gpus = 1 if runtime.device == "cuda" else 0  # one GPU per worker
         if gpus and n > ray.cluster_resources().get("GPU", 0):
             raise ConfigError(f"run.workers ({n}) exceeds the cluster's {ray.cluster_resources()['GPU']:g} GPUs")
+        # --verbose reaches the workers of a joined cluster too (a local one inherits it): no filters there either
         remote = ray.remote(worker_class(self.cfg)).options(
             num_cpus=run.cpus_per_worker,
             num_gpus=gpus,
             max_restarts=run.max_restarts,
             max_task_retries=run.max_restarts,
+            **({"runtime_env": {"env_vars": {logs.VERBOSE_ENV: "1"}}} if logs.verbose() else {}),
         )
         return remote, gpus
 

@@ -131,6 +131,9 @@ def import_libraries(quantization: str = "none") -> None:
     such a night torchao is hidden while they are imported (`sys.modules[name] = None` makes find_spec answer
     "not installed"), then un-hidden, so a later `quantize_unet` in the same process still imports it.
     """
+    from factory import logs
+
+    logs.quiet()  # known-harmless import-time messages dropped here too: a Ray worker never runs logs.setup()
     hide = quantization == "none" and "diffusers" not in sys.modules and "torchao" not in sys.modules
     if hide:
         sys.modules["torchao"] = None  # type: ignore[assignment]

@@ -33,7 +33,7 @@ from xml.sax.saxutils import escape
 
 from PIL import Image, ImageDraw, ImageFont
 
-from factory.config import ProvenanceConfig
+from factory.config import DEFAULT_LABEL_FONT, ProvenanceConfig
 from factory.errors import ConfigError, InputError
 from factory.io.png import PngText, png_bytes
 
@@ -109,23 +109,31 @@ def a1111_parameters(task: Any, guidance_scale: float, model_hash: str, model_na
     return f"{task.prompt}\nNegative prompt: {task.negative_prompt}\n{tail}"
 
 
-def label_font_path() -> Path:
-    """WenQuanYi Micro Hei (CJK + Latin), shipped by the pinned `paperang-p2-fonts-cjk` package: never fetched."""
-    from importlib.resources import files
+def label_font_path(cfg: ProvenanceConfig) -> Path:
+    """The visible label's font file (`provenance.label_font`), checked: ConfigError (exit 2) with the fix when it
+    is missing or not a font FreeType opens. Checked once before a night's first image (run, Stamper)."""
+    path = Path(cfg.label_font).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"provenance.label_font: {path} not found; install fonts-wqy-microhei (make fonts) or point the setting "
+            "at a TTF/TTC font with the label's CJK glyphs"
+        )
+    _font(str(path), 16)
+    return path
 
-    return Path(str(files("paperang_p2_fonts_cjk") / "fonts" / "wqy-microhei.ttc"))
 
-
-def draw_visible_label(image: Image.Image, text: str, corner: str, size: float) -> Image.Image:
+def draw_visible_label(
+    image: Image.Image, text: str, corner: str, size: float, font_path: str | Path = DEFAULT_LABEL_FONT
+) -> Image.Image:
     """A copy with `text` in `corner`: glyph height >= `size` x the shorter side, white on a dark outline.
     Deterministic (FreeType rasterises the same way for the same font and size)."""
     short = min(image.size)
     target = max(1, round(size * short + 0.4999))
     px = target
-    font = _font(px)
+    font = _font(str(font_path), px)
     while _text_height(font, text) < target:  # the em box is taller than the ink: grow until the ink is tall enough
         px += 1
-        font = _font(px)
+        font = _font(str(font_path), px)
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     stroke = max(1, px // 12)
@@ -138,8 +146,11 @@ def draw_visible_label(image: Image.Image, text: str, corner: str, size: float) 
 
 
 @functools.lru_cache(maxsize=32)
-def _font(px: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(label_font_path()), px)
+def _font(path: str, px: int) -> ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.truetype(path, px)
+    except OSError as exc:  # a file FreeType cannot read as a font
+        raise ConfigError(f"provenance.label_font: {path} is not a TTF/TTC font FreeType can open ({exc})") from None
 
 
 def _text_height(font: ImageFont.FreeTypeFont, text: str) -> int:
@@ -160,11 +171,12 @@ class Stamper:
     def __init__(self, cfg: ProvenanceConfig, model_hash: str, model_name: str, guidance_scale: float):
         self.cfg, self.model_hash, self.model_name, self.guidance_scale = cfg, model_hash, model_name, guidance_scale
         self.signer = C2paSigner(cfg) if cfg.c2pa_cert else None
+        self.font = label_font_path(cfg) if cfg.visible_label else None  # a missing font fails here, not per image
 
     def png(self, image: Image.Image, task: Any) -> Stamped:
         c = self.cfg
         if c.visible_label:  # changes pixels: drawn before the hash, so ReservedCode1 covers the labelled image
-            image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size)
+            image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size, self.font)
         digest = pixel_sha256(image)
         pid = produce_id(task.sku_id, task.variant, digest)
         chunks = [

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from factory.config import ProvenanceConfig
+from factory.config import DEFAULT_LABEL_FONT, ProvenanceConfig
 from factory.errors import ConfigError
 from factory.io import provenance
 from factory.job.run import run
 from factory.tools.builders.signing_chain import make_signing_chain
-from tests.conftest import DATE, cli, make_cfg, read_manifests, with_run, write_skus
+from tests.conftest import DATE, cli, make_cfg, read_manifests, small_config_file, with_run, write_skus
 
 ROWS = [
     {"sku_id": "P1", "category": "shoes", "attrs": json.dumps({"brand": "Peak", "color": "红色"}), "variants": 2},
@@ -107,7 +107,31 @@ def test_visible_label_is_drawn_in_the_configured_corner_at_5_percent(tmp_path):
     assert bottom - top >= 0.05 * 120
     again = provenance.draw_visible_label(plain, "AI生成", "top-left", 0.05)
     assert again.tobytes() == labelled.tobytes()  # deterministic
-    assert provenance.label_font_path().is_file()  # shipped by a package, never fetched
+    assert provenance.label_font_path(ProvenanceConfig()) == Path(DEFAULT_LABEL_FONT)  # Debian's, `make fonts`
+
+
+def test_a_missing_label_font_is_one_sentence_and_exit_2(tiny_models, tmp_path):
+    missing = tmp_path / "no-such-font.ttc"
+    with pytest.raises(ConfigError, match=r"^provenance.label_font: .*no-such-font.ttc not found; install "):
+        provenance.Stamper(ProvenanceConfig(visible_label="AI生成", label_font=str(missing)), "abc", "m", 1.0)
+    provenance.Stamper(ProvenanceConfig(label_font=str(missing)), "abc", "m", 1.0)  # no visible label: not needed
+    not_a_font = tmp_path / "font.ttc"
+    not_a_font.write_bytes(b"not a font")
+    with pytest.raises(ConfigError, match="is not a TTF/TTC font FreeType can open"):
+        provenance.label_font_path(ProvenanceConfig(label_font=str(not_a_font)))
+
+    # through the CLI, before any model loads: the setting (relative to the config file), the fix, no traceback
+    config = small_config_file(tmp_path / "c.toml", make_cfg(tiny_models, tmp_path))
+    text = config.read_text() + '[provenance]\nvisible_label = "AI生成"\nlabel_font = "fonts/none.ttc"\n'
+    config.write_text(text)
+    skus = write_skus(tmp_path / f"{DATE}.parquet", ROWS)
+    res = cli("run", "--date", DATE, "--skus", str(skus), "--config", str(config), "--output", str(tmp_path / "o"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip() == (
+        f"error: provenance.label_font: {tmp_path / 'fonts' / 'none.ttc'} not found; install fonts-wqy-microhei "
+        "(make fonts) or point the setting at a TTF/TTC font with the label's CJK glyphs"
+    )
+    assert not (tmp_path / "o" / DATE / "images").exists()
 
 
 def test_tampered_pixels_are_detected_and_verify_exits_1(labelled_night, tmp_path):

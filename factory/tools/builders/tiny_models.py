@@ -253,6 +253,9 @@ def init_tiny(root: str | Path = "data/models", force: bool = False) -> dict[str
     root = Path(root)
     sd_dir, clip_dir = root / "tiny-sd", root / "tiny-clip"
     if force or not (sd_dir / "model_index.json").is_file():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a "Writing model shards" bar for one tiny shard: noise
         build_tiny_sd().save_pretrained(_fresh_dir(sd_dir), safe_serialization=True)
     ckpt = clip_dir / "open_clip_model.safetensors"
     if force or not ckpt.is_file():
