@@ -1,9 +1,9 @@
 """Process-wide logging for the `adfactory` commands: plain lines for cron logs, or JSON lines for log shippers.
 
-`setup()` is called once per command (factory/cli.py). It also quiets what would otherwise repeat in every night's
-log without telling an operator anything: Ray's token-auth banner on each local cluster start, colour codes from
-Ray's log forwarding when stderr is a file (cron) rather than a terminal, and the known-harmless library messages of
-HARMLESS, each dropped at the logger that emits it, by level and message. A night without quantization does not
+`setup()` is called once per command (factory.cli.options.guard). It also quiets what would otherwise repeat in every
+night's log without telling an operator anything: Ray's token-auth banner on each local cluster start, colour codes
+from Ray's log forwarding when stderr is a file (cron) rather than a terminal, and the known-harmless library messages
+of HARMLESS, each dropped at the logger that emits it, by level and message. A night without quantization does not
 import torchao at all (`factory.generation.models.import_libraries`); `make models`, quantized nights and the
 benchmarks do. `--verbose` installs none of these filters, in the driver or in its Ray workers.
 """
