@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts
+.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: models
 bench-e2e: models
 	$(BIN)/adfactory dev bench --e2e --config data/demo.toml --images 48,200 --json data/output/bench_e2e.json
 
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor, or a page missing from
+# the nav, fails the build (CI runs this too).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check factory tests jobs
 	$(BIN)/ruff format --check factory tests jobs
@@ -68,4 +73,4 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix factory tests jobs
 
 clean:
-	rm -rf data/output $(MODELS)
+	rm -rf data/output $(MODELS) site

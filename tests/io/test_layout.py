@@ -75,7 +75,7 @@ def test_the_documented_pyarrow_and_duckdb_queries(tmp_path):
     store = open_store(str(out))
     write_night(store, "2026-11-20", ["A", "B"])
     write_night(store, "2026-11-21", ["C"])
-    # README "For data engineers": pyarrow with partitioning="hive" (run_date comes back from the path)
+    # docs/outputs.md "For data engineers": pyarrow with partitioning="hive" (run_date comes back from the path)
     table = pq.read_table(out / "manifests" / "approved", partitioning="hive")
     assert sorted(zip(map(str, table.column("run_date").to_pylist()), table.column("sku_id").to_pylist())) == [
         ("2026-11-20", "A"),
@@ -92,9 +92,9 @@ def test_the_documented_pyarrow_and_duckdb_queries(tmp_path):
         (dt.date(2026, 11, 20), 2, "2026-11-20/images/t/A.png"),
         (dt.date(2026, 11, 21), 1, "2026-11-21/images/t/C.png"),
     ]
-    # the README's query ("For data engineers"), verbatim but for the output root
-    readme = (REPO / "README.md").read_text()
-    documented = readme.split("**DuckDB**")[1].split("```sql\n")[1].split("```")[0]
+    # the query of docs/outputs.md ("For data engineers"), verbatim but for the output root
+    page = (REPO / "docs" / "outputs.md").read_text()
+    documented = page.split("**DuckDB**")[1].split("```sql\n")[1].split("```")[0]
     assert "data/output/manifests/approved/*/*.parquet" in documented and "GROUP BY ALL" in documented
     query = documented.replace("data/output", str(out))
     assert duckdb.sql(query).fetchall() == [(dt.date(2026, 11, 21), "toys", 1)]
