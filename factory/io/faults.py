@@ -86,8 +86,12 @@ def environment_fault(exc: BaseException) -> EnvironmentFault | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        cause = getattr(e, "cause", None)  # a Ray task error: its class also claims the cause's, its text is Ray's
+        if isinstance(cause, BaseException) and cause is not e:
+            todo.append(cause)
+            continue
         if isinstance(e, EnvironmentFault):
-            return EnvironmentFault(str(e).splitlines()[0])  # a plain copy: Ray's dual-typed class prints a traceback
+            return EnvironmentFault(str(e))
         if isinstance(e, OSError) and e.errno in ENV_ERRNOS:
             return local_fault("write", e.filename or "the output", e)
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]

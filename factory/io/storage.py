@@ -321,7 +321,8 @@ class Store:
                     os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only or failing disk refuses this too; the cause matters
+                tmp.unlink(missing_ok=True)
             fault = local_fault("write", str(path), exc) if isinstance(exc, OSError) else None
             if fault is not None:  # a full, read-only or failing disk: the environment's fault, not the data's
                 raise fault from exc
