@@ -8,6 +8,7 @@ generation.executors) → finalize: manifests, run.json, `_SUCCESS` last (finali
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -29,7 +30,7 @@ from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
-from factory.inputs.bucketing import Task, make_batches
+from factory.inputs.bucketing import Batch, Task, make_batches
 from factory.io import layout, records
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner
@@ -68,7 +69,7 @@ class RunSummary:
             f"  review SKUs    {c['review_skus']}  ({c['review_images']} images)",
             f"  rejected rows  {c['rejected_rows']}",
             f"  images         {c['images_generated']} generated, {c['images_resumed']} resumed, "
-            f"{c['cache_hits']} from cache",
+            f"{c.get('images_adopted', 0)} adopted, {c['cache_hits']} from cache",
             f"  throughput     {self.images_per_s:.2f} images/s "
             f"({c['images_generated']} generated in {self.timings['total_s']:.1f}s)",
             f"  outputs        {self.output}/{self.date}/ (images/, run.json, _SUCCESS); "
@@ -165,7 +166,12 @@ def run(
             done = _keys(finished)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in done])
             done |= _keys(cached)
-            todo = [t for t in p.tasks if (t.sku_id, t.variant) not in done]
+            # the cache key rides on each task into its PNG: what lets a rerun adopt the file (_adoptable)
+            todo = [
+                dataclasses.replace(t, cache_key=night.cache_keys[t.sku_id, t.variant])
+                for t in p.tasks
+                if (t.sku_id, t.variant) not in done
+            ]
             del done  # a key per image: not kept for the whole night
             generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
@@ -287,7 +293,7 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding)
+    batches = _adoptable(night, make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding))
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
         "in %d batches",
@@ -316,6 +322,22 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     return roller.table(), Execution(len(batches), stage, time.perf_counter() - t0, info)
 
 
+def _adoptable(night: Night, batches: list[Batch]) -> list[Batch]:
+    """Batches with the images an interrupted attempt already wrote (one listing of the date's images): their
+    worker adopts a file whose embedded cache key matches and re-scores it instead of regenerating it."""
+    if not batches:
+        return batches
+    date = night.plan.date
+    written = {p for p, size in night.store.sizes(f"{date}/{layout.IMAGES}").items() if size > 0}
+    if not written:
+        return batches
+    out = []
+    for b in batches:
+        adopt = frozenset(t.image_path for t in b.tasks if layout.image_key(date, t.image_path) in written)
+        out.append(dataclasses.replace(b, adopt=adopt) if adopt else b)
+    return out
+
+
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     p, t0 = night.plan, time.perf_counter()
     everything, similarity = finalize.flag_similar_table(rows.all(), p.thresholds, night.references)
@@ -328,6 +350,8 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     del everything  # approved and review are copies: one copy of the night's rows from here on
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     counts = _counts(night, approved, review, rejected, rows, ex.batches)
+    counts["images_adopted"] = adopted = int(ex.stage["images_adopted"])  # written by an interrupted attempt
+    counts["images_generated"] -= adopted
     total_s = time.perf_counter() - night.started
     timings = {
         **p.timings,
