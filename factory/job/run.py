@@ -129,9 +129,10 @@ def run(
     Outputs go through one Store (factory.io.storage: a local directory or an object store such as s3://...);
     where each file lives is factory.io.layout.
 
-    Resumable: a rerun after a crash keeps finished images (see parts.py). A date that already completed
-    (`_SUCCESS`) is a no-op unless it has generation errors (then they are retried) or `force`, which regenerates
-    everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
+    Resumable: a rerun after a crash keeps finished images (see parts.py) and adopts the PNGs written after the
+    last resume part (`_adoptable`; a failing environment stops the night: factory.io.faults). A date that already
+    completed (`_SUCCESS`) is a no-op unless it has generation errors (then they are retried) or `force`, which
+    regenerates everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
     """
     cfg = cfg.absolute(Path.cwd())
     started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
@@ -166,17 +167,22 @@ def run(
             done = _keys(finished)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in done])
             done |= _keys(cached)
-            # the cache key rides on each task into its PNG: what lets a rerun adopt the file (_adoptable)
-            todo = [
-                dataclasses.replace(t, cache_key=night.cache_keys[t.sku_id, t.variant])
-                for t in p.tasks
-                if (t.sku_id, t.variant) not in done
-            ]
+            todo = _todo(night, done)
             del done  # a key per image: not kept for the whole night
             generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
+
+
+def _todo(night: Night, done: set[tuple[str, int]]) -> list[Task]:
+    """The tasks left to execute, each with its cache key: it rides into the PNG, which lets a rerun adopt it."""
+    keys = night.cache_keys
+    return [
+        dataclasses.replace(t, cache_key=keys[t.sku_id, t.variant])
+        for t in night.plan.tasks
+        if (t.sku_id, t.variant) not in done
+    ]
 
 
 def _keys(table: pa.Table) -> set[tuple[str, int]]:

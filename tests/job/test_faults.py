@@ -90,13 +90,19 @@ def with_paths(cfg, output: Path):
     return dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=str(output)))
 
 
-def test_full_disk_on_ray_drains_and_stops(cfg, tmp_path, caplog, ray_cluster):
+@pytest.mark.slow  # a Ray cluster and two nights of actors: make test-all
+def test_full_disk_on_ray_drains_stops_and_the_rerun_adopts(cfg, tmp_path, caplog, ray_cluster):
     cfg = with_run(cfg, executor="ray", workers=2, batch_size=4)
     with tmpfs(Path(cfg.paths.output), "150k"):
         out, fault = full_disk_night(cfg, tmp_path, caplog)
         check_stopped_cleanly(out, fault, caplog)
         stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping the night")]
         assert len(stops) == 1 and "in flight finish first" in stops[0]
+        remount(out, "size=64m")  # space freed: the Ray workers adopt what was written
+        c = run(cfg, DATE).counts
+        assert c["images_adopted"] > 0 and c["generation_errors"] == 0
+        assert c["images_generated"] + c["images_resumed"] + c["images_adopted"] == ROWS
+        assert_invariant(out, many_rows(ROWS))
 
 
 def test_s3_server_stopped_mid_night_fails_cleanly_and_a_rerun_repairs_it(tiny_models, tmp_path, monkeypatch):
