@@ -40,8 +40,7 @@ TRANSIENT = (
     "Connection refused",
     "Could not connect",
     "timed out",
-    "503",
-)
+)  # no bare status codes: the error text also holds the object key, which may contain any digits
 CREDENTIALS = (
     "EXPIRED_TOKEN",
     "ExpiredToken",
