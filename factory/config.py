@@ -226,6 +226,11 @@ class StorageConfig:
     #                     | lease -- see README "Scaling out -> storage" for what each guarantees
     lease_seconds: int = 300  # an object-store lock not renewed for this long is stale and may be taken over
     writer_threads: int = 0  # each worker's PNG writer threads; 0 = 2 on a local disk, 16 on an object store
+    # Transient object-store errors (network, throttling, 5xx) are retried this many times, waiting retry_backoff_s,
+    # then twice that, ... (each wait at most 30 s), on top of the SDK's own retries; then the night stops
+    # (docs/operations-guarantees-faults.md).
+    retries: int = 3
+    retry_backoff_s: float = 0.5
 
 
 @dataclass

@@ -42,6 +42,13 @@ class StorageError(FactoryError):
     """The output store failed or cannot be reached (network, server error): the night failed, a rerun repairs it."""
 
 
+class EnvironmentFault(StorageError):
+    """The night's environment failed, not a SKU: the output is full, read-only, failing I/O or refusing
+    permission, or the object store cannot be reached (after retries) or refuses the credentials. The night
+    stops (no new batches, no SKU blamed, exit 1); fixing the environment and rerunning repairs it
+    (factory.io.faults classifies)."""
+
+
 class LockError(FactoryError):
     """Another live run holds the lock for this date and output root."""
 

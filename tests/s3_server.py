@@ -92,9 +92,10 @@ class SeaweedS3:
         samples = (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
         return {name: float(value) for name, value in samples}
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, same_ports: bool = False) -> None:
+        """Start the server; `same_ports`: on the ports of its previous start (a restart clients can find again)."""
         for attempt in range(3):  # a port taken between choosing and binding: choose again
-            self._launch()
+            self._launch(same_ports and bool(self.ports) and attempt == 0)
             try:
                 self._wait_ready(timeout)
                 return
@@ -103,14 +104,15 @@ class SeaweedS3:
                 if attempt == 2:
                     raise
 
-    def _launch(self) -> None:
+    def _launch(self, same_ports: bool = False) -> None:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
         identity = {"name": "adfactory", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
         config.write_text(json.dumps({"identities": [identity]}))
-        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+        if not same_ports:
+            self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
         args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         args += ["-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
@@ -138,10 +140,11 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 break
             try:
-                client.create_bucket(Bucket=BUCKET)
+                try:
+                    client.create_bucket(Bucket=BUCKET)
+                except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                    pass  # a restart on the same data directory
                 client.put_object(Bucket=BUCKET, Key=".ready", Body=b"1")
-                return
-            except client.exceptions.BucketAlreadyOwnedByYou:
                 return
             except Exception as exc:  # not up yet
                 last = str(exc)

@@ -10,6 +10,10 @@ resolution-homogeneous batch: an actor loads the pipeline and CLIP once and then
 driver, one at a time, so a fast worker takes more batches. Actors are created with `max_restarts` and
 `max_task_retries`: a worker process that dies (OOM, kill) is restarted and its batch re-run; the worker's writes
 are idempotent. A batch that still fails is reported as `generation_error` records, never dropped.
+
+A failure of the environment (factory.io.faults: the output full or read-only, the object store gone) is not a
+poison SKU: it is not bisected and blames no SKU. The executor stops dispatching, lets the batches in flight finish
+(their rows are kept), and raises the EnvironmentFault: the night fails with one sentence naming the cause.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from factory import logs
 from factory.config import FactoryConfig, QualityConfig
-from factory.errors import ConfigError, FactoryError
+from factory.errors import ConfigError, EnvironmentFault, FactoryError
 from factory.inputs.bucketing import Batch
+from factory.io.faults import environment_fault
 
 if TYPE_CHECKING:
     from factory.generation.runtime import Runtime
@@ -94,6 +99,10 @@ class LocalExecutor:
             try:
                 result = worker.process(batch)
             except Exception as exc:  # one bad SKU must not lose the rest of the night
+                fault = environment_fault(exc)
+                if fault is not None:  # nothing else is in flight here: stop at once (the batch drained its writes)
+                    log.error("stopping the night: %s", fault)
+                    raise fault from exc
                 result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
             if result is not None:
                 on_result(result)
@@ -181,9 +190,10 @@ class _Dispatch:
         self.actors, self.new_actor, self.on_result = actors, new_actor, on_result
         self.queue = deque(batches)
         self.inflight: dict[Any, tuple[Any, Batch]] = {}
+        self.fault: EnvironmentFault | None = None  # set: no new batches; the night fails once in-flight ones end
 
     def submit(self, actor: Any) -> None:
-        if self.queue:
+        if self.queue and self.fault is None:
             batch = self.queue.popleft()
             self.inflight[actor.process.remote(batch)] = (actor, batch)
 
@@ -197,11 +207,24 @@ class _Dispatch:
             actor, batch = self.inflight.pop(ref)
             actor, result = self._collect(ref, actor, batch)
             if result is not None:
-                self.on_result(result)
+                self._deliver(result)
             self.submit(actor)
             busy = {v[0] for v in self.inflight.values()}
             for idle in [a for a in self.actors if a not in busy]:
                 self.submit(idle)  # split halves may have refilled the queue after other actors went idle
+        if self.fault is not None:
+            raise self.fault
+
+    def _deliver(self, result: BatchResult) -> None:
+        try:
+            self.on_result(result)
+        except EnvironmentFault as fault:  # the driver's own write (a resume part) failed: stop the same way
+            self._stop(fault)
+
+    def _stop(self, fault: EnvironmentFault) -> None:
+        if self.fault is None:
+            log.error("stopping the night: %s (%d batches in flight finish first)", fault, len(self.inflight))
+            self.fault = fault
 
     def _collect(self, ref: Any, actor: Any, batch: Batch) -> tuple[Any, BatchResult | None]:
         import ray
@@ -209,6 +232,10 @@ class _Dispatch:
         try:
             return actor, ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # the batch raised inside the worker
+            fault = environment_fault(exc)
+            if fault is not None:
+                self._stop(fault)
+                return actor, None
             return actor, _on_failure(batch, _ray_error_line(exc), self.queue)
         except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
             if _is_init_failure(exc):

@@ -30,15 +30,16 @@ class ImageWriter:
         self.threads = writer_threads(store, threads)
         self._pool: ThreadPoolExecutor | None = None  # started on the first write
 
-    def submit(self, task: Task, image: Any) -> Future:
-        """Write one image in the background; the future's result is (image key, produce_id)."""
+    def submit(self, task: Task, image: Any, generated: bool = False) -> Future:
+        """Write one image in the background; the future's result is (image key, produce_id). `generated`: the
+        pipeline's pixels as they are (the PNG then carries the cache key a rerun adopts it by)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="png-writer")
-        return self._pool.submit(self._write, task, image)
+        return self._pool.submit(self._write, task, image, generated)
 
-    def _write(self, task: Task, image: Any) -> tuple[str, str]:
+    def _write(self, task: Task, image: Any, generated: bool = False) -> tuple[str, str]:
         """Stamp (labels, parameters, pixel hash, optional C2PA signature) and store one PNG."""
         key = image_key(self.date, task.image_path)  # relative to the output root, as the manifests record it
-        stamped = self.stamper.png(image, task)
+        stamped = self.stamper.png(image, task, generated)
         self.store.put_bytes(key, stamped.data, durability="none")
         return key, stamped.produce_id

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from factory.generation.adapters import make_adapters
 from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
 from factory.inputs.bucketing import Batch, Task
-from factory.io.provenance import Stamper
+from factory.io.layout import image_key
+from factory.io.provenance import Stamper, adoptable_image
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
 from factory.quality.gate import Assessment, Gate, PassingGate
@@ -187,8 +188,9 @@ class Worker:
         # 1. generate
         t0 = time.perf_counter()
         computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
-        images = self.generate(batch)
+        images, adopted = self._images(batch)
         timings["generate_s"] = time.perf_counter() - t0
+        timings["images_adopted"] = adopted
         timings["pixels_computed"] = self.pixels_computed - computed_before
         timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
@@ -202,13 +204,15 @@ class Worker:
         # need no repair are already being encoded and written on the writer pool meanwhile
         t0 = time.perf_counter()
         writes = {
-            i: self.writer.submit(tasks[i], images[i]) for i, a in enumerate(assessments) if not self._needs_repair(a)
+            i: self.writer.submit(tasks[i], images[i], generated=True)
+            for i, a in enumerate(assessments)
+            if not self._needs_repair(a)
         }
         try:
             outcomes = self.repair(tasks, images, assessments)
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
-                    writes[i] = self.writer.submit(task, outcome.image)
+                    writes[i] = self.writer.submit(task, outcome.image, generated=outcome.image is images[i])
             timings["repair_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         finally:
@@ -218,6 +222,26 @@ class Worker:
         records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
+
+    def _images(self, batch: Batch) -> tuple[list[Any], int]:
+        """The batch's images and how many were adopted: a PNG an earlier attempt wrote for the same task (same
+        cache key, decodes completely, pixels match its label) is re-scored instead of regenerated; the rest are
+        generated in one call (per-sample seeds: the same images as in the whole batch)."""
+        found = {i: self._adopt(t) for i, t in enumerate(batch.tasks) if t.image_path in batch.adopt}
+        found = {i: im for i, im in found.items() if im is not None}
+        rest = tuple(t for i, t in enumerate(batch.tasks) if i not in found)
+        made = iter(self.generate(replace(batch, tasks=rest, adopt=frozenset())) if rest else [])
+        return [found[i] if i in found else next(made) for i in range(len(batch.tasks))], len(found)
+
+    def _adopt(self, task: Task) -> Any:
+        try:
+            data = self.store.get_bytes(image_key(self.date, task.image_path))
+        except FileNotFoundError:
+            return None
+        image = adoptable_image(data, task)
+        if image is None:
+            log.info("not adopting %s (stale, altered or incomplete): regenerating it", task.image_path)
+        return image
 
     def _needs_repair(self, a: Assessment) -> bool:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)

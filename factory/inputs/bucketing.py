@@ -41,6 +41,7 @@ class Task:
     source_file: str
     source_row: int
     adapters: tuple[str, ...] = ()  # style adapter set as "name@weight", sorted by name (the manifests' `adapters`)
+    cache_key: str = ""  # set by the driver before execution: stamped into the PNG, so a rerun can adopt the file
 
 
 def adapter_entry(name: str, weight: float) -> str:
@@ -61,6 +62,7 @@ class Batch:
     steps: int
     tasks: tuple[Task, ...]
     adapters: tuple[str, ...] = ()  # every task's adapter set (a batch never mixes them)
+    adopt: frozenset[str] = frozenset()  # image paths of tasks whose PNG an earlier attempt wrote: try them first
 
     def split(self, at: int) -> tuple[Batch, Batch]:
         """Two batches (ids suffixed a/b): bisection of a poison batch, or halving after CUDA out-of-memory."""

@@ -159,6 +159,9 @@ def _is_number(t: pa.DataType) -> bool:
 
 
 def _check_schema(f: str | Path, schema: pa.Schema) -> None:
+    twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if twice:  # which one holds the data is anyone's guess: refuse the file (found by tests/inputs/test_properties)
+        raise InputError(f"{f}: column '{twice[0]}' appears more than once; give each column its own name")
     for name in ("sku_id", "category"):
         if name not in schema.names:
             raise InputError(f"{f}: missing required column '{name}' (columns: {', '.join(schema.names) or 'none'})")

@@ -173,7 +173,13 @@ class ObjectLease:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.release()
+        if e is None:
+            self.release()
+            return
+        try:  # the store that failed the night may refuse this too: never hide why the night stopped
+            self.release()
+        except LockError as exc:
+            log.warning("could not release the lock (%s); a rerun takes it over once it is stale", exc)
 
 
 class _Conditional:

@@ -8,6 +8,8 @@ Chunks after IHDR, in file order (text chunks written by `factory.io.png.png_byt
                             `Iptc4xmpExt:DigitalSourceType` = trainedAlgorithmicMedia (what image hosts read)
   tEXt/iTXt `parameters`    prompt, "Negative prompt: ...", "Steps: .., Sampler: LCM, CFG scale: .., Seed: ..,
                             Size: WxH, Model hash: .., Model: .." (iTXt when the text is not Latin-1)
+  tEXt `adfactory:cache_key` the task's cache key (factory.job.keys), only on an image as generated (not
+                            repaired, no visible label): a rerun adopts such a file instead of regenerating it
   caBX                      the C2PA manifest store, only when `provenance.c2pa_cert`/`c2pa_key` are set
                             (c2pa inserts it right after IHDR and changes no other byte)
 
@@ -40,6 +42,7 @@ from factory.io.png import PngText, png_bytes
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
 XMP_KEY = "XML:com.adobe.xmp"
 PARAMETERS_KEY = "parameters"
+CACHE_KEY_KEY = "adfactory:cache_key"
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 _RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 _IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
@@ -173,7 +176,8 @@ class Stamper:
         self.signer = C2paSigner(cfg) if cfg.c2pa_cert else None
         self.font = label_font_path(cfg) if cfg.visible_label else None  # a missing font fails here, not per image
 
-    def png(self, image: Image.Image, task: Any) -> Stamped:
+    def png(self, image: Image.Image, task: Any, generated: bool = False) -> Stamped:
+        """`generated`: the pixels are the pipeline's output for `task` as they are (not repaired)."""
         c = self.cfg
         if c.visible_label:  # changes pixels: drawn before the hash, so ReservedCode1 covers the labelled image
             image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size, self.font)
@@ -183,10 +187,31 @@ class Stamper:
             PngText(XMP_KEY, xmp_packet(aigc_label(c, pid, digest)), international=True),
             PngText(PARAMETERS_KEY, a1111_parameters(task, self.guidance_scale, self.model_hash, self.model_name)),
         ]
+        if generated and task.cache_key and not c.visible_label:  # adoptable: these pixels are the generation
+            chunks.append(PngText(CACHE_KEY_KEY, task.cache_key))
         data = png_bytes(image, chunks)
         if self.signer is not None:
             data = self.signer.sign(data, Path(task.image_path).name)
         return Stamped(data, pid, digest)
+
+
+def adoptable_image(data: bytes, task: Any) -> Image.Image | None:
+    """The generated image an earlier attempt wrote for `task`, or None: it must decode completely, carry `task`'s
+    cache key (same prompt, seed, size, steps, model and numerics, adapters) and pixels matching its label's hash
+    (ReservedCode1), so a truncated, altered or stale file is regenerated instead."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            text = dict(getattr(im, "text", {}))
+            image = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    if not task.cache_key or text.get(CACHE_KEY_KEY) != task.cache_key or image.size != (task.width, task.height):
+        return None
+    label, _ = _read_xmp(text.get(XMP_KEY, ""))
+    if label is None or label.get("ReservedCode1") != pixel_sha256(image):
+        return None
+    return image
 
 
 class C2paSigner:

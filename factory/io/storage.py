@@ -15,29 +15,37 @@ Atomicity: a reader never sees half an output.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from factory.config import StorageConfig
-from factory.errors import ConfigError, StorageError
+from factory.errors import ConfigError, EnvironmentFault, StorageError
+from factory.io.faults import STOPPED, is_credentials, is_transient, local_fault
 from factory.io.paths import looks_like_uri
 
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")  # our in-flight local temp files (`_temp_name`)
 SPOOL_BYTES = 64 << 20  # open_output_stream keeps up to this much in memory before spilling to a temp file
 _CHUNK = 8 << 20
 LOCK_MODES = ("auto", "exclusive-create", "lease")
 _FLAT = {"s3", "gs", "gcs", "abfs", "abfss", "az"}  # object stores: no directories to create before a write
+MAX_BACKOFF_S = 30.0  # one wait between retries never exceeds this, whatever storage.retry_backoff_s doubles to
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,11 @@ def check_storage_config(storage: StorageConfig) -> None:
         raise ConfigError(f"storage.lock must be auto, exclusive-create or lease, got {storage.lock!r}")
     if storage.lease_seconds < 10:
         raise ConfigError(f"storage.lease_seconds must be at least 10, got {storage.lease_seconds}")
+    if storage.retries < 0 or storage.retry_backoff_s < 0:
+        raise ConfigError(
+            f"storage.retries and storage.retry_backoff_s must be >= 0, got {storage.retries} and "
+            f"{storage.retry_backoff_s}"
+        )
 
 
 def open_store(uri: str, storage: StorageConfig | None = None, what: str = "paths.output") -> Store:
@@ -100,7 +113,7 @@ def open_store(uri: str, storage: StorageConfig | None = None, what: str = "path
             reason = str(exc).splitlines()[0]
             raise ConfigError(f"{what} {uri!r} cannot be opened: {reason}") from None
     kind = "local" if isinstance(fs, pafs.LocalFileSystem) else scheme
-    store = Store(fs, root.rstrip("/"), kind)
+    store = Store(fs, root.rstrip("/"), kind, storage.retries, storage.retry_backoff_s)
     if kind != "local":
         store.check_reachable(what)
     return store
@@ -136,8 +149,10 @@ def _temp_name(name: str) -> str:
 class Store:
     """Files under one root, addressed by '/'-separated paths relative to it. Picklable (Ray workers get a copy)."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, kind: str):
+    def __init__(self, fs: pafs.FileSystem, root: str, kind: str, retries: int = 0, backoff_s: float = 0.5):
         self.fs, self.root, self.kind = fs, root, kind  # kind: "local", "s3", "gs", "hdfs", ...
+        # transient object-store errors: retried this many times, waiting backoff_s, 2 x backoff_s, ... between
+        self.retries, self.backoff_s = retries, backoff_s
 
     def __repr__(self) -> str:
         return f"Store({self.url('')!r})"
@@ -166,13 +181,12 @@ class Store:
     def get_bytes(self, relpath: str) -> bytes:
         """The whole file; FileNotFoundError if it does not exist."""
         path = self.path(relpath)
-        try:
+
+        def read() -> bytes:
             with self.fs.open_input_stream(path) as f:
                 return f.read()
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise self._error("read", relpath, exc) from exc
+
+        return self._call("read", relpath, read)
 
     def open_input_file(self, relpath: str) -> pafs.NativeFile:
         """A random-access file (what `pyarrow.parquet.read_table` wants)."""
@@ -182,10 +196,8 @@ class Store:
         return self.info(relpath).type != pafs.FileType.NotFound
 
     def info(self, relpath: str) -> pafs.FileInfo:
-        try:
-            return self.fs.get_file_info(self.path(relpath))
-        except OSError as exc:
-            raise self._error("stat", relpath, exc) from exc
+        path = self.path(relpath)
+        return self._call("stat", relpath, lambda: self.fs.get_file_info(path))
 
     def list(self, prefix: str = "") -> list[str]:
         """Files under `prefix` (recursive), as sorted paths relative to the root; in-flight temp files excluded."""
@@ -195,12 +207,11 @@ class Store:
         """Path relative to the root -> size in bytes, for every file under `prefix` (recursive; one listing,
         not one request per file); in-flight temp files excluded."""
         base = self.path(prefix)
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = self._call("list", prefix, lambda: self.fs.get_file_info(selector))
         except NotADirectoryError:
             return {}
-        except OSError as exc:
-            raise self._error("list", prefix, exc) from exc
         start = len(self.root) + 1
         return {
             i.path[start:]: i.size for i in infos if i.type == pafs.FileType.File and not _TEMP_NAME.match(i.base_name)
@@ -215,7 +226,7 @@ class Store:
             with self._local_atomic(relpath, durability) as fh:
                 fh.write(data)
             return
-        self._upload(relpath, [data])
+        self._upload(relpath, lambda: [data])
 
     @contextlib.contextmanager
     def open_output_stream(self, relpath: str, durability: str = "fsync") -> Iterator[IO[bytes]]:
@@ -228,50 +239,59 @@ class Store:
             return
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
             yield spool
-            spool.seek(0)
-            self._upload(relpath, iter(lambda: spool.read(_CHUNK), b""))
+
+            def chunks() -> Iterator[bytes]:  # from the start on every attempt
+                spool.seek(0)
+                return iter(lambda: spool.read(_CHUNK), b"")
+
+            self._upload(relpath, chunks)
 
     def copy(self, src: str, dst: str) -> None:
         """Copy within the store: server-side on object stores (S3 CopyObject), a hardlink (else a copy) locally;
         the target appears whole either way."""
         if self.kind != "local":
-            try:
+
+            def copy() -> None:
                 if self.kind not in _FLAT:
                     self.fs.create_dir(self.path(dst).rsplit("/", 1)[0], recursive=True)
                 self.fs.copy_file(self.path(src), self.path(dst))
-            except OSError as exc:
-                raise self._error("copy", f"{src} -> {dst}", exc) from exc
+
+            self._call("copy", dst, copy)
             return
         src_path, dst_path = Path(self.path(src)), Path(self.path(dst))
+        self._call("write", dst, lambda: self._local_copy(src_path, dst_path))
+
+    @staticmethod
+    def _local_copy(src_path: Path, dst_path: Path) -> None:
         dst_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst_path.with_name(_temp_name(dst_path.name))
         try:
             os.link(src_path, tmp)
         except FileNotFoundError:
             raise
-        except OSError:  # another filesystem, or links not allowed: copy the bytes (new file honours the umask)
+        except OSError as exc:  # another filesystem, or links not allowed: copy the bytes (honours the umask)
+            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO):
+                raise
             shutil.copyfile(src_path, tmp)
         os.replace(tmp, dst_path)
 
     def delete(self, relpath: str) -> None:
         """Delete one file; a missing file is fine (deletes are retried by reruns)."""
+        path = self.path(relpath)
         try:
-            self.fs.delete_file(self.path(relpath))
+            self._call("delete", relpath, lambda: self.fs.delete_file(path))
         except FileNotFoundError:
             pass
-        except OSError as exc:
-            raise self._error("delete", relpath, exc) from exc
 
     def delete_tree(self, prefix: str) -> None:
         """Delete every file under `prefix` (not the root itself)."""
         if not prefix.strip("/."):
             raise ValueError("refusing to delete the whole output root")
+        path = self.path(prefix)
         try:
-            self.fs.delete_dir(self.path(prefix))
+            self._call("delete", prefix, lambda: self.fs.delete_dir(path))
         except FileNotFoundError:
             pass
-        except OSError as exc:
-            raise self._error("delete", prefix, exc) from exc
 
     # -- internals -------------------------------------------------------------------------------------------
     def check_reachable(self, what: str) -> None:
@@ -290,32 +310,76 @@ class Store:
     @contextlib.contextmanager
     def _local_atomic(self, relpath: str, durability: str) -> Iterator[IO[bytes]]:
         path = Path(self.path(relpath))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(_temp_name(path.name))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 if durability == "fsync":
                     fh.flush()
                     os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # a read-only or failing disk refuses this too; the cause matters
+                tmp.unlink(missing_ok=True)
+            fault = local_fault("write", str(path), exc) if isinstance(exc, OSError) else None
+            if fault is not None:  # a full, read-only or failing disk: the environment's fault, not the data's
+                raise fault from exc
             raise
 
-    def _upload(self, relpath: str, chunks: Iterator[bytes] | list[bytes]) -> None:
+    def _upload(self, relpath: str, chunks: Callable[[], Iterable[bytes]]) -> None:
         path = self.path(relpath)
-        try:
+
+        def upload() -> None:
             if self.kind not in _FLAT:  # hdfs and friends want the parent directory to exist
                 self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             # No `with`: if a write fails, the exception must not run close(), which would complete the upload.
             stream = self.fs.open_output_stream(path)
-            for chunk in chunks:
+            for chunk in chunks():
                 stream.write(chunk)
             stream.close()
-        except OSError as exc:
-            raise self._error("write", relpath, exc) from exc
 
-    def _error(self, op: str, relpath: str, exc: OSError) -> StorageError:
-        return StorageError(f"cannot {op} {self.url(relpath)}: {str(exc).splitlines()[0]}")
+        self._call("write", relpath, upload)
+
+    def _call(self, op: str, relpath: str, fn: Callable[[], T]) -> T:
+        """`fn()`, retrying transient object-store errors (`retries` times, doubling waits from `backoff_s`); a
+        missing file is passed through, any other OSError becomes a StorageError (EnvironmentFault when it is
+        the environment's)."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except (FileNotFoundError, NotADirectoryError):
+                raise
+            except OSError as exc:
+                attempt += 1
+                if self.kind == "local" or attempt > self.retries or not is_transient(str(exc)):
+                    raise self._error(op, relpath, exc, attempt) from exc
+                wait = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+                log.warning(
+                    "%s %s failed (%s); retry %d of %d in %.1fs",
+                    op,
+                    self.url(relpath),
+                    exc,
+                    attempt,
+                    self.retries,
+                    wait,
+                )
+                time.sleep(wait)
+
+    def _error(self, op: str, relpath: str, exc: OSError, attempts: int = 1) -> StorageError:
+        where, reason = self.url(relpath), str(exc).splitlines()[0]
+        if self.kind == "local":
+            return local_fault(op, where, exc) or StorageError(f"cannot {op} {where}: {reason}")
+        if is_credentials(reason):
+            return EnvironmentFault(
+                f"the object store refused the credentials (expired or invalid?): cannot {op} {where} ({reason})"
+                f"{STOPPED}"
+            )
+        if is_transient(reason):
+            return EnvironmentFault(
+                f"the object store cannot be reached: cannot {op} {where} after {attempts} attempt(s) ({reason})"
+                f"{STOPPED}"
+            )
+        return StorageError(f"cannot {op} {where}: {reason}")

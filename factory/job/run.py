@@ -8,6 +8,7 @@ plan (factory.job.night_plan) → lock (io.lock, io.lease) → resolve the runti
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -29,7 +30,7 @@ from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
-from factory.inputs.bucketing import Task, make_batches
+from factory.inputs.bucketing import Batch, Task, make_batches
 from factory.io import layout, records
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner, label_font_path
@@ -68,7 +69,7 @@ class RunSummary:
             f"  review SKUs    {c['review_skus']}  ({c['review_images']} images)",
             f"  rejected rows  {c['rejected_rows']}",
             f"  images         {c['images_generated']} generated, {c['images_resumed']} resumed, "
-            f"{c['cache_hits']} from cache",
+            f"{c.get('images_adopted', 0)} adopted, {c['cache_hits']} from cache",
             f"  throughput     {self.images_per_s:.2f} images/s "
             f"({c['images_generated']} generated in {self.timings['total_s']:.1f}s)",
             f"  outputs        {self.output}/{self.date}/ (images/, run.json, _SUCCESS); "
@@ -128,9 +129,10 @@ def run(
     Outputs go through one Store (factory.io.storage: a local directory or an object store such as s3://...);
     where each file lives is factory.io.layout.
 
-    Resumable: a rerun after a crash keeps finished images (see parts.py). A date that already completed
-    (`_SUCCESS`) is a no-op unless it has generation errors (then they are retried) or `force`, which regenerates
-    everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
+    Resumable: a rerun after a crash keeps finished images (see parts.py) and adopts the PNGs written after the
+    last resume part (`_adoptable`; a failing environment stops the night: factory.io.faults). A date that already
+    completed (`_SUCCESS`) is a no-op unless it has generation errors (then they are retried) or `force`, which
+    regenerates everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
     """
     cfg = cfg.absolute(Path.cwd())
     started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
@@ -167,12 +169,22 @@ def run(
             done = _keys(finished)
             cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in done])
             done |= _keys(cached)
-            todo = [t for t in p.tasks if (t.sku_id, t.variant) not in done]
+            todo = _todo(night, done)
             del done  # a key per image: not kept for the whole night
             generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
+
+
+def _todo(night: Night, done: set[tuple[str, int]]) -> list[Task]:
+    """The tasks left to execute, each with its cache key: it rides into the PNG, which lets a rerun adopt it."""
+    keys = night.cache_keys
+    return [
+        dataclasses.replace(t, cache_key=keys[t.sku_id, t.variant])
+        for t in night.plan.tasks
+        if (t.sku_id, t.variant) not in done
+    ]
 
 
 def _keys(table: pa.Table) -> set[tuple[str, int]]:
@@ -289,7 +301,7 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding)
+    batches = _adoptable(night, make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding))
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
         "in %d batches",
@@ -318,6 +330,22 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     return roller.table(), Execution(len(batches), stage, time.perf_counter() - t0, info)
 
 
+def _adoptable(night: Night, batches: list[Batch]) -> list[Batch]:
+    """Batches with the images an interrupted attempt already wrote (one listing of the date's images): their
+    worker adopts a file whose embedded cache key matches and re-scores it instead of regenerating it."""
+    if not batches:
+        return batches
+    date = night.plan.date
+    written = {p for p, size in night.store.sizes(f"{date}/{layout.IMAGES}").items() if size > 0}
+    if not written:
+        return batches
+    out = []
+    for b in batches:
+        adopt = frozenset(t.image_path for t in b.tasks if layout.image_key(date, t.image_path) in written)
+        out.append(dataclasses.replace(b, adopt=adopt) if adopt else b)
+    return out
+
+
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     p, t0 = night.plan, time.perf_counter()
     everything, similarity = finalize.flag_similar_table(rows.all(), p.thresholds, night.references)
@@ -330,6 +358,8 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     del everything  # approved and review are copies: one copy of the night's rows from here on
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
     counts = _counts(night, approved, review, rejected, rows, ex.batches)
+    counts["images_adopted"] = adopted = int(ex.stage["images_adopted"])  # written by an interrupted attempt
+    counts["images_generated"] -= adopted
     total_s = time.perf_counter() - night.started
     timings = {
         **p.timings,

@@ -10,6 +10,8 @@ naming the CSV line: exit 2, nothing applied); the date's lock is held throughou
 state changes nothing, so applying the same file twice writes nothing the second time; readers never see a
 half-applied date as complete: `_SUCCESS` is withdrawn while the manifests are rewritten and written again last
 (with run.json's counts updated and a `review` section), and an interrupted apply is repaired by running it again.
+Cells the sheet's export protected from spreadsheets (a leading ' before =, +, -, @, tab, CR or ') are read back as
+the original value (`decode_cell`).
 """
 
 from __future__ import annotations
@@ -94,8 +96,21 @@ def _decision(path: Path, row: list[str], line: int) -> Decision:
     decision = row[1].strip().lower()
     if decision not in DECISIONS:
         raise InputError(f"{path} line {line}: decision must be one of {', '.join(DECISIONS)}, got {row[1]!r}")
-    note = row[2].strip() if len(row) == 3 and row[2].strip() else None
-    return Decision(row[0], decision, note, line)
+    note = decode_cell(row[2].strip()) if len(row) == 3 and row[2].strip() else None
+    return Decision(decode_cell(row[0]), decision, note, line)
+
+
+# First characters a spreadsheet evaluates (OWASP "CSV injection"), and the quote the sheet's export puts before
+# them (sheet.js csvField) and before a value that itself starts with a quote.
+FORMULA_CHARS = "=+-@\t\r"
+
+
+def decode_cell(cell: str) -> str:
+    """A decisions-CSV cell as the reviewer's value: the sheet's export wrote a cell a spreadsheet would evaluate
+    (or one starting with ') with one more leading ', which is removed here; any other cell is kept as is."""
+    if cell.startswith("'") and cell[1:2] and cell[1] in FORMULA_CHARS + "'":
+        return cell[1:]
+    return cell
 
 
 def apply_decisions(night: NightOutputs, csv_path: Path, reviewer: str | None = None) -> ApplyResult:

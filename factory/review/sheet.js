@@ -1,6 +1,15 @@
 "use strict";
 // Review sheet behaviour: filters, decisions (buttons and keys), CSV export. Manifest values are only ever read from
 // data attributes and written with textContent/dataset: never parsed as HTML or code.
+
+// One CSV cell of the decisions export. A cell a spreadsheet would evaluate (first character =, +, -, @, tab or CR:
+// OWASP "CSV injection") gets a leading ' so it stays text; one already starting with ' gets one too, so that
+// `review apply` (factory/review/apply.py, decode_cell) strips exactly one and reads back the original value.
+function csvField(value) {
+  if (/^[=+\-@\t\r']/.test(value)) value = "'" + value;
+  return /[",\r\n]/.test(value) ? '"' + value.replace(/"/g, '""') + '"' : value;
+}
+
 (function () {
   const body = document.body;
   const cards = Array.from(document.querySelectorAll("article.sku"));
@@ -72,10 +81,6 @@
     save();
     refresh();
     if (advance) move(1);
-  }
-
-  function csvField(value) {
-    return /[",\r\n]/.test(value) ? '"' + value.replace(/"/g, '""') + '"' : value;
   }
 
   function exportCsv() {

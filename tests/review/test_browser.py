@@ -65,6 +65,7 @@ def test_decide_filter_export_and_apply_in_chromium(night, tmp_path):
         card(page, XSS_ID).locator("button.approve").click()
         card(page, "S-shoe").locator("button.reject").click()
         card(page, "S-shoe").locator("input.note").fill('wrong colour, "navy"')
+        card(page, "B-bag").locator("input.note").fill("=1+1")  # a formula: exported so it stays text
         card(page, "B-bag").locator("h2").click()  # select the card, then decide by key
         page.keyboard.press("a")
         assert card(page, "B-bag2").evaluate("el => el.classList.contains('current')")  # `a` moved on
@@ -88,10 +89,11 @@ def test_decide_filter_export_and_apply_in_chromium(night, tmp_path):
     assert exported.name == f"decisions-{DATE}.csv"
     assert rows[0] == ["sku_id", "decision", "note"]
     assert sorted(rows[1:]) == sorted(
-        [["B-bag", "approve", ""], ["S-shoe", "reject", 'wrong colour, "navy"'], [XSS_ID, "approve", ""]]
+        [["B-bag", "approve", "'=1+1"], ["S-shoe", "reject", 'wrong colour, "navy"'], [XSS_ID, "approve", ""]]
     )
     done = cli("review", "apply", "--date", DATE, "--output", night.paths.output, str(exported))
     assert done.returncode == 0, done.stderr
     approved = read_images(open_night(night, DATE), "approved")
     assert {XSS_ID, "B-bag"} <= {r.sku_id for r in approved}
+    assert {r.review_note for r in approved if r.sku_id == "B-bag"} == {"=1+1"}  # read back as typed
     print(f"browser part: {elapsed:.1f} s")
