@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,11 @@ from PIL import Image
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
+from factory.generation.adoption import adopt_or_generate
 from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
 from factory.inputs.bucketing import Batch, Task
-from factory.io.layout import image_key
-from factory.io.provenance import Stamper, adoptable_image
+from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
 from factory.quality.gate import Assessment, Gate, PassingGate
@@ -188,7 +188,7 @@ class Worker:
         # 1. generate
         t0 = time.perf_counter()
         computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
-        images, adopted = self._images(batch)
+        images, adopted = adopt_or_generate(batch, self.store, self.date, self.generate)
         timings["generate_s"] = time.perf_counter() - t0
         timings["images_adopted"] = adopted
         timings["pixels_computed"] = self.pixels_computed - computed_before
@@ -222,26 +222,6 @@ class Worker:
         records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
         timings["write_s"] = time.perf_counter() - t0
         return BatchResult(batch.batch_id, records, timings)
-
-    def _images(self, batch: Batch) -> tuple[list[Any], int]:
-        """The batch's images and how many were adopted: a PNG an earlier attempt wrote for the same task (same
-        cache key, decodes completely, pixels match its label) is re-scored instead of regenerated; the rest are
-        generated in one call (per-sample seeds: the same images as in the whole batch)."""
-        found = {i: self._adopt(t) for i, t in enumerate(batch.tasks) if t.image_path in batch.adopt}
-        found = {i: im for i, im in found.items() if im is not None}
-        rest = tuple(t for i, t in enumerate(batch.tasks) if i not in found)
-        made = iter(self.generate(replace(batch, tasks=rest, adopt=frozenset())) if rest else [])
-        return [found[i] if i in found else next(made) for i in range(len(batch.tasks))], len(found)
-
-    def _adopt(self, task: Task) -> Any:
-        try:
-            data = self.store.get_bytes(image_key(self.date, task.image_path))
-        except FileNotFoundError:
-            return None
-        image = adoptable_image(data, task)
-        if image is None:
-            log.info("not adopting %s (stale, altered or incomplete): regenerating it", task.image_path)
-        return image
 
     def _needs_repair(self, a: Assessment) -> bool:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)

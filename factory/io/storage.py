@@ -223,7 +223,7 @@ class Store:
         power cut loses them); object stores are durable once the PUT returns either way."""
         _check_durability(durability)
         if self.kind == "local":
-            with self._local_atomic(relpath, durability) as fh:
+            with _local_atomic(Path(self.path(relpath)), durability) as fh:
                 fh.write(data)
             return
         self._upload(relpath, lambda: [data])
@@ -234,7 +234,7 @@ class Store:
         block exits normally and not at all when it raises."""
         _check_durability(durability)
         if self.kind == "local":
-            with self._local_atomic(relpath, durability) as fh:
+            with _local_atomic(Path(self.path(relpath)), durability) as fh:
                 yield fh
             return
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
@@ -259,21 +259,7 @@ class Store:
             self._call("copy", dst, copy)
             return
         src_path, dst_path = Path(self.path(src)), Path(self.path(dst))
-        self._call("write", dst, lambda: self._local_copy(src_path, dst_path))
-
-    @staticmethod
-    def _local_copy(src_path: Path, dst_path: Path) -> None:
-        dst_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst_path.with_name(_temp_name(dst_path.name))
-        try:
-            os.link(src_path, tmp)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:  # another filesystem, or links not allowed: copy the bytes (honours the umask)
-            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO):
-                raise
-            shutil.copyfile(src_path, tmp)
-        os.replace(tmp, dst_path)
+        self._call("write", dst, lambda: _local_copy(src_path, dst_path))
 
     def delete(self, relpath: str) -> None:
         """Delete one file; a missing file is fine (deletes are retried by reruns)."""
@@ -307,27 +293,6 @@ class Store:
         if self.kind == "s3" and info.type == pafs.FileType.NotFound:
             raise ConfigError(f"{what} {self.url('')}: bucket {bucket!r} does not exist") from None
 
-    @contextlib.contextmanager
-    def _local_atomic(self, relpath: str, durability: str) -> Iterator[IO[bytes]]:
-        path = Path(self.path(relpath))
-        tmp = path.with_name(_temp_name(path.name))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
-            with os.fdopen(fd, "wb") as fh:
-                yield fh
-                if durability == "fsync":
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):  # a read-only or failing disk refuses this too; the cause matters
-                tmp.unlink(missing_ok=True)
-            fault = local_fault("write", str(path), exc) if isinstance(exc, OSError) else None
-            if fault is not None:  # a full, read-only or failing disk: the environment's fault, not the data's
-                raise fault from exc
-            raise
-
     def _upload(self, relpath: str, chunks: Callable[[], Iterable[bytes]]) -> None:
         path = self.path(relpath)
 
@@ -355,7 +320,7 @@ class Store:
             except OSError as exc:
                 attempt += 1
                 if self.kind == "local" or attempt > self.retries or not is_transient(str(exc)):
-                    raise self._error(op, relpath, exc, attempt) from exc
+                    raise _store_error(self.kind, self.url(relpath), op, exc, attempt) from exc
                 wait = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
                 log.warning(
                     "%s %s failed (%s); retry %d of %d in %.1fs",
@@ -368,18 +333,54 @@ class Store:
                 )
                 time.sleep(wait)
 
-    def _error(self, op: str, relpath: str, exc: OSError, attempts: int = 1) -> StorageError:
-        where, reason = self.url(relpath), str(exc).splitlines()[0]
-        if self.kind == "local":
-            return local_fault(op, where, exc) or StorageError(f"cannot {op} {where}: {reason}")
-        if is_credentials(reason):
-            return EnvironmentFault(
-                f"the object store refused the credentials (expired or invalid?): cannot {op} {where} ({reason})"
-                f"{STOPPED}"
-            )
-        if is_transient(reason):
-            return EnvironmentFault(
-                f"the object store cannot be reached: cannot {op} {where} after {attempts} attempt(s) ({reason})"
-                f"{STOPPED}"
-            )
-        return StorageError(f"cannot {op} {where}: {reason}")
+
+def _local_copy(src_path: Path, dst_path: Path) -> None:
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_path.with_name(_temp_name(dst_path.name))
+    try:
+        os.link(src_path, tmp)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # another filesystem, or links not allowed: copy the bytes (honours the umask)
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO):
+            raise
+        shutil.copyfile(src_path, tmp)
+    os.replace(tmp, dst_path)
+
+
+@contextlib.contextmanager
+def _local_atomic(path: Path, durability: str) -> Iterator[IO[bytes]]:
+    """Write to a temp file beside `path`, renamed into place at the end: a reader never sees half a file."""
+    tmp = path.with_name(_temp_name(path.name))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            if durability == "fsync":
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # a read-only or failing disk refuses this too; the cause matters
+            tmp.unlink(missing_ok=True)
+        fault = local_fault("write", str(path), exc) if isinstance(exc, OSError) else None
+        if fault is not None:  # a full, read-only or failing disk: the environment's fault, not the data's
+            raise fault from exc
+        raise
+
+
+def _store_error(kind: str, where: str, op: str, exc: OSError, attempts: int = 1) -> StorageError:
+    """The typed error of a failed store operation: EnvironmentFault when the environment is to blame."""
+    reason = str(exc).splitlines()[0]
+    if kind == "local":
+        return local_fault(op, where, exc) or StorageError(f"cannot {op} {where}: {reason}")
+    if is_credentials(reason):
+        return EnvironmentFault(
+            f"the object store refused the credentials (expired or invalid?): cannot {op} {where} ({reason}){STOPPED}"
+        )
+    if is_transient(reason):
+        return EnvironmentFault(
+            f"the object store cannot be reached: cannot {op} {where} after {attempts} attempt(s) ({reason}){STOPPED}"
+        )
+    return StorageError(f"cannot {op} {where}: {reason}")
