@@ -4,6 +4,8 @@ Prometheus' HTTP query API after it scraped the gateway."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from factory.config import FactoryConfig, load_config
 from factory.errors import ConfigError, InputError
 from factory.job.run import run
 from factory.ops.metrics import REJECT_REASONS
-from tests.conftest import DATE
+from tests.conftest import DATE, REPO
 from tests.ops.conftest import null_night
 
 OTHER_DATE = "2026-11-22"  # no SKU file: the night fails at step 1
@@ -120,3 +122,13 @@ def test_metrics_are_off_by_default(tmp_path):
     rel = tmp_path / "c.toml"
     rel.write_text('[metrics]\ntextfile = "node/adfactory.prom"\n')
     assert load_config(rel).metrics.textfile == str(tmp_path / "node" / "adfactory.prom")  # relative to the file
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian prometheus): run `make prometheus`")
+def test_the_docs_alert_rules_are_valid_prometheus_rules(tmp_path):
+    page = (REPO / "docs" / "operations-monitoring.md").read_text()
+    rules = re.search(r"```yaml\n(.*?)```", page, re.S).group(1)
+    (tmp_path / "rules.yml").write_text(rules)
+    out = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 3 rules found" in out.stdout
