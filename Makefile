@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts docs
+.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts docs prometheus
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,10 +28,10 @@ validate: models
 	$(BIN)/adfactory demo-skus --date $(DATE)
 	$(BIN)/adfactory validate --date $(DATE) --config data/demo.toml
 
-test: fonts models
+test: fonts models prometheus chromium
 	$(BIN)/pytest -m "not slow" -q
 
-test-all: fonts models chromium
+test-all: fonts models chromium prometheus
 	$(BIN)/pytest -q
 
 # The review sheet's browser test drives Debian's chromium with Playwright (Playwright's own browser download is
@@ -74,3 +74,12 @@ format: $(VENV)/.installed
 
 clean:
 	rm -rf data/output $(MODELS) site
+
+# tests/ops start Debian's prometheus-pushgateway and prometheus on loopback ports (tests/prom_servers.py).
+# Installed with apt when missing and apt is there (as root: CI); elsewhere those tests skip, saying so.
+prometheus:
+	@{ command -v prometheus >/dev/null 2>&1 && command -v prometheus-pushgateway >/dev/null 2>&1; } || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      prometheus prometheus-pushgateway; } || \
+	  echo "note: no prometheus/prometheus-pushgateway and no root apt-get: tests/ops metrics tests will be skipped"

@@ -28,6 +28,7 @@ from factory.modes import (
     DTYPES,
     EXECUTORS,
     FAULT_KINDS,
+    LINEAGE_TRANSPORTS,
     MIN_LABEL_SIZE,
     NULL_PIPELINE,
     PADDING_MODES,
@@ -234,6 +235,31 @@ class StorageConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics of each night (factory/ops/metrics.py; docs/operations-monitoring.md). Off by default."""
+
+    textfile: str = ""  # node_exporter textfile-collector file (*.prom), rewritten atomically per night; "" = off
+    pushgateway: str = ""  # Pushgateway URL, e.g. "http://127.0.0.1:9091" (pushadd per night); "" = off
+    job: str = "adfactory"  # the Pushgateway `job` label
+    instance: str = ""  # the Pushgateway grouping label `instance`; "" = the output root
+    live: bool = True  # on the ray executor, progress through ray.util.metrics while the night runs
+    timeout_s: float = 10.0  # Pushgateway request timeout; a failed push is logged, never fails the night
+
+
+@dataclass
+class LineageConfig:
+    """OpenLineage RunEvents of each night (factory/ops/lineage.py). Off by default."""
+
+    transport: str = "none"  # none | file | http
+    url: str = ""  # http: the OpenLineage server, e.g. "http://marquez:5000"
+    endpoint: str = "api/v1/lineage"  # http: the path events are POSTed to
+    file: str = ""  # file: a JSON-lines file, one event appended per line
+    namespace: str = "adfactory"  # the job's namespace
+    job_name: str = "nightly"  # the job's name
+    timeout_s: float = 5.0  # http request timeout; a failed emit is logged, never fails the night
+
+
+@dataclass
 class FactoryConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -245,6 +271,8 @@ class FactoryConfig:
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     lora: LoraSection = field(default_factory=LoraSection)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -260,6 +288,7 @@ class FactoryConfig:
         _at_least("storage.writer_threads", self.storage.writer_threads, 0)
         if self.cache.lookback_days < 0:
             raise ConfigError(f"cache.lookback_days must be >= 0, got {self.cache.lookback_days}")
+        _validate_ops(self.metrics, self.lineage)
 
     def absolute(self, base: Path) -> FactoryConfig:
         """Relative paths resolved against `base` (a config file's directory; the working directory for flags)."""
@@ -289,6 +318,8 @@ class FactoryConfig:
                 label_font=fix(self.provenance.label_font),
             ),
             lora=LoraSection({n: dataclasses.replace(a, path=fix(a.path)) for n, a in self.lora.adapters.items()}),
+            metrics=dataclasses.replace(self.metrics, textfile=fix(self.metrics.textfile)),
+            lineage=dataclasses.replace(self.lineage, file=fix(self.lineage.file)),
         )
 
 
@@ -393,6 +424,28 @@ def _validate_provenance(p: ProvenanceConfig) -> None:
         )
     if bool(p.c2pa_cert) != bool(p.c2pa_key):
         raise ConfigError("provenance.c2pa_cert and provenance.c2pa_key must be set together (C2PA signing)")
+
+
+_HTTP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+
+
+def _validate_ops(metrics: MetricsConfig, lineage: LineageConfig) -> None:
+    if metrics.textfile and not metrics.textfile.endswith(".prom"):
+        raise ConfigError(f"metrics.textfile must end in .prom (what node_exporter reads), got {metrics.textfile!r}")
+    if metrics.pushgateway and not _HTTP_URL.match(metrics.pushgateway):
+        raise ConfigError(f"metrics.pushgateway must be an http(s)://host:port URL, got {metrics.pushgateway!r}")
+    if not metrics.job.strip():
+        raise ConfigError("metrics.job must name the Pushgateway job label")
+    _one_of("lineage.transport", lineage.transport, LINEAGE_TRANSPORTS)
+    if lineage.transport == "http" and not _HTTP_URL.match(lineage.url):
+        raise ConfigError(f"lineage.url must be an http(s)://host:port URL with transport 'http', got {lineage.url!r}")
+    if lineage.transport == "file" and not lineage.file:
+        raise ConfigError("lineage.file must name the events file with transport 'file'")
+    if not (lineage.namespace.strip() and lineage.job_name.strip()):
+        raise ConfigError("lineage.namespace and lineage.job_name must not be empty")
+    for name, value in (("metrics.timeout_s", metrics.timeout_s), ("lineage.timeout_s", lineage.timeout_s)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be greater than 0, got {value}")
 
 
 def _check_gate(q: QualityConfig, where: str) -> None:

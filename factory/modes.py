@@ -39,3 +39,6 @@ REPAIR_MODES = ("inpaint", "off")
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 C2PA_ALGS = ("es256", "es384", "ps256")  # the key's type must match
 MIN_LABEL_SIZE = 0.05  # GB 45438: explicit-label text at least 5 % of the image's shorter side
+
+# lineage.transport (factory.ops.lineage): none, a JSON-lines file, or an OpenLineage HTTP endpoint.
+LINEAGE_TRANSPORTS = ("none", "file", "http")

@@ -24,6 +24,7 @@ RANKS = {
     "factory.generation": 5,
     "factory.training": 6,
     "factory.review": 6,
+    "factory.ops": 6,  # metrics, lineage, report: called by job/run (and the CLI), over config and io
     "factory.job": 7,
     "factory.tools": 8,
     "factory.cli": 9,

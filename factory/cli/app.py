@@ -265,5 +265,30 @@ def review_apply(
     guard(verbose, go)
 
 
+@app.command()
+def report(
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    nights: Annotated[int, typer.Option("--nights", help="How many of the latest nights to show.")] = 14,
+    device_hour_price: Annotated[
+        float, typer.Option("--device-hour-price", help="Price of one device-hour, for cost per image (0: none).")
+    ] = 0.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write <output>/report.html: outcome shares, reasons, repair share, images/s and cost over the last nights."""
+    from factory.config import load_config
+    from factory.errors import ConfigError
+    from factory.io.storage import open_store
+    from factory.ops.report import write_report
+
+    def go() -> None:
+        if nights < 1 or device_hour_price < 0:
+            raise ConfigError("--nights must be at least 1 and --device-hour-price at least 0")
+        cfg = load_config(config, {"paths": {"output": output}})
+        typer.echo(write_report(open_store(cfg.paths.output, cfg.storage), nights, device_hour_price))
+
+    guard(verbose, go)
+
+
 def main() -> None:
     app()

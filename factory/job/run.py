@@ -40,6 +40,8 @@ from factory.job import cache, finalize, keys, parts
 from factory.job.night_plan import Plan, plan
 from factory.job.progress import Progress
 from factory.modes import NULL_PIPELINE
+from factory.ops.live import LiveProgress
+from factory.ops.watch import NightWatch
 from factory.quality.duplicates import References, clip_encoder, load_references
 from factory.review import manifests as review_outputs
 from factory.review.sheet import write_sheet
@@ -58,6 +60,7 @@ class RunSummary:
     by_category: dict[str, dict[str, int]]
     already_done: bool = False  # the date had completed before: nothing was done
     outcomes: dict[str, dict[str, float]] = field(default_factory=dict)  # see finalize.outcome_rates()
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # {"rejected"|"review": {reason: rows}}
 
     def format(self) -> str:
         """The summary a person reads after `adfactory run`: counts, throughput, where the outputs are, the gate."""
@@ -135,10 +138,32 @@ def run(
     regenerates everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
     """
     cfg = cfg.absolute(Path.cwd())
-    started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
-    process_age = process_age_s()  # interpreter start-up and the CLI's imports, before run() was entered
-    run_id = f"{started_at:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+    start = _Start(time.perf_counter(), dt.datetime.now(dt.UTC), process_age_s())
+    watch = NightWatch(cfg, date, start.run_id)  # metrics and lineage events, when configured
+    try:
+        summary = _run(cfg, date, skus_path, force, worker, start, watch)
+    except BaseException as exc:
+        watch.failed(exc)
+        raise
+    watch.succeeded(summary)
+    return summary
 
+
+@dataclass
+class _Start:
+    started: float  # perf_counter
+    started_at: dt.datetime
+    process_age: float | None  # interpreter start-up and the CLI's imports, before run() was entered
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.run_id = f"{self.started_at:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _run(
+    cfg: FactoryConfig, date: str, skus_path: Any, force: bool, worker: Worker | None, start: _Start, watch: NightWatch
+) -> RunSummary:
+    started, started_at, process_age, run_id = start.started, start.started_at, start.process_age, start.run_id
     # 1. read, validate, plan (fails here, before any output, on bad input)
     p = plan(cfg, date, skus_path)
     store = open_store(cfg.paths.output, cfg.storage)
@@ -158,6 +183,7 @@ def run(
         done = _completed(store, p.date, force)
         if done is not None:
             return done
+        watch.started(str(p.input_path))
         with open_executor(cfg, worker) as executor:
             # 3. resolve every "auto" for the device the workers run on, then the keys
             runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
@@ -316,12 +342,14 @@ def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached
     )
     stage: Counter[str] = Counter()
     progress = Progress(len(todo))
+    live = LiveProgress(cfg.metrics.live and cfg.run.executor == "ray", len(todo))
     roller = parts.PartRoller(night.store, night.plan.date, night.run_id, cfg.run.part_images, cfg.run.part_seconds)
 
     def on_result(result: BatchResult) -> None:
         roller.add(parts.records_table([night.stamp(r) for r in result.records]))
         stage.update(result.timings)
         progress.update(len(result.records))
+        live.update(len(result.records))
 
     t0 = time.perf_counter()
     with roller:
@@ -382,6 +410,7 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
         images_per_s=counts["images_generated"] / total_s if total_s > 0 else 0.0,
         by_category=records.by_category(approved, review, rejected),
         outcomes=finalize.outcome_rates(approved, review),
+        reasons=_reasons(rejected, review),
     )
     _finish(night, summary, ex, similarity, rows.generated, lock)
     return summary
@@ -399,6 +428,15 @@ def _finish(night: Night, summary: RunSummary, ex: Execution, similarity: dict, 
             f"{night.cfg.run.max_error_share:g}); first error: {errors[0].as_py()}; no _SUCCESS written, rerun to "
             f"retry them"
         )
+
+
+def _reasons(rejected: list[RejectedRow], review: pa.Table) -> dict[str, dict[str, int]]:
+    """Rejected input rows per reason code, and review images per gate reason (an image counts once per reason;
+    one held only because a sibling variant failed counts as sibling_in_review)."""
+    held: Counter[str] = Counter()
+    for reasons in review["reasons"].to_pylist():
+        held.update(reasons or [records.SIBLING_IN_REVIEW])
+    return {"rejected": dict(sorted(Counter(r.reason for r in rejected).items())), "review": dict(sorted(held.items()))}
 
 
 def _count_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -455,6 +493,7 @@ def _run_info(night: Night, s: RunSummary, ex: Execution) -> dict[str, Any]:
         "counts": s.counts,
         "by_category": s.by_category,
         "outcomes": s.outcomes,
+        "reasons": s.reasons,
         "timings": s.timings,
         "startup": ex.startup,
         "pixels": finalize.pixel_stats(ex.stage),
