@@ -229,14 +229,14 @@ class StorageConfig:
     writer_threads: int = 0  # each worker's PNG writer threads; 0 = 2 on a local disk, 16 on an object store
     # Transient object-store errors (network, throttling, 5xx) are retried this many times, waiting retry_backoff_s,
     # then twice that, ... (each wait at most 30 s), on top of the SDK's own retries; then the night stops
-    # (docs/operations-guarantees-faults.md).
+    # (docs/faults.md).
     retries: int = 3
     retry_backoff_s: float = 0.5
 
 
 @dataclass
 class MetricsConfig:
-    """Prometheus metrics of each night (factory/ops/metrics.py; docs/operations-monitoring.md). Off by default."""
+    """Prometheus metrics of each night (factory/ops/metrics.py; docs/monitoring.md). Off by default."""
 
     textfile: str = ""  # node_exporter textfile-collector file (*.prom), rewritten atomically per night; "" = off
     pushgateway: str = ""  # Pushgateway URL, e.g. "http://127.0.0.1:9091" (pushadd per night); "" = off

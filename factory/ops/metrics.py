@@ -1,6 +1,6 @@
 """Prometheus metrics of a night: a node_exporter textfile-collector file and/or a Pushgateway push.
 
-Both sinks get the same families (docs/operations-monitoring.md lists them). Each value describes the last night
+Both sinks get the same families (docs/monitoring.md lists them). Each value describes the last night
 (they are gauges, `_total` ones included: a night's count, not a counter over the process). Pushgateway: `pushadd`
 (POST) replaces only the families in the push, so a failed night, which pushes no `last_success` and no per-night
 counts, leaves the last success's values in place. The textfile does the same by hand: families the new night does

@@ -126,7 +126,7 @@ def test_metrics_are_off_by_default(tmp_path):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian prometheus): run `make prometheus`")
 def test_the_docs_alert_rules_are_valid_prometheus_rules(tmp_path):
-    page = (REPO / "docs" / "operations-monitoring.md").read_text()
+    page = (REPO / "docs" / "monitoring.md").read_text()
     rules = re.search(r"```yaml\n(.*?)```", page, re.S).group(1)
     (tmp_path / "rules.yml").write_text(rules)
     out = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
