@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,41 @@ def test_the_keyed_plan_is_under_the_output_root_in_row_groups(tmp_path):
     assert store.exists("2026-01-01/_plan/plan.json")
     first = next(read_chunks(store, groups[0]))
     assert first.column_names[-2:] == ["cache_key", "task_key"] and first.num_rows <= groups[0].rows
+
+
+def test_an_interrupted_night_resumes_by_joining_its_parts_against_the_plan(cfg, day_file):
+    from factory.io.layout import success_path
+    from factory.job.night_plan import local_worker
+    from factory.job.run import run
+    from factory.modes import NULL_PIPELINE
+    from tests.conftest import DATE, read_manifests, sample_rows, with_run
+    from tests.job.test_reliability import assert_invariant
+
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pipeline=NULL_PIPELINE))
+    cfg = with_run(cfg, executor="local", batch_size=1, part_images=1, part_seconds=3600)
+    worker = local_worker(cfg, cfg.paths.output, DATE)
+    calls = {"n": 0}
+    process = worker.process
+
+    def stops_on_the_fourth(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of a night
+        return process(batch)
+
+    worker.process = stops_on_the_fourth
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, DATE, worker=worker)
+    assert not open_store(cfg.paths.output).exists(success_path(DATE))
+    again = run(cfg, DATE)
+    assert again.counts["images_resumed"] == 3 and again.counts["images_generated"] == 6
+    assert_invariant(cfg.paths.output, sample_rows())
+    fresh = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=cfg.paths.output + "-fresh"))
+    run(fresh, DATE)
+    drop = {"run_id"}
+    for kind in ("approved", "review", "rejected"):
+        rows = [
+            [{k: v for k, v in r.items() if k not in drop} for r in read_manifests(o)[kind]]
+            for o in (cfg.paths.output, fresh.paths.output)
+        ]
+        assert rows[0] == rows[1], kind
