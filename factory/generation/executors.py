@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from factory import logs
@@ -66,6 +66,12 @@ def _on_failure(batch: Batch, error: str, queue: deque[Batch]) -> BatchResult | 
     return failed_batch(batch, error)
 
 
+def _next_batch(queue: deque[Batch], pending: Iterator[Batch]) -> Batch | None:
+    """Split halves first, then the next planned batch: the plan's batches are taken as they are needed (the
+    driver builds each one from the plan file only when asked), never held as a list."""
+    return queue.popleft() if queue else next(pending, None)
+
+
 class LocalExecutor:
     """In-process, one worker."""
 
@@ -84,7 +90,7 @@ class LocalExecutor:
         return local_device(self.cfg)
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
+        self, batches: Iterable[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
         import time
 
@@ -93,9 +99,9 @@ class LocalExecutor:
         worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date)
         worker.target(self.cfg, date)
         ready_at = time.perf_counter()  # the worker's models are loaded: start-up ends here
-        queue = deque(batches)
-        while queue:
-            batch = queue.popleft()
+        queue: deque[Batch] = deque()
+        pending = iter(batches)
+        while (batch := _next_batch(queue, pending)) is not None:
             try:
                 result = worker.process(batch)
             except Exception as exc:  # one bad SKU must not lose the rest of the night
@@ -149,8 +155,9 @@ class RayExecutor:
         return "cuda", ray.get(ray.remote(num_gpus=1)(_cuda_capability).remote())
 
     def run(
-        self, batches: list[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
+        self, batches: Iterable[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
+        """`batches`: an iterable with a length (the driver's plan dispatch, or a list)."""
         n = max(1, min(self.cfg.run.workers, len(batches)))
         remote, gpus = self._actor_class(n, runtime)
         args = (self.cfg, runtime, thresholds, date)  # each actor opens its own Store on cfg.paths.output
@@ -186,15 +193,16 @@ class RayExecutor:
 class _Dispatch:
     """Feeds batches to actors one at a time; failed batches are bisected, dead actors replaced."""
 
-    def __init__(self, actors: list[Any], new_actor: Callable[[], Any], batches: list[Batch], on_result: OnResult):
+    def __init__(self, actors: list[Any], new_actor: Callable[[], Any], batches: Iterable[Batch], on_result: OnResult):
         self.actors, self.new_actor, self.on_result = actors, new_actor, on_result
-        self.queue = deque(batches)
+        self.queue: deque[Batch] = deque()  # split halves, ahead of the rest
+        self.pending = iter(batches)
         self.inflight: dict[Any, tuple[Any, Batch]] = {}
         self.fault: EnvironmentFault | None = None  # set: no new batches; the night fails once in-flight ones end
 
     def submit(self, actor: Any) -> None:
-        if self.queue and self.fault is None:
-            batch = self.queue.popleft()
+        batch = _next_batch(self.queue, self.pending) if self.fault is None else None
+        if batch is not None:
             self.inflight[actor.process.remote(batch)] = (actor, batch)
 
     def drain(self) -> None:

@@ -169,7 +169,7 @@ class Planner:
         return tasks
 
 
-def _promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) -> list[tuple[str, str, int]]:
+def promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) -> list[tuple[str, str, int]]:
     """padding = "size": (from bucket, to bucket, tasks moved), in the order they apply, for groups of `sizes`."""
     order = {b.name: i for i, b in enumerate(buckets)}
     sizes = dict(sizes)
@@ -193,7 +193,7 @@ def count_batches(sizes: dict[str, int], batch_size: int, buckets: list[Bucket],
     """How many batches `make_batches` cuts from groups of these sizes (per bucket name), without the tasks."""
     sizes = {b.name: sizes.get(b.name, 0) for b in buckets}
     if padding == "size":
-        for small, bigger, rest in _promotions(sizes, batch_size, buckets):
+        for small, bigger, rest in promotions(sizes, batch_size, buckets):
             sizes[small] -= rest
             sizes[bigger] += rest
     return sum(-(-n // batch_size) for n in sizes.values())
@@ -229,9 +229,10 @@ def make_batches(tasks: list[Task], batch_size: int, buckets: list[Bucket], padd
     return batches
 
 
-def _set_tag(adapters: tuple[str, ...]) -> str:
-    """A short, file-name-safe tag of an adapter set for batch ids ("" for no adapters: ids stay as before)."""
-    return f"a{hashlib.sha256(chr(0).join(adapters).encode()).hexdigest()[:8]}-" if adapters else ""
+def batch_id(adapters: tuple[str, ...], bucket: Bucket, index: int) -> str:
+    """`[<set tag>-]<bucket>-<w>x<h>-<index>`: the set tag is short and file-name-safe ("" for no adapters)."""
+    tag = f"a{hashlib.sha256(chr(0).join(adapters).encode()).hexdigest()[:8]}-" if adapters else ""
+    return f"{tag}{bucket.name}-{bucket.width}x{bucket.height}-{index:05d}"
 
 
 def _bucket_batches(
@@ -242,14 +243,14 @@ def _bucket_batches(
         groups[t.bucket].append(t)
     render = {b.name: b for b in buckets}  # the size a group renders at (a promoted task keeps its target size)
     if padding == "size":
-        for small, bigger, rest in _promotions({k: len(v) for k, v in groups.items()}, batch_size, buckets):
+        for small, bigger, rest in promotions({k: len(v) for k, v in groups.items()}, batch_size, buckets):
             groups[bigger] += groups[small][-rest:]
             del groups[small][-rest:]
-    batches, tag = [], _set_tag(adapters)
+    batches = []
     for b in buckets:
         items = groups[b.name]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])
-            batch_id = f"{tag}{b.name}-{b.width}x{b.height}-{start // batch_size:05d}"
-            batches.append(Batch(batch_id, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
+            bid = batch_id(adapters, b, start // batch_size)
+            batches.append(Batch(bid, render[b.name].width, render[b.name].height, b.steps, chunk, adapters))
     return batches

@@ -322,6 +322,40 @@ def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+class KeptIds:
+    """The sku_ids that valid rows claimed, as a mapping sku_id -> where its valid row is. The earlier tables' ids
+    are Arrow arrays and the current table's a dict: `begin` looks a new table's ids up against the earlier ones in
+    one hashed lookup, so a day of any size keeps no Python object per SKU between tables."""
+
+    def __init__(self) -> None:
+        self.ids, self.where = pa.array([], pa.string()), pa.array([], pa.string())
+        self.current: dict[str, str] = {}  # claimed by the table being validated
+        self.earlier: dict[str, str] = {}  # ids of that table that an earlier table claimed
+
+    def begin(self, sku_ids: list[Any]) -> None:
+        """A new table: the last one's claims join the arrays; `sku_ids` (its Python values) are looked up."""
+        if self.current:
+            self.ids = pa.concat_arrays([self.ids, pa.array(list(self.current), pa.string())])
+            self.where = pa.concat_arrays([self.where, pa.array(list(self.current.values()), pa.string())])
+            self.current = {}
+        self.earlier = {}
+        if not len(self.ids):
+            return
+        ids = pa.array([v if isinstance(v, str) else None for v in sku_ids], pa.string())
+        idx = pc.index_in(ids, value_set=self.ids)
+        hit = pc.is_valid(idx)
+        self.earlier = dict(zip(ids.filter(hit).to_pylist(), self.where.take(idx.filter(hit)).to_pylist()))
+
+    def __contains__(self, sku_id: object) -> bool:
+        return sku_id in self.current or sku_id in self.earlier
+
+    def __getitem__(self, sku_id: str) -> str:
+        return self.current[sku_id] if sku_id in self.current else self.earlier[sku_id]
+
+    def __setitem__(self, sku_id: str, where: str) -> None:
+        self.current[sku_id] = where
+
+
 class RowValidator:
     """Validates a day's rows table by table (a whole file, or one record batch of it), keeping across tables
     which `sku_id`s valid rows claimed. Only a valid row claims its id: a later row with the same id is a duplicate
@@ -330,7 +364,7 @@ class RowValidator:
 
     def __init__(self, templates: dict[str, Template], max_variants: int, adapter_names: Collection[str] = ()):
         self.templates, self.max_variants, self.adapter_names = templates, max_variants, adapter_names
-        self.kept: dict[str, str] = {}  # sku_id -> where its valid row is
+        self.kept = KeptIds()  # sku_id -> where its valid row is
 
     def validate(self, source: str, table: pa.Table, offset: int = 0) -> tuple[list[Sku], list[Rejected]]:
         """Rows `offset`.. of `source`: every row ends in exactly one of the two lists."""
@@ -340,6 +374,7 @@ class RowValidator:
         cols = {name: column_values(table.column(name)) for name in table.column_names}
         attr_cols = [n for n in table.column_names if n not in RESERVED_COLUMNS]
         plain = _plain_ids(table.column("sku_id"))
+        self.kept.begin(cols["sku_id"])
         for i in range(table.num_rows):
             row = offset + i
             sku_id, category = cols["sku_id"][i], cols["category"][i]
@@ -392,7 +427,7 @@ def _check_row(
     row: int,
     templates: dict[str, Template],
     max_variants: int,
-    kept: dict[str, str],
+    kept: KeptIds | dict[str, str],
     adapter_names: Collection[str],
     plain_id: bool = False,
 ) -> tuple[str, str] | tuple[dict[str, str], int, tuple[str, ...]]:

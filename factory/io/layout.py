@@ -9,6 +9,7 @@
   YYYY-MM-DD/run.json                                      what the night did (status ok | failed)
   YYYY-MM-DD/_SUCCESS                                      written last: the night (and its partitions) is final
   YYYY-MM-DD/_parts/<run_id>-pNNNNN.parquet                resume state while a night runs (factory/job/parts.py)
+  YYYY-MM-DD/_plan/gNNNN.parquet, plan.json                the night's plan, one row per image (job/plan_table.py)
   YYYY-MM-DD/.lock                                         one run per date
 ```
 
@@ -37,6 +38,8 @@ PART_FILE = "part-0.parquet"
 SUCCESS = "_SUCCESS"
 RUN_INFO = "run.json"
 PARTS = "_parts"
+PLAN = "_plan"
+PLAN_INFO = "plan.json"
 IMAGES = "images"
 
 
@@ -66,6 +69,10 @@ def run_info_path(date: str) -> str:
 
 def parts_dir(date: str) -> str:
     return f"{date}/{PARTS}"
+
+
+def plan_dir(date: str) -> str:
+    return f"{date}/{PLAN}"
 
 
 def file_schema(kind: str) -> pa.Schema:
@@ -119,10 +126,11 @@ def read_table(store: Store, kind: str) -> pa.Table:
 
 
 def delete_night(store: Store, date: str) -> None:
-    """For --force: the night's manifest partitions, images, parts and run.json (the caller removed `_SUCCESS`)."""
+    """For --force: the night's manifest partitions, images, parts, plan and run.json (the caller removed
+    `_SUCCESS`)."""
     for kind in MANIFEST_KINDS:
         store.delete(partition_path(kind, date))
-    for sub in (IMAGES, PARTS):
+    for sub in (IMAGES, PARTS, PLAN):
         store.delete_tree(f"{date}/{sub}")
     store.delete(run_info_path(date))
 

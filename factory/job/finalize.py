@@ -150,15 +150,15 @@ def write_embeddings(store: Store, date: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def read_embeddings(store: Store, date: str) -> dict[tuple[str, int], list[float]]:
-    """A completed date's embeddings, so cache hits join the night's near-duplicate and reference checks; {} for
-    dates from before embeddings were kept."""
+def read_embeddings(store: Store, date: str) -> pa.Table:
+    """A completed date's embeddings (sku_id, variant, clip_embedding), so cache hits join the night's
+    near-duplicate and reference checks; no rows for dates from before embeddings were kept."""
+    schema = pa.schema([EMBEDDING_SCHEMA.field(c) for c in ("sku_id", "variant", "clip_embedding")])
     try:
         with store.open_input_file(f"{date}/{EMBEDDINGS_FILE}") as f:
-            rows = pq.read_table(f, columns=["sku_id", "variant", "clip_embedding"]).to_pylist()
+            return pq.read_table(f, columns=schema.names).cast(schema)
     except (pa.ArrowException, OSError):
-        return {}
-    return {(r["sku_id"], r["variant"]): r["clip_embedding"] for r in rows}
+        return schema.empty_table()
 
 
 def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from factory.inputs.bucketing import Planner, Task, count_grouped_batches
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 from factory.io.paths import looks_like_uri
+from factory.job.plan_table import PlanGroup, Spill
 
 if TYPE_CHECKING:
     from factory.generation.worker import Worker
@@ -59,7 +61,7 @@ def check_adapter_paths(cfg: FactoryConfig) -> None:
 
 
 def _stream(
-    cfg: FactoryConfig, date: str, skus_path: str | Path | None
+    cfg: FactoryConfig, date: str, skus_path: str | Path | None, batch_rows: int = 65_536
 ) -> tuple[dict[str, Template], str | Path, Planner, Iterator[tuple[int, list[Sku], list[Rejected]]]]:
     """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
     read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
@@ -72,7 +74,7 @@ def _stream(
     validator = RowValidator(templates, cfg.planner.max_variants, cfg.lora.adapters)
 
     def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
-        for source, offset, table in iter_tables(path, storage=cfg.storage):
+        for source, offset, table in iter_tables(path, batch_rows, storage=cfg.storage):
             yield table.num_rows, *validator.validate(source, table, offset)
 
     return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters), batches()
@@ -98,6 +100,66 @@ def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> 
         rejected += r
         t0 = time.perf_counter()
     return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
+
+
+@dataclass
+class NightPlan:
+    """What `run` executes: the plan as parquet (factory.job.plan_table), not a Task per image. `groups` are the
+    local spill until `run` writes the keyed plan under the output root (then they name those files). A context
+    manager: the spill is removed on exit."""
+
+    date: str
+    input_path: str | Path
+    input_rows: int
+    skus: int  # valid SKUs (each has at least one image)
+    groups: list[PlanGroup]  # in dispatch order
+    rejected: list[Rejected]
+    templates: dict[str, Template]
+    thresholds: dict[str, QualityConfig]
+    spill: tempfile.TemporaryDirectory
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def __enter__(self) -> NightPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spill.cleanup()
+
+
+PLAN_BATCH_ROWS = 8192  # input rows validated and planned at a time by a run: its Python objects, whatever the night
+
+
+def plan_night(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> NightPlan:
+    """The day planned into a local spill, one record batch of the input at a time: the driver holds one batch's
+    tasks, whatever the size of the night (same tasks, in the same order per group, as `plan`)."""
+    date = parse_date(date)
+    timings = {"read_s": 0.0, "plan_s": 0.0}
+    templates, path, planner, batches = _stream(cfg, date, skus_path, PLAN_BATCH_ROWS)
+    thresholds = category_thresholds(cfg, templates)
+    spill_dir = tempfile.TemporaryDirectory(prefix="adfactory-plan-")
+    try:
+        spill = Spill(Path(spill_dir.name), [b.name for b in cfg.planner.buckets])
+        rejected: list[Rejected] = []
+        input_rows = skus = 0
+        t0 = time.perf_counter()
+        for rows, valid, r in batches:
+            t1 = time.perf_counter()
+            spill.add(planner.plan_tasks(valid, date))
+            t2 = time.perf_counter()
+            timings["read_s"] += t1 - t0
+            timings["plan_s"] += t2 - t1
+            input_rows, skus = input_rows + rows, skus + len(valid)
+            rejected += r
+            t0 = time.perf_counter()
+        groups = spill.close()
+    except BaseException:
+        spill_dir.cleanup()
+        raise
+    return NightPlan(date, path, input_rows, skus, groups, rejected, templates, thresholds, spill_dir, timings)
 
 
 @dataclass

@@ -5,8 +5,9 @@ writes one part, `<date>/_parts/<run_id>-pNNNNN.parquet` (atomically, through th
 `run.part_images` images or `run.part_seconds` seconds, whichever comes first, and whatever it holds whenever
 execution ends (normally, on an exception, Ctrl-C or SIGTERM). A SIGKILL loses at most the unwritten window: a
 rerun regenerates those images (same bytes). A rerun loads the parts, keeps every row whose task is unchanged
-(same `task_key`) and whose image exists in the store, and plans only the rest. At the end the rows go into the
-manifest partitions (factory.io.layout), and `_SUCCESS` is written last: readers wait for `_SUCCESS`.
+(same `task_key`, joined against the night's plan file) and whose image exists in the store, and generates only
+the rest. At the end the rows go into the manifest partitions (factory.io.layout), and `_SUCCESS` is written last:
+readers wait for `_SUCCESS`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.io import layout
@@ -117,22 +119,31 @@ def load_parts(store: Store, date: str) -> pa.Table:
     return rows.take(np.sort(last.column("_i_max").to_numpy()))
 
 
-def finished(store: Store, date: str, task_keys: dict[tuple[str, int], str]) -> pa.Table:
-    """The part rows of this date's planned tasks that an earlier (crashed or failed) attempt finished.
-
-    One listing of the date's images (not one request per image) tells which images exist."""
+def finished_rows(store: Store, date: str) -> pa.Table:
+    """The part rows that still count on resume if their task is unchanged (see `match_plan`): no generation
+    error, and an image that exists (one listing of the date's images, not one request per image; an image lost to
+    a power cut, size 0, is regenerated) or none expected."""
     rows = load_parts(store, date)
     if not rows.num_rows:
         return rows
     images = store.sizes(f"{date}/{layout.IMAGES}")
-    cols = [rows.column(c).to_pylist() for c in ("sku_id", "variant", "task_key", "error", "image_path")]
-    keep = [task_keys.get((s, v)) == k and is_finished(e, p, images) for s, v, k, e, p in zip(*cols)]
-    return rows.filter(pa.array(keep, pa.bool_()))
+    paths = pa.array(list(images), pa.string())
+    sizes = pa.array(list(images.values()), pa.int64())
+    size = pc.fill_null(pc.take(sizes, pc.index_in(rows["image_path"], value_set=paths)), 0)
+    image_ok = pc.or_(pc.is_null(rows["image_path"]), pc.greater(size, 0))
+    no_error = pc.invert(pc.fill_null(pc.not_equal(rows["error"], ""), False))
+    return rows.filter(pc.and_(no_error, image_ok))
 
 
-def is_finished(error: str | None, image_path: str | None, images: dict[str, int]) -> bool:
-    """A part row of an unchanged task still counts on resume if it did not error and its image exists (`images`:
-    path -> size under the output root; an image lost to a power cut, size 0, is regenerated)."""
-    if error:
-        return False
-    return image_path is None or images.get(image_path, 0) > 0
+def match_plan(rows: pa.Table, plan: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in `plan`, indices into `rows`) of the plan rows (sku_id, variant, task_key) that a finished part
+    row already made: same image and same task key (thresholds may have moved since)."""
+    idx = pc.index_in(plan["task_key"], value_set=rows["task_key"])
+    valid = pc.is_valid(idx)
+    pos = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    found = idx.filter(valid).to_numpy(zero_copy_only=False)
+    same = [
+        pc.equal(rows[c].take(found), plan[c].take(pos)).to_numpy(zero_copy_only=False) for c in ("sku_id", "variant")
+    ]
+    keep = same[0] & same[1]
+    return pos[keep], found[keep]

@@ -1,17 +1,19 @@
 """The nightly job as one typed function, `run()`, which the CLI, the cron job and the tests all call.
 
 It reads top to bottom as numbered steps; each step is a call into the module that owns it:
-plan (factory.job.night_plan) → lock (io.lock, io.lease) → resolve the runtime on the executor's device
-(generation.runtime) and the keys (keys) → resume (parts) → cross-day cache (cache) → batch and execute
-(inputs.bucketing, generation.executors) → finalize: manifests, run.json, `_SUCCESS` last (finalize).
+plan (factory.job.night_plan, into a local spill) → lock (io.lock, io.lease) → resolve the runtime on the executor's
+device (generation.runtime) and write the keyed plan, `<date>/_plan/` (keys, plan_table) → resume (parts) →
+cross-day cache (cache) → batch and execute (dispatch, generation.executors) → finalize: manifests, run.json,
+`_SUCCESS` last (finalize). The plan is parquet, not a Python object per image: resume and the cache are joins
+against it in chunks, and batches are built from it one at a time as the executor takes them (dispatch.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
+import resource
 import tempfile
 import time
 import uuid
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -30,14 +33,16 @@ from factory.generation.executors import open_executor
 from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
-from factory.inputs.bucketing import Batch, Task, make_batches
+from factory.inputs.bucketing import Task
 from factory.io import layout, records
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner, label_font_path
 from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
-from factory.job.night_plan import Plan, plan
+from factory.job.dispatch import Batches, Todo
+from factory.job.night_plan import NightPlan, plan_night
+from factory.job.plan_table import KEY_COLUMNS, ROW_GROUP, write_keyed
 from factory.job.progress import Progress
 from factory.modes import NULL_PIPELINE
 from factory.ops.live import LiveProgress
@@ -97,27 +102,34 @@ class Night:
     """What the steps of one run share once the plan, the runtime and the keys are known."""
 
     cfg: FactoryConfig
-    plan: Plan
+    plan: NightPlan  # its groups name the keyed plan files under the output root
     store: Store  # the output root
     run_id: str
     started: float
     started_at: dt.datetime
     runtime: Runtime
     model: keys.ModelKey
-    cache_keys: dict[tuple[str, int], str]
-    task_keys: dict[tuple[str, int], str]
     adapter_fps: dict[str, str]  # style adapter name -> content hash (keys.adapter_fingerprints)
+    cpu_at_start: float  # this process's CPU seconds when run() began (run.json `driver`)
+    plan_write_s: float = 0.0  # keys computed and the plan written under the output root
     references: References | None = None  # quality.reference_dir's embeddings (reference_match at finalize)
 
-    def stamp(self, record: ImageRecord) -> ImageRecord:
-        """The run's own fields on a record (every record of this night's manifests gets them)."""
-        return record.replace(
-            run_date=dt.date.fromisoformat(self.plan.date),
-            run_id=self.run_id,
-            model=self.model.model_id,
-            cache_key=self.cache_keys[record.key],
-            task_key=self.task_keys[record.key],
-        )
+    def stamped(self, records: list[ImageRecord], cache_keys: list[str], task_keys: list[str]) -> pa.Table:
+        """Records as a part table with the run's own fields set (every row of this night's manifests gets them);
+        the keys come from the plan rows. Column-wise: no copy of a record per image."""
+        table = parts.records_table(records)
+        n = table.num_rows
+        values = {
+            "run_date": pa.repeat(pa.scalar(dt.date.fromisoformat(self.plan.date), pa.date32()), n),
+            "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), n),
+            "model": pa.repeat(pa.scalar(self.model.model_id, pa.string()), n),
+            "cache_key": pa.array(cache_keys, pa.string()),
+            "task_key": pa.array(task_keys, pa.string()),
+        }
+        for name, column in values.items():
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(name), column)
+        return table
 
 
 def run(
@@ -138,10 +150,12 @@ def run(
     regenerates everything. `worker` (local executor only) reuses an already loaded Worker built from the same config.
     """
     cfg = cfg.absolute(Path.cwd())
-    start = _Start(time.perf_counter(), dt.datetime.now(dt.UTC), process_age_s())
+    start = _Start(time.perf_counter(), dt.datetime.now(dt.UTC), _cpu_s(), process_age_s())
     watch = NightWatch(cfg, date, start.run_id)  # metrics and lineage events, when configured
     try:
-        summary = _run(cfg, date, skus_path, force, worker, start, watch)
+        # 1. read, validate, plan into a local spill (fails here, before any output, on bad input)
+        with plan_night(cfg, date, skus_path) as p:
+            summary = _run(cfg, p, force, worker, start, watch)
     except BaseException as exc:
         watch.failed(exc)
         raise
@@ -153,6 +167,7 @@ def run(
 class _Start:
     started: float  # perf_counter
     started_at: dt.datetime
+    cpu: float  # the driver's CPU seconds so far (run.json `driver`: CPU per image)
     process_age: float | None  # interpreter start-up and the CLI's imports, before run() was entered
     run_id: str = ""
 
@@ -161,11 +176,11 @@ class _Start:
 
 
 def _run(
-    cfg: FactoryConfig, date: str, skus_path: Any, force: bool, worker: Worker | None, start: _Start, watch: NightWatch
+    cfg: FactoryConfig, p: NightPlan, force: bool, worker: Worker | None, start: _Start, watch: NightWatch
 ) -> RunSummary:
-    started, started_at, process_age, run_id = start.started, start.started_at, start.process_age, start.run_id
-    # 1. read, validate, plan (fails here, before any output, on bad input)
-    p = plan(cfg, date, skus_path)
+    started, started_at, cpu, process_age, run_id = (
+        start.started, start.started_at, start.cpu, start.process_age, start.run_id
+    )  # fmt: skip
     store = open_store(cfg.paths.output, cfg.storage)
     if store.kind == "local":
         check_output_dir(store.root, Path(store.path(p.date)))
@@ -185,36 +200,19 @@ def _run(
             return done
         watch.started(str(p.input_path))
         with open_executor(cfg, worker) as executor:
-            # 3. resolve every "auto" for the device the workers run on, then the keys
+            # 3. resolve every "auto" for the device the workers run on, then the keys: the keyed plan, <date>/_plan/
             runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
-            night = _night(cfg, p, store, run_id, started, started_at, runtime)
+            night = _night(cfg, p, store, run_id, (started, started_at, cpu), runtime)
             # the reference set is encoded once the workers are reachable (a bad one still stops before any image)
             night.references = _references(cfg, store)
-            # 4. resume, 5. cross-day cache, 6. generate the rest
-            finished = parts.finished(store, p.date, night.task_keys)
-            done = _keys(finished)
-            cached = _cache(night, [t for t in p.tasks if (t.sku_id, t.variant) not in done])
-            done |= _keys(cached)
-            todo = _todo(night, done)
-            del done  # a key per image: not kept for the whole night
+            # 4. resume, 5. cross-day cache (each clears the rows it finds done), 6. generate the rest
+            todo = Todo.everything(p.groups)
+            finished = _resume(night, todo)
+            cached = _cache(night, todo)
             generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
-
-
-def _todo(night: Night, done: set[tuple[str, int]]) -> list[Task]:
-    """The tasks left to execute, each with its cache key: it rides into the PNG, which lets a rerun adopt it."""
-    keys = night.cache_keys
-    return [
-        dataclasses.replace(t, cache_key=keys[t.sku_id, t.variant])
-        for t in night.plan.tasks
-        if (t.sku_id, t.variant) not in done
-    ]
-
-
-def _keys(table: pa.Table) -> set[tuple[str, int]]:
-    return set(zip(table["sku_id"].to_pylist(), table["variant"].to_pylist()))
 
 
 def _references(cfg: FactoryConfig, store: Store) -> References | None:
@@ -255,27 +253,58 @@ def _completed(store: Store, date: str, force: bool) -> RunSummary | None:
 
 
 def _night(
-    cfg: FactoryConfig, p: Plan, store: Store, run_id: str, started: float, started_at: dt.datetime, rt: Runtime
+    cfg: FactoryConfig, p: NightPlan, store: Store, run_id: str, clock: tuple[float, dt.datetime, float], rt: Runtime
 ) -> Night:
+    """The night's keys, and the keyed plan written under the output root (p.groups then name its files)."""
+    t0 = time.perf_counter()
     model = keys.model_key(cfg, rt)
     fps = keys.adapter_fingerprints(cfg)
     decisions = {c: keys.decision_config(q, cfg) for c, q in p.thresholds.items()}
-    cache_keys = {(t.sku_id, t.variant): keys.cache_key(t, model, fps) for t in p.tasks}
-    task_keys = {
-        (t.sku_id, t.variant): keys.task_key(cache_keys[t.sku_id, t.variant], decisions[t.category]) for t in p.tasks
-    }
-    return Night(cfg, p, store, run_id, started, started_at, rt, model, cache_keys, task_keys, fps)
+
+    def key_rows(tasks: list[Task]) -> tuple[list[str], list[str]]:
+        cache_keys = [keys.cache_key(t, model, fps) for t in tasks]
+        return cache_keys, [keys.task_key(c, decisions[t.category]) for c, t in zip(cache_keys, tasks)]
+
+    p.groups = write_keyed(store, p.date, p.groups, key_rows)
+    night = Night(cfg, p, store, run_id, clock[0], clock[1], rt, model, fps, clock[2])
+    night.plan_write_s = time.perf_counter() - t0
+    return night
 
 
-def _cache(night: Night, tasks: list[Task]) -> pa.Table:
-    """The cross-day cache hits, stamped, as one part (written at once: they cost nothing to redo but a lookup)."""
-    if not night.cfg.cache.enabled:
+RESUME_CHUNK = 16 * ROW_GROUP  # plan rows per join against the finished part rows
+
+
+def _resume(night: Night, todo: Todo) -> pa.Table:
+    """The part rows an earlier attempt finished for this plan (a join on the task keys, chunk by chunk); their
+    plan rows are cleared from `todo`."""
+    rows = parts.finished_rows(night.store, night.plan.date)
+    if not rows.num_rows:
+        return rows
+    found = [np.zeros(0, np.int64)]
+    for gi, pos, chunk in todo.chunks(night.store, KEY_COLUMNS, RESUME_CHUNK):
+        at, idx = parts.match_plan(rows, chunk)
+        todo.clear(gi, pos[at])
+        found.append(idx)
+    return rows.take(np.sort(np.concatenate(found)))
+
+
+def _cache(night: Night, todo: Todo) -> pa.Table:
+    """The cross-day cache hits among the rows still to do, stamped, as one part (written at once: they cost
+    nothing to redo but a lookup); their plan rows are cleared from `todo`."""
+    c = night.cfg.cache
+    if not c.enabled:
         return PART_SCHEMA.empty_table()
-    c = night.cfg
-    hits = cache.cache_hits(
-        night.store, night.plan.date, tasks, night.cache_keys, night.plan.thresholds, c.cache.lookback_days
-    )
-    table = parts.records_table([night.stamp(r) for r in hits])
+    previous = cache.Previous(night.store, night.plan.date, c.lookback_days)
+    tables = [PART_SCHEMA.empty_table()]
+    for gi, pos, chunk in todo.chunks(night.store, None, RESUME_CHUNK, todo_only=True) if previous.rows else []:
+        at, hits, embeddings = previous.hits(chunk, night.plan.thresholds)
+        if not hits:
+            continue
+        table = night.stamped(hits, *(chunk[k].take(pa.array(at)).to_pylist() for k in ("cache_key", "task_key")))
+        i = table.schema.get_field_index("clip_embedding")
+        tables.append(table.set_column(i, "clip_embedding", embeddings))
+        todo.clear(gi, pos[at])
+    table = pa.concat_tables(tables)
     if table.num_rows:
         parts.write_part(night.store, night.plan.date, f"{night.run_id}-cache", table)
     return table
@@ -323,55 +352,49 @@ def _startup(process_age: float | None, started: float, executor: dict[str, Any]
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def _execute(night: Night, executor: Any, todo: list[Task], resumed: int, cached: int) -> tuple[pa.Table, Execution]:
+def _execute(night: Night, executor: Any, todo: Todo, resumed: int, cached: int) -> tuple[pa.Table, Execution]:
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = _adoptable(night, make_batches(todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding))
+    batches = Batches(night.store, todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding, _written(night))
+    n_batches, n_todo = len(batches), sum(batches.counts)
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
         "in %d batches",
         night.run_id,
         night.plan.input_rows,
         len(night.plan.rejected),
-        len(night.plan.tasks),
+        night.plan.images,
         resumed,
         cached,
-        len(todo),
-        len(batches),
+        n_todo,
+        n_batches,
     )
     stage: Counter[str] = Counter()
-    progress = Progress(len(todo))
-    live = LiveProgress(cfg.metrics.live and cfg.run.executor == "ray", len(todo))
+    progress = Progress(n_todo)
+    live = LiveProgress(cfg.metrics.live and cfg.run.executor == "ray", n_todo)
     roller = parts.PartRoller(night.store, night.plan.date, night.run_id, cfg.run.part_images, cfg.run.part_seconds)
 
     def on_result(result: BatchResult) -> None:
-        roller.add(parts.records_table([night.stamp(r) for r in result.records]))
+        keys = [batches.keys(r.sku_id, r.variant) for r in result.records]
+        roller.add(night.stamped(result.records, [k[0] for k in keys], [k[1] for k in keys]))
         stage.update(result.timings)
         progress.update(len(result.records))
         live.update(len(result.records))
 
     t0 = time.perf_counter()
     with roller:
-        info = executor.run(batches, rt, night.plan.thresholds, night.plan.date, on_result) if batches else {}
+        info = executor.run(batches, rt, night.plan.thresholds, night.plan.date, on_result) if n_batches else {}
     log.debug("%d resume parts written", roller.parts)
-    return roller.table(), Execution(len(batches), stage, time.perf_counter() - t0, info)
+    return roller.table(), Execution(n_batches, stage, time.perf_counter() - t0, info)
 
 
-def _adoptable(night: Night, batches: list[Batch]) -> list[Batch]:
-    """Batches with the images an interrupted attempt already wrote (one listing of the date's images): their
-    worker adopts a file whose embedded cache key matches and re-scores it instead of regenerating it."""
-    if not batches:
-        return batches
-    date = night.plan.date
-    written = {p for p, size in night.store.sizes(f"{date}/{layout.IMAGES}").items() if size > 0}
-    if not written:
-        return batches
-    out = []
-    for b in batches:
-        adopt = frozenset(t.image_path for t in b.tasks if layout.image_key(date, t.image_path) in written)
-        out.append(dataclasses.replace(b, adopt=adopt) if adopt else b)
-    return out
+def _written(night: Night) -> frozenset[str]:
+    """Image paths (relative to the date) an interrupted attempt already wrote, from one listing: their worker adopts
+    a file whose embedded cache key matches and re-scores it instead of regenerating it. Empty on a first night."""
+    prefix = f"{night.plan.date}/"
+    sizes = night.store.sizes(f"{night.plan.date}/{layout.IMAGES}")
+    return frozenset(p.removeprefix(prefix) for p, size in sizes.items() if size > 0)
 
 
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
@@ -447,8 +470,8 @@ def _counts(night: Night, approved: pa.Table, review: pa.Table, rejected, rows: 
     p, gen = night.plan, rows.generated
     return {
         "input_rows": p.input_rows,
-        "skus_planned": len({t.sku_id for t in p.tasks}),
-        "images_planned": len(p.tasks),
+        "skus_planned": p.skus,
+        "images_planned": p.images,
         "images_generated": gen.num_rows - _count_true(finalize.has_error(gen)),  # images that exist
         "images_resumed": rows.resumed.num_rows,
         "cache_hits": rows.cached.num_rows,
@@ -466,14 +489,14 @@ def _counts(night: Night, approved: pa.Table, review: pa.Table, rejected, rows: 
 def _adapter_info(night: Night, ex: Execution) -> dict[str, Any]:
     """Style adapters: what was configured (with content hashes), how many sets the plan used, and the switches the
     workers made (summed over workers; a worker starts with none active, so its first set counts as a switch)."""
-    sets = {t.adapters for t in night.plan.tasks}
+    sets = {g.adapters for g in night.plan.groups}
     return {
         "configured": {
             n: {"path": a.path, "weight": a.weight, "fingerprint": night.adapter_fps[n]}
             for n, a in night.cfg.lora.adapters.items()
         },
         "sets": sorted(["+".join(s) for s in sets if s]),
-        "images_with_adapters": sum(1 for t in night.plan.tasks if t.adapters),
+        "images_with_adapters": sum(g.rows for g in night.plan.groups if g.adapters),
         "switches": int(ex.stage["adapter_switches"]),
         "switch_s": round(ex.stage["adapter_switch_s"], 4),
         "load_s": round(ex.stage["adapter_load_s"], 4),
@@ -499,5 +522,23 @@ def _run_info(night: Night, s: RunSummary, ex: Execution) -> dict[str, Any]:
         "pixels": finalize.pixel_stats(ex.stage),
         "adapters": _adapter_info(night, ex),
         "images_per_s": s.images_per_s,
+        "driver": _driver(night),
         "config": night.cfg.to_dict(),
+    }
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _driver(night: Night) -> dict[str, Any]:
+    """The driver process at scale: its peak RSS and CPU (with the local executor the worker runs in it too)."""
+    cpu, images = _cpu_s() - night.cpu_at_start, night.plan.images
+    return {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_image": round(1000 * cpu / images, 4) if images else None,  # per image planned
+        "plan_write_s": round(night.plan_write_s, 3),
+        "plan_groups": len(night.plan.groups),
     }

@@ -19,7 +19,8 @@ from factory.errors import InputError
 from factory.inputs import skus as S
 from factory.inputs.arguments import parse_date
 from factory.inputs.prompts import load_templates
-from factory.job.run import plan, run
+from factory.job.night_plan import plan
+from factory.job.run import run
 from tests.conftest import DATE, REPO, cli, demo_config_file, read_manifests, with_run
 
 TEMPLATES = load_templates(REPO / "templates", {"small", "medium", "large", "poster"})
