@@ -106,6 +106,31 @@ def day_file(cfg) -> Path:
 
 
 @pytest.fixture(scope="session")
+def local_night(tiny_models, tmp_path_factory):
+    """One night of `sample_rows()` on the tests' config, local executor, 1 worker, batch size 4, shared by the
+    session's tests that only read it (the reference of byte-for-byte comparisons): (its config, its summary).
+    Read-only: a test that changes a night's outputs runs its own."""
+    from factory.job.run import run
+
+    root = tmp_path_factory.mktemp("local-night")
+    cfg = with_run(make_cfg(tiny_models, root), executor="local", workers=1, batch_size=4)
+    write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", sample_rows(), SAMPLE_SCHEMA)
+    return cfg, run(cfg, DATE)
+
+
+@pytest.fixture(scope="session")
+def local_worker(tiny_models, tmp_path_factory):
+    """A loaded Worker of the tests' config (pipeline, CLIP, default quality and templates) for `run(...,
+    worker=local_worker)` on the local executor: nights whose subject is their input skip the model loads. Only for
+    configs equal to `cfg`'s but for paths and the executor; each run points it at its own output."""
+    from factory.generation.worker import Worker
+
+    root = tmp_path_factory.mktemp("local-worker")
+    cfg = with_run(make_cfg(tiny_models, root), executor="local")
+    return Worker.local(cfg, cfg.paths.output)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session; `run()` joins it instead of starting its own."""
     import ray

@@ -94,6 +94,12 @@ def test_flags_follow_sku_order_whatever_the_input_order_and_method(first_night)
 
 def test_resumed_rows_and_cache_hits_join_the_search_and_references_match(first_night, tmp_path):
     cfg, day1, emb = first_night
+    # the module's day 1 stays as it is for the other tests: this one resumes and extends a copy of it
+    shutil.copytree(Path(cfg.paths.output).parent, tmp_path / "night")
+    own = tmp_path / "night"
+    paths = dataclasses.replace(cfg.paths, skus=str(own / "skus"), output=str(own / "out"))
+    cfg = dataclasses.replace(cfg, paths=paths)
+    day1 = dataclasses.replace(day1, output=cfg.paths.output)
     t = middle_threshold(emb)
     expected = expected_flags(emb, t)
     # the reference set: a copy of the bag's image (under another name) and an unrelated image

@@ -11,7 +11,7 @@ from factory.config import load_config
 from factory.errors import ConfigError, TemplateError
 from factory.job.run import run
 from factory.tools.ops.calibrate import calibrate
-from tests.conftest import DATE, REPO, read_manifests, with_run
+from tests.conftest import DATE, REPO, SAMPLE_SCHEMA, make_cfg, read_manifests, sample_rows, with_run, write_skus
 
 
 def quality(cfg, **kw):
@@ -71,10 +71,22 @@ def test_unrepairable_failures_go_to_review_with_all_reasons(cfg, day_file):
         assert r["iqa"] and all(0.0 <= v <= 1.0 for _, v in r["iqa"])
 
 
-def test_repaired_images_are_deterministic_across_batch_sizes(cfg, day_file):
-    cfg = with_run(quality(cfg, clip_threshold=-1.0, blur_laplacian_var=1700.0), executor="local")
-    a = run(output(with_run(cfg, batch_size=4), "a"), DATE)
-    b = run(output(with_run(cfg, batch_size=1), "b"), DATE)
+def some_blurry(cfg):
+    """A blur threshold some tiny-model images miss (repaired, or left for review) and others pass."""
+    return with_run(quality(cfg, clip_threshold=-1.0, blur_laplacian_var=1700.0), executor="local")
+
+
+@pytest.fixture(scope="module")
+def some_blurry_night(tiny_models, tmp_path_factory):
+    """The sample day under `some_blurry` at batch size 4, shared by the tests that only read it."""
+    cfg = with_run(some_blurry(make_cfg(tiny_models, tmp_path_factory.mktemp("some-blurry"))), batch_size=4)
+    write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", sample_rows(), SAMPLE_SCHEMA)
+    return run(cfg, DATE)
+
+
+def test_repaired_images_are_deterministic_across_batch_sizes(cfg, day_file, some_blurry_night):
+    a = some_blurry_night
+    b = run(output(with_run(some_blurry(cfg), batch_size=1), "b"), DATE)
     ka, _ = rows(a)
     kb, _ = rows(b)
     assert any(r["repaired"] for r in ka.values())
@@ -87,9 +99,8 @@ def test_repaired_images_are_deterministic_across_batch_sizes(cfg, day_file):
         )
 
 
-def test_outcome_rates_in_run_json(cfg, day_file):
-    cfg = with_run(quality(cfg, clip_threshold=-1.0, blur_laplacian_var=1700.0), executor="local")
-    s = run(cfg, DATE)
+def test_outcome_rates_in_run_json(some_blurry_night):
+    s = some_blurry_night
     o = s.outcomes["all"]
     assert o["first_pass"] + o["repaired"] + o["review"] == 9
     assert abs(o["first_pass_share"] + o["repaired_share"] + o["review_share"] - 1) < 1e-3

@@ -1,4 +1,5 @@
-"""One small real night with SKUs in review (hostile ids included), built once per session and copied per test."""
+"""One small real night with SKUs in review (hostile ids included), built once per session: read as it is by the
+tests that only read it (`shared_night`), copied for each test that changes it (`night`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def built_night(tiny_models, tmp_path_factory) -> tuple[FactoryConfig, Path]:
     write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", review_rows(), SAMPLE_SCHEMA)
     run(cfg, DATE)
     return cfg, root
+
+
+@pytest.fixture
+def shared_night(built_night) -> FactoryConfig:
+    """The built night itself, for tests that only read it (never write to it: use `night` for that)."""
+    return built_night[0]
 
 
 @pytest.fixture
