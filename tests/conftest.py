@@ -119,15 +119,15 @@ def local_night(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def local_worker(tiny_models, tmp_path_factory):
+def loaded_worker(tiny_models, tmp_path_factory):
     """A loaded Worker of the tests' config (pipeline, CLIP, default quality and templates) for `run(...,
-    worker=local_worker)` on the local executor: nights whose subject is their input skip the model loads. Only for
+    worker=loaded_worker)` on the local executor: nights whose subject is their input skip the model loads. Only for
     configs equal to `cfg`'s but for paths and the executor; each run points it at its own output."""
-    from factory.generation.worker import Worker
+    from factory.job.night_plan import local_worker
 
     root = tmp_path_factory.mktemp("local-worker")
     cfg = with_run(make_cfg(tiny_models, root), executor="local")
-    return Worker.local(cfg, cfg.paths.output)
+    return local_worker(cfg, cfg.paths.output)
 
 
 @pytest.fixture(scope="session")

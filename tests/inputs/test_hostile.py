@@ -70,9 +70,9 @@ def test_template_with_a_syntax_error_fails_up_front(cfg, tmp_path, day_file):
     assert info.value.exit_code == 2 and not Path(cfg.paths.output).exists()
 
 
-def test_zero_rows_is_an_empty_successful_day(cfg, tmp_path, local_worker):
+def test_zero_rows_is_an_empty_successful_day(cfg, tmp_path, loaded_worker):
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", [], SCHEMA)
-    summary = run(with_run(cfg, executor="local"), DATE, worker=local_worker)
+    summary = run(with_run(cfg, executor="local"), DATE, worker=loaded_worker)
     assert summary.counts["input_rows"] == 0 and (Path(summary.output) / DATE / "_SUCCESS").is_file()
     assert read_manifests(summary.output) == {"approved": [], "review": [], "rejected": []}
 
@@ -91,11 +91,11 @@ REJECTED = {
 
 
 @pytest.mark.parametrize("case", sorted(REJECTED))
-def test_bad_rows_are_rejected_and_the_run_goes_on(cfg, tmp_path, local_worker, case):
+def test_bad_rows_are_rejected_and_the_run_goes_on(cfg, tmp_path, loaded_worker, case):
     change, reason = REJECTED[case]
     rows = [GOOD, {**GOOD, "sku_id": "BAD-1", **change}]
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", rows, SCHEMA)
-    summary = run(with_run(cfg, executor="local"), DATE, worker=local_worker)
+    summary = run(with_run(cfg, executor="local"), DATE, worker=loaded_worker)
     rejected = read_manifests(summary.output)["rejected"]
     assert [(r["source_row"], r["reason"]) for r in rejected] == [(1, reason)]
     assert summary.counts["approved_skus"] + summary.counts["review_skus"] == 1
@@ -117,10 +117,10 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
-def test_hostile_but_valid_values_are_just_text(cfg, tmp_path, local_worker, case):
+def test_hostile_but_valid_values_are_just_text(cfg, tmp_path, loaded_worker, case):
     row = {**GOOD, "sku_id": "H-1", **ACCEPTED[case]}
     write_skus(tmp_path / "skus" / f"{DATE}.parquet", [row], SCHEMA)
-    summary = run(with_run(cfg, executor="local"), DATE, worker=local_worker)
+    summary = run(with_run(cfg, executor="local"), DATE, worker=loaded_worker)
     m = read_manifests(summary.output)
     [out] = m["approved"] + m["review"]
     assert out["sku_id"] == row["sku_id"]

@@ -56,7 +56,7 @@ def _bad_utf8(values: list[bytes], type_: pa.DataType = pa.string()) -> pa.Array
 # --- item 9: pandas' float64 integer columns -------------------------------------------------------------------
 
 
-def test_readme_pandas_example_runs(cfg, tmp_path, local_worker):
+def test_readme_pandas_example_runs(cfg, tmp_path, loaded_worker):
     path = Path(cfg.paths.skus) / f"{DATE}.parquet"
     path.parent.mkdir(parents=True)
     pd.DataFrame(  # README's example verbatim: `variants` is missing in the first row, so pandas writes float64
@@ -71,7 +71,7 @@ def test_readme_pandas_example_runs(cfg, tmp_path, local_worker):
         ]
     ).to_parquet(path)
     assert pq.read_schema(path).field("variants").type == pa.float64()
-    s = run(with_run(cfg, executor="local"), DATE, worker=local_worker)
+    s = run(with_run(cfg, executor="local"), DATE, worker=loaded_worker)
     m = read_manifests(s.output)
     rows = m["approved"] + m["review"]
     assert sorted((r["sku_id"], r["variant"]) for r in rows) == [("SKU-1001", 0), ("SKU-1002", 0), ("SKU-1002", 1)]
@@ -219,7 +219,7 @@ def test_lone_surrogate_from_json_is_invalid_attrs(tmp_path, attrs):
     rejected[0].detail.encode("utf-8")  # the detail itself must be writable to rejected.parquet
 
 
-def test_validate_and_run_agree_on_a_day_of_real_world_rows(cfg, tmp_path, local_worker):
+def test_validate_and_run_agree_on_a_day_of_real_world_rows(cfg, tmp_path, loaded_worker):
     """One day with every row-level quirk: `run` must finish, and reject exactly the rows `plan` (validate) does."""
     ids = [b"GOOD-1", b"BAD-\xff", b"SUR-1", b"NAN-1", b"DUP-1", b"DUP-1", b"NEL\xc2\x85ID", b"LIST-1", b"DUP-1"]
     attrs = [{"product": "car"}] * len(ids)
@@ -246,7 +246,7 @@ def test_validate_and_run_agree_on_a_day_of_real_world_rows(cfg, tmp_path, local
         (8, "duplicate_sku_id"),
     ]
     assert [(r.source_row, r.reason) for r in plan(cfg, DATE).rejected] == expected
-    s = run(with_run(cfg, executor="local"), DATE, worker=local_worker)
+    s = run(with_run(cfg, executor="local"), DATE, worker=loaded_worker)
     manifests = read_manifests(s.output)
     assert [(r["source_row"], r["reason"]) for r in manifests["rejected"]] == expected
     assert sorted(r["sku_id"] for r in manifests["approved"] + manifests["review"]) == ["DUP-1", "GOOD-1"]

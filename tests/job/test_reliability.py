@@ -200,15 +200,15 @@ def test_lock_refuses_a_second_run_and_takes_over_stale_ones(cfg, day_file):
     assert summary.counts["images_generated"] == 9 and not lock.exists()
 
 
-def test_cross_day_cache_reuses_approved_images(cfg, tmp_path, local_worker):
+def test_cross_day_cache_reuses_approved_images(cfg, tmp_path, loaded_worker):
     cfg = with_run(cfg, executor="local")
     cfg = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="sku"))
     rows = sample_rows()
     skus = Path(cfg.paths.skus)
     write_skus(skus / "2026-11-20.parquet", rows, SAMPLE_SCHEMA)
     write_skus(skus / "2026-11-21.parquet", rows, SAMPLE_SCHEMA)
-    day1 = run(cfg, "2026-11-20", worker=local_worker)  # the session's loaded worker: five nights, no model load
-    day2 = run(cfg, "2026-11-21", worker=local_worker)
+    day1 = run(cfg, "2026-11-20", worker=loaded_worker)  # the session's loaded worker: five nights, no model load
+    day2 = run(cfg, "2026-11-21", worker=loaded_worker)
     out = Path(day1.output)
     m1, m2 = read_manifests(out, "2026-11-20"), read_manifests(out, "2026-11-21")
     assert day2.counts["cache_hits"] == len(m1["approved"]) > 0
@@ -222,10 +222,10 @@ def test_cross_day_cache_reuses_approved_images(cfg, tmp_path, local_worker):
     # a changed template/prompt misses the cache
     changed = [dict(r, attrs=r["attrs"].replace("Peak", "Summit")) for r in rows]
     write_skus(skus / "2026-11-22.parquet", changed, SAMPLE_SCHEMA)
-    assert run(cfg, "2026-11-22", worker=local_worker).counts["cache_hits"] > 0
+    assert run(cfg, "2026-11-22", worker=loaded_worker).counts["cache_hits"] > 0
     assert "S1" not in {r["sku_id"] for r in read_manifests(out, "2026-11-22")["approved"] if r["cached"]}
     # with the default seed scope (a new seed every day) nothing is reused
     daily = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="date"))
     daily = dataclasses.replace(daily, paths=dataclasses.replace(daily.paths, output=str(tmp_path / "daily")))
-    run(daily, "2026-11-20", worker=local_worker)
-    assert run(daily, "2026-11-21", worker=local_worker).counts["cache_hits"] == 0
+    run(daily, "2026-11-20", worker=loaded_worker)
+    assert run(daily, "2026-11-21", worker=loaded_worker).counts["cache_hits"] == 0
