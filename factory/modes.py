@@ -39,3 +39,6 @@ REPAIR_MODES = ("inpaint", "off")
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 C2PA_ALGS = ("es256", "es384", "ps256")  # the key's type must match
 MIN_LABEL_SIZE = 0.05  # GB 45438: explicit-label text at least 5 % of the image's shorter side
+# provenance.watermark_strength bounds, in grey levels of luma change (factory.io.watermark): below, JPEG 75 erases
+# the mark on photo-like images; above, the grain shows on flat areas (docs/provenance-watermark.md).
+WATERMARK_STRENGTHS = (1.0, 6.0)

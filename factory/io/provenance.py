@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from factory.config import ProvenanceConfig
 from factory.errors import ConfigError, InputError
+from factory.io import watermark
 from factory.io.png import PngText, png_bytes
 
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
@@ -61,7 +62,17 @@ def pixel_sha256(image: Image.Image) -> str:
 
 def produce_id(sku_id: str, variant: int, pixel_hash: str) -> str:
     """The image's unique id (GB 45438 ProduceID): SKU hash, variant and pixel hash, no run id (see README)."""
-    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}-{pixel_hash[:16]}"
+    return f"{produce_id_stem(sku_id, variant)}-{pixel_hash[:16]}"
+
+
+def produce_id_stem(sku_id: str, variant: int) -> str:
+    """ProduceID without its pixel-hash part: what the watermark's payload is derived from (known before pixels)."""
+    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}"
+
+
+def stem_of(pid: str) -> str:
+    """The stem of a ProduceID (`produce_id_stem`): everything before the pixel hash."""
+    return pid.rsplit("-", 1)[0]
 
 
 def aigc_label(cfg: ProvenanceConfig, pid: str, pixel_hash: str) -> dict[str, str]:
@@ -160,11 +171,16 @@ class Stamper:
     def __init__(self, cfg: ProvenanceConfig, model_hash: str, model_name: str, guidance_scale: float):
         self.cfg, self.model_hash, self.model_name, self.guidance_scale = cfg, model_hash, model_name, guidance_scale
         self.signer = C2paSigner(cfg) if cfg.c2pa_cert else None
+        # read once per worker; ConfigError naming provenance.watermark_secret_env when the variable is missing
+        self._wm_secret = watermark.secret_from_env(cfg.watermark_secret_env) if cfg.watermark else None
 
     def png(self, image: Image.Image, task: Any) -> Stamped:
         c = self.cfg
         if c.visible_label:  # changes pixels: drawn before the hash, so ReservedCode1 covers the labelled image
             image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size)
+        if self._wm_secret is not None:  # the last pixel change: the hash, parameters and C2PA describe it
+            key = watermark.payload_key(self._wm_secret, c.producer, produce_id_stem(task.sku_id, task.variant))
+            image = watermark.embed(image, key, self._wm_secret, c.watermark_strength)
         digest = pixel_sha256(image)
         pid = produce_id(task.sku_id, task.variant, digest)
         chunks = [

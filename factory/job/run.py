@@ -30,7 +30,7 @@ from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.bucketing import Task, make_batches
-from factory.io import layout, records
+from factory.io import layout, records, watermark
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner
 from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
@@ -145,6 +145,8 @@ def run(
     check_capacity(cfg)  # a worker pool the local cluster cannot hold: refused before anything is written
     if cfg.provenance.c2pa_cert:
         C2paSigner.check(cfg.provenance)  # a signing chain that cannot sign stops the run here, before any image
+    if cfg.provenance.watermark:
+        watermark.secret_from_env(cfg.provenance.watermark_secret_env)  # so does a missing watermark secret
 
     # 2. one run per date and output root (a lock file locally, a lease object on object stores)
     with open_run_lock(store, p.date, run_id, cfg.storage) as lock:
