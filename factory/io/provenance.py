@@ -253,6 +253,7 @@ class Report:
     pixel_hash: str = ""  # of the pixels as they are now
     c2pa: dict[str, Any] | None = None  # {"state": Valid | Trusted | Invalid, "source_type", "issuer", "failures"}
     problems: list[str] = field(default_factory=list)
+    watermark: dict[str, Any] | None = None  # WatermarkCheck.result(); None: not checked (no secret)
 
     @property
     def ok(self) -> bool:
@@ -273,11 +274,55 @@ class Report:
         else:
             lines.append("  C2PA: none")
         lines.append(f"  pixel sha256: {self.pixel_hash}")
+        lines.append("  " + describe_watermark(self.watermark))
         lines += [f"  PROBLEM: {p}" for p in self.problems] or ["  OK: label present and pixel hash matches"]
         return "\n".join(lines)
 
 
-def verify_files(files: list[Path], trust_anchors: Path | None = None) -> list[Report]:
+@dataclass(frozen=True)
+class WatermarkCheck:
+    """How `inspect` looks for the watermark: the secret, the bucket sizes a rescaled copy is tried at, and whether
+    a missing or mismatched watermark is a problem (`provenance.watermark` on)."""
+
+    secret: bytes = field(repr=False)  # never printed
+    sizes: tuple[tuple[int, int], ...] = ()
+    required: bool = False
+
+    def check(self, image: Image.Image, label: dict[str, str] | None, report: Report) -> None:
+        expected = None
+        if label and label.get("ProduceID"):
+            stem = stem_of(label["ProduceID"])
+            expected = watermark.payload_key(self.secret, label.get("ContentProducer", ""), stem)
+        d = watermark.detect(image, self.secret, expected, self.sizes)
+        report.watermark = {
+            "found": d.found, "payload": d.payload, "bit_error_rate": round(d.bit_error_rate, 4),
+            "z": round(d.z, 2), "scale": d.scale, "expected": expected.hex() if expected else "", "matches": [],
+        }  # fmt: skip
+        if self.required and not d.found:
+            report.problems.append("no watermark found (provenance.watermark is on)")
+        elif d.found and expected is not None and d.key != expected:
+            report.problems.append("watermark payload does not match the label's ProduceID")
+
+
+def describe_watermark(w: dict[str, Any] | None) -> str:
+    """One line: the watermark as `verify` and `detect` print it."""
+    if w is None:
+        return "watermark: not checked (no secret: set the variable named by provenance.watermark_secret_env)"
+    if not w["found"]:
+        return f"watermark: not found (sync z {w['z']}, bit error rate {w['bit_error_rate']})"
+    scale = "" if w["scale"] == "1" else f", read after rescaling to {w['scale']}"
+    matches = "".join(f"\n    matches {m}" for m in w["matches"]) or (
+        "\n    no manifest row has this payload" if w.get("searched") else ""
+    )
+    return (
+        f"watermark: found, payload {w['payload']} (bit error rate {w['bit_error_rate']}, sync z {w['z']}{scale})"
+        + matches
+    )
+
+
+def verify_files(
+    files: list[Path], trust_anchors: Path | None = None, wm: WatermarkCheck | None = None
+) -> list[Report]:
     """`inspect` each file; InputError (exit 2) for a missing file or an unreadable trust-anchor file."""
     anchors = ""
     if trust_anchors is not None:
@@ -288,18 +333,20 @@ def verify_files(files: list[Path], trust_anchors: Path | None = None) -> list[R
     for f in files:
         if not f.is_file():
             raise InputError(f"{f}: no such file")
-    return [inspect(f, anchors) for f in files]
+    return [inspect(f, anchors, wm) for f in files]
 
 
-def inspect(path: str | Path, trust_anchors: str = "") -> Report:
-    """Read every mark of a PNG and check it: the label exists, ReservedCode1 equals the pixels' hash now, and a
-    C2PA manifest (if any) validates (against `trust_anchors`, PEM, when given). InputError: not a readable image."""
+def inspect(path: str | Path, trust_anchors: str = "", wm: WatermarkCheck | None = None) -> Report:
+    """Read every mark of a PNG and check it: the label exists, ReservedCode1 equals the pixels' hash now, a
+    C2PA manifest (if any) validates (against `trust_anchors`, PEM, when given), and with `wm` the watermark.
+    InputError: not a readable image."""
     report = Report(str(path))
     try:
         with Image.open(path) as im:
             im.load()
             text = dict(getattr(im, "text", {}))
             report.pixel_hash = pixel_sha256(im)
+            pixels = im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
     report.parameters = text.get(PARAMETERS_KEY)
@@ -314,6 +361,8 @@ def inspect(path: str | Path, trust_anchors: str = "") -> Report:
     report.c2pa = _read_c2pa(Path(path), trust_anchors)
     if report.c2pa is not None and report.c2pa["state"] == "Invalid":
         report.problems.append(f"C2PA manifest invalid: {', '.join(report.c2pa['failures'])}")
+    if wm is not None:
+        wm.check(pixels, report.label, report)
     return report
 
 

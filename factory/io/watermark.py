@@ -44,6 +44,7 @@ MESSAGE_BITS = KEY_BITS + 16  # + CRC-16
 REPEAT = (CELLS - SYNC_CELLS) // MESSAGE_BITS // 3  # 4 copies of each message bit, 3 cells per copy
 CODED_BITS = MESSAGE_BITS * REPEAT
 Z_MIN = 5.0  # sync peak threshold in standard deviations of the correlation over all TILE x TILE shifts
+BOOST_TARGET, BOOST_MAX = 1.5, 4.0  # informed embedding (see _informed_boost)
 ASPECT_TOLERANCE = 0.03  # a rescaled copy is tried at an original size whose aspect ratio is this close
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as JPEG's YCbCr
 
@@ -84,8 +85,8 @@ def secret_from_env(var: str) -> bytes:
     value = os.environ.get(var, "") if var else ""
     if not value:
         raise ConfigError(
-            f"provenance.watermark is on but the secret is missing: set the environment variable {var or '(none)'} "
-            f"named by provenance.watermark_secret_env (at least 16 characters)"
+            f"the watermark secret is missing: set the environment variable {var or '(none)'} named by "
+            f"provenance.watermark_secret_env (at least 16 characters)"
         )
     if len(value) < 16:
         raise ConfigError(f"provenance.watermark_secret_env: ${var} must hold at least 16 characters")
@@ -136,15 +137,46 @@ def embed(image: Image.Image, key: bytes, secret: bytes, strength: float) -> Ima
     if min(ll.shape) < TILE // 2:
         return image.convert("RGB")  # under 32 px a side: too small to carry a tile (documented)
     signs = message_bits(key).astype(np.float64) * 2 - 1
-    cells = np.where(lay.coded < 0, 1.0, signs[np.maximum(lay.coded, 0) % MESSAGE_BITS]) * lay.chips.ravel()
+    bit_sign = np.where(lay.coded < 0, 1.0, signs[np.maximum(lay.coded, 0) % MESSAGE_BITS])
     texture = np.sqrt(np.maximum(_box(ll * ll, 2) - _box(ll, 2) ** 2, 0.0)) / 2  # local std, in grey levels
-    gain = np.clip(0.6 + texture / 12.0, 0.6, 1.6)
-    delta_ll = strength * gain * _tiled(cells, ll.shape)
-    # an LL-only change of d moves each pixel of its 2x2 block by d (inverse orthonormal Haar of 2d)
+    gain = strength * np.clip(0.6 + texture / 12.0, 0.6, 1.6)
+    cells = bit_sign * lay.chips.ravel()
+    boost = _informed_boost(ll, gain * _tiled(cells, ll.shape), bit_sign, lay)
+    delta_ll = gain * _tiled(cells * boost, ll.shape)
+    # an LL-only change of 2d moves each pixel of its 2x2 block by d (inverse orthonormal Haar)
     delta = np.kron(delta_ll, np.ones((2, 2)))
     out = rgb.copy()
     out[: delta.shape[0], : delta.shape[1]] += delta[..., None]
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+
+def _informed_boost(ll: np.ndarray, mark: np.ndarray, bit_sign: np.ndarray, lay: Layout) -> np.ndarray:
+    """Per cell, the factor (1..BOOST_MAX) that lifts each coded bit the image itself works against: the detector's
+    own statistic is computed on the host and on the mark, and a bit whose host term opposes it gets the extra
+    amplitude to end at BOOST_TARGET times its interference-free value (informed embedding: small images have too
+    few cells per bit to average the host out)."""
+    r = ll - _box(ll, 1)
+    mad = float(np.median(np.abs(r))) * 1.4826 + 1e-6
+    host = _coded_soft(_fold_sum(np.clip(r, -3 * mad, 3 * mad)), lay)
+    m = 2 * mark  # the LL change of a pixel change d is 2d
+    ownw = _coded_soft(_fold_sum(m - _box(m, 1)), lay)
+    sign = bit_sign[lay.coded >= 0][np.argsort(lay.coded[lay.coded >= 0], kind="stable")][::3]
+    own = np.abs(ownw) + 1e-9
+    k = np.clip((BOOST_TARGET * own - sign * host) / own, 1.0, BOOST_MAX)
+    return np.where(lay.coded < 0, 1.0, k[np.maximum(lay.coded, 0)])
+
+
+def _fold_sum(r: np.ndarray) -> np.ndarray:
+    ph, pw = -(-r.shape[0] // TILE) * TILE, -(-r.shape[1] // TILE) * TILE
+    full = np.zeros((ph, pw))
+    full[: r.shape[0], : r.shape[1]] = r
+    return full.reshape(ph // TILE, TILE, pw // TILE, TILE).sum((0, 2))
+
+
+def _coded_soft(acc: np.ndarray, lay: Layout) -> np.ndarray:
+    """Each coded bit's correlation: the sum of chip x folded residual over its cells (tile aligned)."""
+    data = lay.coded >= 0
+    return np.bincount(lay.coded[data], weights=(acc.ravel() * lay.chips.ravel())[data], minlength=CODED_BITS)
 
 
 @dataclass
@@ -168,14 +200,7 @@ def _fold(ll: np.ndarray) -> np.ndarray:
     r = ll - _box(ll, 1)
     mad = float(np.median(np.abs(r))) * 1.4826 + 1e-6
     r = np.clip(r, -3 * mad, 3 * mad) / mad  # edges would outweigh the mark: clip to 3 robust sigmas
-    ph, pw = -(-r.shape[0] // TILE) * TILE, -(-r.shape[1] // TILE) * TILE
-    full = np.zeros((ph, pw))
-    ones = np.zeros((ph, pw))
-    full[: r.shape[0], : r.shape[1]] = r
-    ones[: r.shape[0], : r.shape[1]] = 1.0
-    sums = full.reshape(ph // TILE, TILE, pw // TILE, TILE).sum((0, 2))
-    counts = ones.reshape(ph // TILE, TILE, pw // TILE, TILE).sum((0, 2))
-    return sums / np.maximum(counts, 1.0)
+    return _fold_sum(r) / np.maximum(_fold_sum(np.ones_like(r)), 1.0)
 
 
 def _read(ll: np.ndarray, lay: Layout, expected: bytes | None, scale: str) -> Detection:
@@ -183,9 +208,7 @@ def _read(ll: np.ndarray, lay: Layout, expected: bytes | None, scale: str) -> De
     corr = np.fft.ifft2(np.fft.fft2(acc) * np.conj(np.fft.fft2(lay.sync))).real  # corr[s] = sum acc[x+s] sync[x]
     peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
     z = float((corr[peak] - corr.mean()) / (corr.std() + 1e-12))
-    aligned = np.roll(acc, (-int(peak[0]), -int(peak[1])), axis=(0, 1)).ravel() * lay.chips.ravel()
-    data = lay.coded >= 0
-    coded_soft = np.bincount(lay.coded[data], weights=aligned[data], minlength=CODED_BITS)
+    coded_soft = _coded_soft(np.roll(acc, (-int(peak[0]), -int(peak[1])), axis=(0, 1)), lay)
     msg_soft = coded_soft.reshape(REPEAT, MESSAGE_BITS).sum(0)  # coded bit j copies message bit j % 64
     bits = (msg_soft > 0).astype(np.uint8)
     raw = np.packbits(bits).tobytes()
