@@ -140,8 +140,7 @@ def demo_config(tmp_path: Path) -> Path:
     """A config naming the test's secret variable and the tests' bucket sizes (what detect rescales to)."""
     conf = tmp_path / "wm.toml"
     buckets = "".join(
-        f"[[planner.buckets]]\nname = '{n}'\nwidth = {w}\nheight = {h}\nsteps = 2\n"
-        for n, w, h in BUCKETS
+        f"[[planner.buckets]]\nname = '{n}'\nwidth = {w}\nheight = {h}\nsteps = 2\n" for n, w, h in BUCKETS
     )
     conf.write_text(f"[provenance]\nwatermark = true\nwatermark_secret_env = '{SECRET_ENV}'\n{buckets}")
     return conf
