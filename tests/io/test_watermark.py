@@ -175,3 +175,17 @@ def test_verify_and_detect_from_the_cli_match_the_manifests(marked_night, tmp_pa
     off.write_text(f"[provenance]\nwatermark_secret_env = '{SECRET_ENV}'\n")
     unchecked = cli("provenance", "verify", "--config", str(off), str(path), env={SECRET_ENV: ""})
     assert unchecked.returncode == 0 and "watermark: not checked" in unchecked.stdout
+
+
+def test_cache_key_changes_with_the_watermark_and_never_holds_the_secret(monkeypatch, tiny_models, tmp_path):
+    from factory.generation.runtime import resolve
+    from factory.job import keys
+
+    cfg = make_cfg(tiny_models, tmp_path)
+    plain = keys.model_key(cfg, resolve(cfg, "cpu")).key
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    on = dataclasses.replace(cfg, provenance=ProvenanceConfig(watermark=True, watermark_secret_env=SECRET_ENV))
+    marked_key = keys.model_key(on, resolve(on, "cpu")).key
+    assert marked_key != plain and marked_key.startswith(plain) and SECRET not in marked_key
+    monkeypatch.setenv(SECRET_ENV, SECRET + "-rotated")
+    assert keys.model_key(on, resolve(on, "cpu")).key != marked_key  # a new secret: earlier images not reused
