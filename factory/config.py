@@ -35,6 +35,7 @@ from factory.modes import (
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
+    WATERMARK_STRENGTHS,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,7 @@ class ModelConfig:
     guidance_scale: float = 1.0  # LCM: 1.0 (no CFG); >1 enables CFG and the negative prompt for non-distilled UNets
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # provenance.watermark_secret_env
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft adapter names; part of batch ids
 
 
@@ -192,6 +194,9 @@ class ProvenanceConfig:
     c2pa_cert: str = ""  # PEM certificate chain (signer first, then intermediates); with c2pa_key: C2PA signing on
     c2pa_key: str = ""  # PEM private key of the signing certificate
     c2pa_alg: str = "es256"  # es256 | es384 | ps256 (must match the key)
+    watermark: bool = False  # invisible keyed watermark in the pixels (factory/io/watermark.py; off: bytes unchanged)
+    watermark_secret_env: str = "ADFACTORY_WATERMARK_SECRET"  # env var holding the key; the key is never in a config
+    watermark_strength: float = 2.0  # luma change in grey levels (~43 dB PSNR at 2.0); docs/watermark.md
 
 
 @dataclass
@@ -424,6 +429,21 @@ def _validate_provenance(p: ProvenanceConfig) -> None:
         )
     if bool(p.c2pa_cert) != bool(p.c2pa_key):
         raise ConfigError("provenance.c2pa_cert and provenance.c2pa_key must be set together (C2PA signing)")
+    _validate_watermark(p)
+
+
+def _validate_watermark(p: ProvenanceConfig) -> None:
+    # the secret itself is checked where it is read (run start, each worker): other commands need no secret
+    low, high = WATERMARK_STRENGTHS
+    if not low <= p.watermark_strength <= high:
+        raise ConfigError(
+            f"provenance.watermark_strength must be between {low} and {high} grey levels, got {p.watermark_strength}"
+        )
+    if p.watermark and not ENV_NAME_RE.match(p.watermark_secret_env):
+        raise ConfigError(
+            "provenance.watermark_secret_env must name an environment variable (letters, digits, '_'), "
+            f"got {p.watermark_secret_env!r}"
+        )
 
 
 _HTTP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")

@@ -42,3 +42,6 @@ MIN_LABEL_SIZE = 0.05  # GB 45438: explicit-label text at least 5 % of the image
 
 # lineage.transport (factory.ops.lineage): none, a JSON-lines file, or an OpenLineage HTTP endpoint.
 LINEAGE_TRANSPORTS = ("none", "file", "http")
+# provenance.watermark_strength bounds, in grey levels of luma change (factory.io.watermark): below, JPEG 75 erases
+# the mark on photo-like images; above, the grain shows on flat areas (docs/watermark.md).
+WATERMARK_STRENGTHS = (1.0, 6.0)

@@ -205,15 +205,46 @@ def provenance_verify(
     trust_anchors: Annotated[
         Optional[Path], typer.Option("--trust-anchors", help="PEM root certificates to trust for C2PA signatures.")
     ] = None,
+    config: ConfigOpt = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", help="Output root whose manifests the watermark is matched to.")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Print the marks each file carries and whether its pixels still match the label's hash (exit 1 if not)."""
-    from factory.io.provenance import verify_files
+    """Print the marks each file carries and whether its pixels still match the label's hash (exit 1 if not);
+    the watermark too when the secret named by provenance.watermark_secret_env is set."""
+    from factory.config import load_config
+    from factory.tools.ops.watermark_detect import verify
 
     def go() -> int:
-        reports = verify_files(files, trust_anchors)
+        reports = verify(load_config(config), files, trust_anchors, output)
         for r in reports:
             typer.echo(r.describe())
+        return 0 if all(r.ok for r in reports) else EXIT_FAILED
+
+    code = guard(verbose, go)
+    if code:
+        raise typer.Exit(code)
+
+
+@provenance_app.command("detect")
+def provenance_detect(
+    files: Annotated[list[Path], typer.Argument(help="Images of any format, metadata or not (JPEG, WebP, PNG).")],
+    config: ConfigOpt = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", help="Output root whose manifests the payload is matched to.")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Read the invisible watermark of each file (exit 1 if one has none); with --output, the manifest rows
+    (night, SKU, variant, produce_id) whose image carries its payload."""
+    from factory.config import load_config
+    from factory.tools.ops.watermark_detect import describe_detection, detect
+
+    def go() -> int:
+        reports = detect(load_config(config), files, output)
+        for r in reports:
+            typer.echo(describe_detection(r))
         return 0 if all(r.ok for r in reports) else EXIT_FAILED
 
     code = guard(verbose, go)

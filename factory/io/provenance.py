@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from factory.config import DEFAULT_LABEL_FONT, ProvenanceConfig
 from factory.errors import ConfigError, InputError
+from factory.io import watermark
 from factory.io.png import PngText, png_bytes
 
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
@@ -64,7 +65,17 @@ def pixel_sha256(image: Image.Image) -> str:
 
 def produce_id(sku_id: str, variant: int, pixel_hash: str) -> str:
     """The image's unique id (GB 45438 ProduceID): SKU hash, variant and pixel hash, no run id (see README)."""
-    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}-{pixel_hash[:16]}"
+    return f"{produce_id_stem(sku_id, variant)}-{pixel_hash[:16]}"
+
+
+def produce_id_stem(sku_id: str, variant: int) -> str:
+    """ProduceID without its pixel-hash part: what the watermark's payload is derived from (known before pixels)."""
+    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}"
+
+
+def stem_of(pid: str) -> str:
+    """The stem of a ProduceID (`produce_id_stem`): everything before the pixel hash."""
+    return pid.rsplit("-", 1)[0]
 
 
 def aigc_label(cfg: ProvenanceConfig, pid: str, pixel_hash: str) -> dict[str, str]:
@@ -175,19 +186,25 @@ class Stamper:
         self.cfg, self.model_hash, self.model_name, self.guidance_scale = cfg, model_hash, model_name, guidance_scale
         self.signer = C2paSigner(cfg) if cfg.c2pa_cert else None
         self.font = label_font_path(cfg) if cfg.visible_label else None  # a missing font fails here, not per image
+        # read once per worker; ConfigError naming provenance.watermark_secret_env when the variable is missing
+        self._wm_secret = watermark.secret_from_env(cfg.watermark_secret_env) if cfg.watermark else None
 
     def png(self, image: Image.Image, task: Any, generated: bool = False) -> Stamped:
         """`generated`: the pixels are the pipeline's output for `task` as they are (not repaired)."""
         c = self.cfg
         if c.visible_label:  # changes pixels: drawn before the hash, so ReservedCode1 covers the labelled image
             image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size, self.font)
+        if self._wm_secret is not None:  # the last pixel change: the hash, parameters and C2PA describe it
+            key = watermark.payload_key(self._wm_secret, c.producer, produce_id_stem(task.sku_id, task.variant))
+            image = watermark.embed(image, key, self._wm_secret, c.watermark_strength)
         digest = pixel_sha256(image)
         pid = produce_id(task.sku_id, task.variant, digest)
         chunks = [
             PngText(XMP_KEY, xmp_packet(aigc_label(c, pid, digest)), international=True),
             PngText(PARAMETERS_KEY, a1111_parameters(task, self.guidance_scale, self.model_hash, self.model_name)),
         ]
-        if generated and task.cache_key and not c.visible_label:  # adoptable: these pixels are the generation
+        # adoptable only when these pixels are the generation itself (no label drawn, no watermark embedded)
+        if generated and task.cache_key and not c.visible_label and self._wm_secret is None:
             chunks.append(PngText(CACHE_KEY_KEY, task.cache_key))
         data = png_bytes(image, chunks)
         if self.signer is not None:
@@ -274,6 +291,7 @@ class Report:
     pixel_hash: str = ""  # of the pixels as they are now
     c2pa: dict[str, Any] | None = None  # {"state": Valid | Trusted | Invalid, "source_type", "issuer", "failures"}
     problems: list[str] = field(default_factory=list)
+    watermark: dict[str, Any] | None = None  # WatermarkCheck.result(); None: not checked (no secret)
 
     @property
     def ok(self) -> bool:
@@ -294,11 +312,55 @@ class Report:
         else:
             lines.append("  C2PA: none")
         lines.append(f"  pixel sha256: {self.pixel_hash}")
+        lines.append("  " + describe_watermark(self.watermark))
         lines += [f"  PROBLEM: {p}" for p in self.problems] or ["  OK: label present and pixel hash matches"]
         return "\n".join(lines)
 
 
-def verify_files(files: list[Path], trust_anchors: Path | None = None) -> list[Report]:
+@dataclass(frozen=True)
+class WatermarkCheck:
+    """How `inspect` looks for the watermark: the secret, the bucket sizes a rescaled copy is tried at, and whether
+    a missing or mismatched watermark is a problem (`provenance.watermark` on)."""
+
+    secret: bytes = field(repr=False)  # never printed
+    sizes: tuple[tuple[int, int], ...] = ()
+    required: bool = False
+
+    def check(self, image: Image.Image, label: dict[str, str] | None, report: Report) -> None:
+        expected = None
+        if label and label.get("ProduceID"):
+            stem = stem_of(label["ProduceID"])
+            expected = watermark.payload_key(self.secret, label.get("ContentProducer", ""), stem)
+        d = watermark.detect(image, self.secret, expected, self.sizes)
+        report.watermark = {
+            "found": d.found, "payload": d.payload, "bit_error_rate": round(d.bit_error_rate, 4),
+            "z": round(d.z, 2), "scale": d.scale, "expected": expected.hex() if expected else "", "matches": [],
+        }  # fmt: skip
+        if self.required and not d.found:
+            report.problems.append("no watermark found (provenance.watermark is on)")
+        elif d.found and expected is not None and d.key != expected:
+            report.problems.append("watermark payload does not match the label's ProduceID")
+
+
+def describe_watermark(w: dict[str, Any] | None) -> str:
+    """One line: the watermark as `verify` and `detect` print it."""
+    if w is None:
+        return "watermark: not checked (no secret: set the variable named by provenance.watermark_secret_env)"
+    if not w["found"]:
+        return f"watermark: not found (sync z {w['z']}, bit error rate {w['bit_error_rate']})"
+    scale = "" if w["scale"] == "1" else f", read after rescaling to {w['scale']}"
+    matches = "".join(f"\n    matches {m}" for m in w["matches"]) or (
+        "\n    no manifest row has this payload" if w.get("searched") else ""
+    )
+    return (
+        f"watermark: found, payload {w['payload']} (bit error rate {w['bit_error_rate']}, sync z {w['z']}{scale})"
+        + matches
+    )
+
+
+def verify_files(
+    files: list[Path], trust_anchors: Path | None = None, wm: WatermarkCheck | None = None
+) -> list[Report]:
     """`inspect` each file; InputError (exit 2) for a missing file or an unreadable trust-anchor file."""
     anchors = ""
     if trust_anchors is not None:
@@ -309,18 +371,20 @@ def verify_files(files: list[Path], trust_anchors: Path | None = None) -> list[R
     for f in files:
         if not f.is_file():
             raise InputError(f"{f}: no such file")
-    return [inspect(f, anchors) for f in files]
+    return [inspect(f, anchors, wm) for f in files]
 
 
-def inspect(path: str | Path, trust_anchors: str = "") -> Report:
-    """Read every mark of a PNG and check it: the label exists, ReservedCode1 equals the pixels' hash now, and a
-    C2PA manifest (if any) validates (against `trust_anchors`, PEM, when given). InputError: not a readable image."""
+def inspect(path: str | Path, trust_anchors: str = "", wm: WatermarkCheck | None = None) -> Report:
+    """Read every mark of a PNG and check it: the label exists, ReservedCode1 equals the pixels' hash now, a
+    C2PA manifest (if any) validates (against `trust_anchors`, PEM, when given), and with `wm` the watermark.
+    InputError: not a readable image."""
     report = Report(str(path))
     try:
         with Image.open(path) as im:
             im.load()
             text = dict(getattr(im, "text", {}))
             report.pixel_hash = pixel_sha256(im)
+            pixels = im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
     report.parameters = text.get(PARAMETERS_KEY)
@@ -335,6 +399,8 @@ def inspect(path: str | Path, trust_anchors: str = "") -> Report:
     report.c2pa = _read_c2pa(Path(path), trust_anchors)
     if report.c2pa is not None and report.c2pa["state"] == "Invalid":
         report.problems.append(f"C2PA manifest invalid: {', '.join(report.c2pa['failures'])}")
+    if wm is not None:
+        wm.check(pixels, report.label, report)
     return report
 
 

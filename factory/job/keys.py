@@ -1,7 +1,8 @@
 """The keys that decide what may be reused, computed in one place from the *resolved* runtime.
 
 model key   everything about the model that changes pixels: weights (+LoRA) fingerprint, dtype, determinism,
-            quantization, device kind, guidance scale. `model_id` (name@fingerprint) is the manifests' `model`.
+            quantization, device kind, guidance scale; with provenance.watermark on, the watermark key's fingerprint
+            and strength. `model_id` (name@fingerprint) is the manifests' `model`.
 cache key   one image's pixels: rendered prompt, negative prompt, seed, size, steps, template version, model key,
             and for an image with style adapters each "name@weight" with the content hash of its LoRA file(s).
             The cross-day cache reuses an earlier day's approved image with the same cache key.
@@ -21,6 +22,7 @@ from typing import Any
 from factory.config import FactoryConfig, QualityConfig
 from factory.generation.runtime import Runtime
 from factory.inputs.bucketing import Task, parse_adapter_entry
+from factory.io.watermark import layout, secret_from_env
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ def model_key(cfg: FactoryConfig, runtime: Runtime) -> ModelKey:
         f"dev={runtime.device}|dtype={runtime.dtype}|det={runtime.determinism}|quant={runtime.quantization}"
         f"|cfg={m.guidance_scale:g}"
     )
+    pv = cfg.provenance
+    if pv.watermark:  # watermarked pixels differ: an unmarked (or differently keyed) earlier image is not reused
+        fingerprint = layout(secret_from_env(pv.watermark_secret_env)).fingerprint
+        numerics += f"|wm={fingerprint}:{pv.watermark_strength:g}"
     return ModelKey(model_id, f"{model_id}|{numerics}")
 
 

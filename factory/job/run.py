@@ -34,7 +34,7 @@ from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.bucketing import Task
-from factory.io import layout, records
+from factory.io import layout, records, watermark
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner, label_font_path
 from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
@@ -189,6 +189,8 @@ def _run(
         C2paSigner.check(cfg.provenance)  # a signing chain that cannot sign stops the run here, before any image
     if cfg.provenance.visible_label:
         label_font_path(cfg.provenance)  # so does a missing label font (a Ray worker's own check would be exit 1)
+    if cfg.provenance.watermark:
+        watermark.secret_from_env(cfg.provenance.watermark_secret_env)  # so does a missing watermark secret
 
     # 2. one run per date and output root (a lock file locally, a lease object on object stores)
     with open_run_lock(store, p.date, run_id, cfg.storage) as lock:
