@@ -1,15 +1,28 @@
-"""Pixel checks: cheap whole-image statistics (numpy only) and the reasons they fail: blank / over- / under-exposed /
-blurry / oversaturated."""
+"""Pixel checks: cheap whole-image statistics and the reasons they fail: blank / over- / under-exposed / blurry /
+oversaturated.
+
+`pixel_metrics` (numpy, float64, one image) is the reference definition. `pixel_metrics_batch` is what the gate
+runs: the same statistics for a whole batch as torch integer ops on a (N, H, W, 3) uint8 tensor (on whatever device
+holds it), with PIL's own integer luma and saturation formulas, so every count and sum is exact and only the final
+division rounds: equal to the reference within 1e-12 relative (tests/quality/test_pixels_torch.py), the same
+reasons, no per-image Python loop.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from factory.config import QualityConfig
 from factory.quality.reasons import BLANK, BLURRY, OVEREXPOSED, OVERSATURATED, UNDEREXPOSED
+
+if TYPE_CHECKING:  # torch is imported where it is used, so importing this module stays cheap
+    import torch
 
 
 def to_gray(image: Image.Image) -> np.ndarray:
@@ -41,6 +54,71 @@ def pixel_metrics(image: Image.Image) -> dict[str, float]:
         "laplacian_var": float(laplacian(gray)[1:-1, 1:-1].var()) if min(gray.shape) > 2 else 0.0,
         "saturation_mean": float(sat.mean()),
     }
+
+
+def pixel_metrics_batch(images: Sequence[Image.Image]) -> list[dict[str, float]]:
+    """`pixel_metrics` of each image, one batched torch computation per image size (a batch holds one size, bar
+    tasks resized down from a larger bucket)."""
+    import torch
+
+    out: list[dict[str, float]] = [{} for _ in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.size, []).append(i)
+    for idx in groups.values():
+        rgb = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx]))
+        for i, m in zip(idx, rgb_metrics(rgb)):
+            out[i] = m
+    return out
+
+
+def rgb_metrics(rgb: torch.Tensor) -> list[dict[str, float]]:
+    """The `pixel_metrics` of a (N, H, W, 3) uint8 tensor: integer counts and sums computed where the tensor is,
+    copied to the host once, then divided exactly (Python integers: one correctly rounded division each)."""
+    import torch
+
+    x = rgb.to(torch.int32)
+    r, g, b = x.unbind(-1)
+    gray = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16  # PIL's "L" conversion, bit for bit
+    maxc, minc = x.amax(-1), x.amin(-1)
+    # PIL's rgb2hsv: s = (max - min) / max in float32, then (int)(s * 255.0) in double
+    s = ((maxc - minc).float() / maxc.clamp(min=1).float()).double().mul(255.0).floor().to(torch.int64)
+    sums = [
+        *_sums(gray),
+        (gray >= 250).sum((1, 2)),
+        (gray <= 5).sum((1, 2)),
+        torch.where(maxc == minc, 0, s).sum((1, 2)),
+    ]
+    h, w = gray.shape[1:]
+    edges = min(h, w) > 2
+    if edges:
+        lap = gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * gray[:, 1:-1, 1:-1]
+        sums += _sums(lap)
+    rows = torch.stack([t.to(torch.int64) for t in sums], dim=1).tolist()  # one copy to the host per batch
+    n, n_lap = h * w, (h - 2) * (w - 2)
+    return [
+        {
+            "pixel_std": math.sqrt(_variance(g1, g2, n)) / 255.0,
+            "overexposed_frac": over / n,
+            "underexposed_frac": under / n,
+            "laplacian_var": _variance(*lap_sums, n_lap) if edges else 0.0,
+            "saturation_mean": sat / (n * 255),
+        }
+        for g1, g2, over, under, sat, *lap_sums in rows
+    ]
+
+
+def _sums(v: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample: the sum and the sum of squares of an integer tensor (N, H, W), in int64."""
+    import torch
+
+    v = v.to(torch.int64)
+    return [v.sum((1, 2)), (v * v).sum((1, 2))]
+
+
+def _variance(s1: int, s2: int, m: int) -> float:
+    """Population variance from exact integer sums: (m*s2 - s1^2) / m^2, one rounding."""
+    return (m * s2 - s1 * s1) / (m * m)
 
 
 @dataclass(frozen=True)
