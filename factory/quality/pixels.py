@@ -67,28 +67,25 @@ def pixel_metrics_batch(images: Sequence[Image.Image]) -> list[dict[str, float]]
         groups.setdefault(im.size, []).append(i)
     for idx in groups.values():
         rgb = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx]))
-        for i, m in zip(idx, rgb_metrics(rgb)):
+        gray = torch.from_numpy(np.stack([np.asarray(images[i].convert("L")) for i in idx]))  # PIL's C: cheapest
+        for i, m in zip(idx, rgb_metrics(rgb, gray)):
             out[i] = m
     return out
 
 
-def rgb_metrics(rgb: torch.Tensor) -> list[dict[str, float]]:
-    """The `pixel_metrics` of a (N, H, W, 3) uint8 tensor: integer counts and sums computed where the tensor is,
-    copied to the host once, then divided exactly (Python integers: one correctly rounded division each)."""
+def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """The `pixel_metrics` of a (N, H, W, 3) uint8 tensor (`gray`: its PIL "L" image, when already at hand):
+    integer counts and sums computed where the tensor is, copied to the host once, then divided exactly (Python
+    integers: one correctly rounded division each)."""
     import torch
 
-    x = rgb.to(torch.int32)
-    r, g, b = x.unbind(-1)
-    gray = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16  # PIL's "L" conversion, bit for bit
-    maxc, minc = x.amax(-1), x.amin(-1)
-    # PIL's rgb2hsv: s = (max - min) / max in float32, then (int)(s * 255.0) in double
-    s = ((maxc - minc).float() / maxc.clamp(min=1).float()).double().mul(255.0).floor().to(torch.int64)
-    sums = [
-        *_sums(gray),
-        (gray >= 250).sum((1, 2)),
-        (gray <= 5).sum((1, 2)),
-        torch.where(maxc == minc, 0, s).sum((1, 2)),
-    ]
+    if gray is None:  # PIL's "L" formula; every partial sum is an integer below 2**24, so float32 is exact
+        weights = torch.tensor([19595.0, 38470.0, 7471.0], device=rgb.device)
+        gray = ((rgb.float() @ weights + 32768.0) / 65536.0).floor()
+    gray = gray.to(torch.int32)
+    r, g, b = rgb.unbind(-1)
+    hi, lo = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
+    sums = [*_sums(gray), (gray >= 250).sum((1, 2)), (gray <= 5).sum((1, 2)), _saturation_sums(hi, lo)]
     h, w = gray.shape[1:]
     edges = min(h, w) > 2
     if edges:
@@ -108,12 +105,33 @@ def rgb_metrics(rgb: torch.Tensor) -> list[dict[str, float]]:
     ]
 
 
-def _sums(v: torch.Tensor) -> list[torch.Tensor]:
-    """Per sample: the sum and the sum of squares of an integer tensor (N, H, W), in int64."""
+_SATURATION: dict[str, torch.Tensor] = {}
+
+
+def _saturation_sums(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """Per sample, the sum of PIL's HSV saturation bytes: a histogram of (max, max - min) pairs dotted with PIL's
+    value for each pair (rgb2hsv: (int)((float)(max - min) / (float)max * 255.0), 0 where max == min)."""
     import torch
 
-    v = v.to(torch.int64)
-    return [v.sum((1, 2)), (v * v).sum((1, 2))]
+    key = str(hi.device)
+    if key not in _SATURATION:
+        mx = torch.arange(256, dtype=torch.int64).repeat_interleave(256)
+        diff = torch.arange(256, dtype=torch.int64).repeat(256)
+        s = (diff.float() / mx.clamp(min=1).float()).double().mul(255.0).floor().to(torch.int64)
+        _SATURATION[key] = torch.where((diff == 0) | (diff > mx), 0, s).to(hi.device)
+    n = hi.shape[0]
+    pairs = (hi.to(torch.int32) * 256 + (hi - lo).to(torch.int32)).reshape(n, -1)
+    pairs = pairs + torch.arange(n, dtype=torch.int32, device=hi.device)[:, None] * 65536
+    counts = torch.bincount(pairs.reshape(-1), minlength=n * 65536).reshape(n, 65536)
+    return counts @ _SATURATION[key]
+
+
+def _sums(v: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample: the sum and the sum of squares of an int32 tensor (N, H, W) (squares fit: |v| <= 1020), summed in
+    int64."""
+    import torch
+
+    return [v.sum((1, 2), dtype=torch.int64), (v * v).sum((1, 2), dtype=torch.int64)]
 
 
 def _variance(s1: int, s2: int, m: int) -> float:

@@ -59,3 +59,5 @@ def test_luma_and_saturation_are_pil_s_bit_for_bit():
     assert m["saturation_mean"] == hsv_s.sum() / (hsv_s.size * 255)  # an exact sum of PIL's saturation bytes
     assert m["overexposed_frac"] == (gray >= 250).sum() / gray.size
     assert m["pixel_std"] == pytest.approx(gray.std() / 255, rel=1e-14)
+    given = pixels.rgb_metrics(torch.from_numpy(rgb[None]), torch.from_numpy(gray[None].astype(np.uint8)))[0]
+    assert given == m  # the tensor path's own luma is PIL's
