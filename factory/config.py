@@ -213,6 +213,7 @@ class RunConfig:
     padding: str = "auto"  # partial batches: auto (count on cuda, none on cpu) | count | size | none
     ray_address: str = ""  # join this cluster; "" = $RAY_ADDRESS if set, else start a local one
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
+    batches_in_flight: int = 2  # per worker: 2 = the next batch generates while this one is scored and written
     max_restarts: int = 2  # a crashed worker process is restarted and its batch retried this many times
     max_error_share: float = 0.5  # more generation_error images than this share: the night fails (exit 1)
     part_images: int = 2000  # the driver writes one resume part per this many finished images ...
@@ -344,6 +345,8 @@ def _validate_run(run: RunConfig) -> None:
     for name in ("workers", "batch_size", "cpus_per_worker"):
         _at_least(f"run.{name}", getattr(run, name), 1)
     _at_least("run.max_restarts", run.max_restarts, 0)
+    if run.batches_in_flight not in (1, 2):  # one batch per stage (factory/generation/stages.py): more buys nothing
+        raise ConfigError(f"run.batches_in_flight must be 1 or 2, got {run.batches_in_flight}")
     _at_least("run.part_images", run.part_images, 1)
     if not run.part_seconds > 0:
         raise ConfigError(f"run.part_seconds must be greater than 0, got {run.part_seconds}")

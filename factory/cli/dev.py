@@ -31,6 +31,9 @@ def bench(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repetitions per configuration (best kept).")] = 1,
     soak: Annotated[int, typer.Option("--soak", help="Also process N batches in one worker; report RSS drift.")] = 0,
     quantization: Annotated[str, typer.Option("--quantization", help="Mode compared with float.")] = "int8-dynamic",
+    sim_skus: Annotated[
+        int, typer.Option("--sim-skus", help="SKUs of the simulated-device night (512², H200 timing); 0 skips it.")
+    ] = 96,
     json_out: JsonOpt = None,
     e2e: Annotated[
         bool, typer.Option("--e2e", help="Whole processes instead: `adfactory run` vs a plain diffusers loop.")
@@ -61,7 +64,9 @@ def bench(
             from factory.tools.benchmarks.bench import bench as run_bench
             from factory.tools.benchmarks.bench import format_table
 
-            r = run_bench(load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization)
+            r = run_bench(
+                load_config(config), n_skus=skus, repeats=repeats, soak=soak, quant_mode=quantization, sim_skus=sim_skus
+            )
             typer.echo(format_table(r))
         write_json(json_out, r)
 

@@ -7,9 +7,10 @@ manifest rows, so order never matters).
 
 Ray design: a fixed pool of actors (not Ray Data), because the unit of work is an already-planned,
 resolution-homogeneous batch: an actor loads the pipeline and CLIP once and then takes whole batches from the
-driver, one at a time, so a fast worker takes more batches. Actors are created with `max_restarts` and
-`max_task_retries`: a worker process that dies (OOM, kill) is restarted and its batch re-run; the worker's writes
-are idempotent. A batch that still fails is reported as `generation_error` records, never dropped.
+driver, `run.batches_in_flight` at a time (a threaded actor: one batch generating while the previous one is
+scored and written, factory.generation.stages), so a fast worker takes more batches. Actors are created with
+`max_restarts` and `max_task_retries`: a worker process that dies (OOM, kill) is restarted and its batch re-run; the
+worker's writes are idempotent. A batch that still fails is reported as `generation_error` records, never dropped.
 
 A failure of the environment (factory.io.faults: the output full or read-only, the object store gone) is not a
 poison SKU: it is not bisected and blames no SKU. The executor stops dispatching, lets the batches in flight finish
@@ -19,13 +20,15 @@ poison SKU: it is not bisected and blames no SKU. The executor stops dispatching
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from factory import logs
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ConfigError, EnvironmentFault, FactoryError
+from factory.generation.stages import pipelined
 from factory.inputs.bucketing import Batch
 from factory.io.faults import environment_fault
 
@@ -99,19 +102,23 @@ class LocalExecutor:
         worker = self.worker or worker_class(self.cfg)(self.cfg, runtime, thresholds, date)
         worker.target(self.cfg, date)
         ready_at = time.perf_counter()  # the worker's models are loaded: start-up ends here
-        queue: deque[Batch] = deque()
+        queue: deque[Batch] = deque()  # split halves, ahead of the rest of the plan
         pending = iter(batches)
-        while (batch := _next_batch(queue, pending)) is not None:
+
+        def done(batch: Batch, future: Future) -> None:
             try:
-                result = worker.process(batch)
+                result = future.result()
             except Exception as exc:  # one bad SKU must not lose the rest of the night
                 fault = environment_fault(exc)
-                if fault is not None:  # nothing else is in flight here: stop at once (the batch drained its writes)
+                if fault is not None:  # stop: a batch still in flight finishes its writes first (a rerun adopts them)
                     log.error("stopping the night: %s", fault)
                     raise fault from exc
                 result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
             if result is not None:
                 on_result(result)
+
+        # two batch threads: one generating, one being scored and written (factory.generation.stages)
+        pipelined(queue, worker.process, self.cfg.run.batches_in_flight, done, pending)
         return {"executor": "local", "workers": 1, "ready_at": ready_at, "worker_startup": worker.startup}
 
 
@@ -162,7 +169,8 @@ class RayExecutor:
         remote, gpus = self._actor_class(n, runtime)
         args = (self.cfg, runtime, thresholds, date)  # each actor opens its own Store on cfg.paths.output
         self.actors = [remote.remote(*args) for _ in range(n)]
-        _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result).drain()
+        depth = self.cfg.run.batches_in_flight
+        _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result, depth).drain()
         return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}
 
     def _actor_class(self, n: int, runtime: Runtime) -> tuple[Any, int]:
@@ -185,19 +193,28 @@ class RayExecutor:
             num_gpus=gpus,
             max_restarts=run.max_restarts,
             max_task_retries=run.max_restarts,
+            max_concurrency=run.batches_in_flight,  # a threaded actor: one batch per stage (generation.stages)
             **({"runtime_env": {"env_vars": {logs.VERBOSE_ENV: "1"}}} if logs.verbose() else {}),
         )
         return remote, gpus
 
 
 class _Dispatch:
-    """Feeds batches to actors one at a time; failed batches are bisected, dead actors replaced."""
+    """Feeds batches to actors, `depth` at a time each; failed batches are bisected, dead actors replaced."""
 
-    def __init__(self, actors: list[Any], new_actor: Callable[[], Any], batches: Iterable[Batch], on_result: OnResult):
-        self.actors, self.new_actor, self.on_result = actors, new_actor, on_result
+    def __init__(
+        self,
+        actors: list[Any],
+        new_actor: Callable[[], Any],
+        batches: Iterable[Batch],
+        on_result: OnResult,
+        depth: int = 1,
+    ):
+        self.actors, self.new_actor, self.on_result, self.depth = actors, new_actor, on_result, depth
         self.queue: deque[Batch] = deque()  # split halves, ahead of the rest
         self.pending = iter(batches)
         self.inflight: dict[Any, tuple[Any, Batch]] = {}
+        self.replaced: dict[Any, Any] = {}  # a dead actor's replacement (its other in-flight batch fails too)
         self.fault: EnvironmentFault | None = None  # set: no new batches; the night fails once in-flight ones end
 
     def submit(self, actor: Any) -> None:
@@ -209,17 +226,18 @@ class _Dispatch:
         import ray
 
         for actor in self.actors:
-            self.submit(actor)
+            for _ in range(self.depth):
+                self.submit(actor)
         while self.inflight:
             [ref], _ = ray.wait(list(self.inflight), num_returns=1)
             actor, batch = self.inflight.pop(ref)
             actor, result = self._collect(ref, actor, batch)
             if result is not None:
                 self._deliver(result)
-            self.submit(actor)
-            busy = {v[0] for v in self.inflight.values()}
-            for idle in [a for a in self.actors if a not in busy]:
-                self.submit(idle)  # split halves may have refilled the queue after other actors went idle
+            busy = Counter(v[0] for v in self.inflight.values())
+            for idle in self.actors:  # split halves may have refilled the queue after other actors went idle
+                for _ in range(self.depth - busy[idle]):
+                    self.submit(idle)
         if self.fault is not None:
             raise self.fault
 
@@ -248,10 +266,12 @@ class _Dispatch:
         except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
             if _is_init_failure(exc):
                 raise FactoryError(f"a Ray worker could not start: {_ray_error_line(exc)}") from exc
-            log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
-            self.actors.remove(actor)
-            actor = self.new_actor()
-            self.actors.append(actor)
+            if actor not in self.replaced:
+                log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
+                self.actors.remove(actor)
+                self.replaced[actor] = self.new_actor()
+                self.actors.append(self.replaced[actor])
+            actor = self.replaced[actor]
             return actor, _on_failure(batch, f"worker died: {_ray_error_line(exc)}", self.queue)
 
 

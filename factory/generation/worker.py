@@ -26,6 +26,7 @@ from factory.generation.adapters import make_adapters
 from factory.generation.adoption import adopt_or_generate
 from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
+from factory.generation.stages import StageLocks
 from factory.inputs.bucketing import Batch, Task
 from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
@@ -63,6 +64,7 @@ class Worker:
         self.target(cfg, date)
         self.batch_size = cfg.run.batch_size
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
+        self.stages = StageLocks()  # generation of the next batch overlaps the host work of this one
         self._load_models()
         self._build_gate(thresholds)
 
@@ -78,7 +80,7 @@ class Worker:
         # Style LoRAs (never unloaded): hotswapped into one slot when the UNet gets compiled, so before compiling.
         compiled = runtime.device == "cuda" and runtime.compile != "none"
         self.adapters = make_adapters(self.pipe, cfg.lora.adapters, hotswap=compiled)
-        self.accel = self._accelerate()
+        self.accel = accelerate(self.pipe, runtime, cfg, self.batch_size)
         self.startup["model_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.clip = load_clip(cfg.model, runtime.device)
@@ -115,18 +117,6 @@ class Worker:
         if self.pipe.unet is None:  # the null pipeline
             return {}
         return quantize_unet(self.pipe.unet, self.runtime.quantization)  # the VAE and text encoders stay float
-
-    def _accelerate(self) -> dict[str, Any]:
-        """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
-        if self.runtime.device != "cuda" or self.pipe.unet is None:
-            return {}
-        from factory.generation.accel import optimize_pipeline, warmup
-
-        applied = optimize_pipeline(self.pipe, self.runtime.device, self.runtime.compile)
-        if self.runtime.compile != "none":
-            sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in self.cfg.planner.buckets))
-            applied["warmup_s"] = warmup(self.pipe, sizes, self.batch_size, self.cfg.model.guidance_scale)
-        return applied
 
     def _numerics(self) -> contextlib.AbstractContextManager:
         from factory.determinism import BatchInvariantMode
@@ -182,25 +172,34 @@ class Worker:
         ]
 
     def process(self, batch: Batch) -> BatchResult:
-        timings: dict[str, float] = {}
-        tasks = batch.tasks
+        """Generate (the device stage), then score, repair and write (the host stage). With two callers the next
+        batch generates while this one is finished (factory.generation.stages); the result is the same."""
+        with self.stages.device:
+            images, timings = self._generate_timed(batch)
+        with self.stages.host:
+            return self._finish(batch, images, timings)
 
-        # 1. generate
+    def _generate_timed(self, batch: Batch) -> tuple[list[Any], dict[str, float]]:
         t0 = time.perf_counter()
         computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
         images, adopted = adopt_or_generate(batch, self.store, self.date, self.generate)
-        timings["generate_s"] = time.perf_counter() - t0
-        timings["images_adopted"] = adopted
-        timings["pixels_computed"] = self.pixels_computed - computed_before
+        timings = {
+            "generate_s": time.perf_counter() - t0,
+            "images_adopted": adopted,
+            "pixels_computed": self.pixels_computed - computed_before,
+        }
         timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
-        timings["pixels_needed"] = sum(t.width * t.height for t in tasks)
+        timings["pixels_needed"] = sum(t.width * t.height for t in batch.tasks)
+        return images, timings
 
-        # 2. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
+    def _finish(self, batch: Batch, images: list[Any], timings: dict[str, float]) -> BatchResult:
+        tasks = batch.tasks
+        # 1. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
         t0 = time.perf_counter()
         assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks])
         timings["score_s"] = time.perf_counter() - t0
 
-        # 3. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
+        # 2. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
         # need no repair are already being encoded and written on the writer pool meanwhile
         t0 = time.perf_counter()
         writes = {
@@ -209,7 +208,7 @@ class Worker:
             if not self._needs_repair(a)
         }
         try:
-            outcomes = self.repair(tasks, images, assessments)
+            outcomes = self.repair(tasks, images, assessments, batch.adapters)
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
                     writes[i] = self.writer.submit(task, outcome.image, generated=outcome.image is images[i])
@@ -217,7 +216,7 @@ class Worker:
             t0 = time.perf_counter()
         finally:
             wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
-        # 4. the records, from what was written; the first failed write (in task order) is raised here
+        # 3. the records, from what was written; the first failed write (in task order) is raised here
         written = [writes[i].result() for i in range(len(tasks))]
         records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
         timings["write_s"] = time.perf_counter() - t0
@@ -226,10 +225,16 @@ class Worker:
     def _needs_repair(self, a: Assessment) -> bool:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)
 
-    def repair(self, tasks: tuple[Task, ...], images: list[Any], assessments: list[Assessment]) -> list[RepairOutcome]:
-        if self.retry is None:
+    def repair(
+        self, tasks: tuple[Task, ...], images: list[Any], assessments: list[Assessment], adapters: tuple = ()
+    ) -> list[RepairOutcome]:
+        """Inpaint on the device between generation calls, with the batch's own adapters (the next batch's
+        generation may have switched them meanwhile)."""
+        if self.retry is None or not any(self._needs_repair(a) for a in assessments):
             return [no_repair(im, a) for im, a in zip(images, assessments)]
-        return self.retry.run(list(tasks), images, assessments)
+        with self.stages.device:
+            self.adapters.activate(adapters)
+            return self.retry.run(list(tasks), images, assessments)
 
 
 def _check_device(runtime: Runtime) -> None:
@@ -260,3 +265,16 @@ def image_records(
         )
         for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written)
     ]
+
+
+def accelerate(pipe: Any, runtime: Runtime, cfg: FactoryConfig, batch_size: int) -> dict[str, Any]:
+    """GPU path: channels_last, SDPA, optional torch.compile warmed up once per bucket at the fixed batch size."""
+    if runtime.device != "cuda" or pipe.unet is None:
+        return {}
+    from factory.generation.accel import optimize_pipeline, warmup
+
+    applied = optimize_pipeline(pipe, runtime.device, runtime.compile)
+    if runtime.compile != "none":
+        sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in cfg.planner.buckets))
+        applied["warmup_s"] = warmup(pipe, sizes, batch_size, cfg.model.guidance_scale)
+    return applied

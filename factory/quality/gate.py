@@ -90,13 +90,14 @@ class Gate:
             ]
         feats = clip_scores.encode_images(self.clip, images)  # one image forward for every CLIP check
         aligned = clip_scores.alignment(feats, clip_scores.encode_texts(self.clip, prompts))
+        all_metrics = pixels.pixel_metrics_batch(images)  # batched torch, equal to pixels.pixel_metrics
         out = []
-        for i, (image, category) in enumerate(zip(images, categories)):
+        for i, category in enumerate(categories):
             q = self.config(category)
             pairs = [tuple(p) for p in q.iqa_pairs]
             iqa = clip_scores.iqa_scores(feats[i : i + 1], self.texts.pairs(pairs), clip_scores.pair_slugs(pairs))[0]
             unsafe = clip_scores.safety_scores(feats[i : i + 1], self.texts.get(q.unsafe_concepts))[0]
-            metrics = pixels.pixel_metrics(image)
+            metrics = all_metrics[i]
             iqa_mean = iqa.pop("iqa_mean")
             reasons = failing_checks(
                 {**metrics, "clip_score": aligned[i], "iqa_mean": iqa_mean, "unsafe_score": unsafe}, q

@@ -1,15 +1,28 @@
-"""Pixel checks: cheap whole-image statistics (numpy only) and the reasons they fail: blank / over- / under-exposed /
-blurry / oversaturated."""
+"""Pixel checks: cheap whole-image statistics and the reasons they fail: blank / over- / under-exposed / blurry /
+oversaturated.
+
+`pixel_metrics` (numpy, float64, one image) is the reference definition. `pixel_metrics_batch` is what the gate
+runs: the same statistics for a whole batch as torch integer ops on a (N, H, W, 3) uint8 tensor (on whatever device
+holds it), with PIL's own integer luma and saturation formulas, so every count and sum is exact and only the final
+division rounds: equal to the reference within 1e-12 relative (tests/quality/test_pixels_torch.py), the same
+reasons, no per-image Python loop.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from factory.config import QualityConfig
 from factory.quality.reasons import BLANK, BLURRY, OVEREXPOSED, OVERSATURATED, UNDEREXPOSED
+
+if TYPE_CHECKING:  # torch is imported where it is used, so importing this module stays cheap
+    import torch
 
 
 def to_gray(image: Image.Image) -> np.ndarray:
@@ -41,6 +54,89 @@ def pixel_metrics(image: Image.Image) -> dict[str, float]:
         "laplacian_var": float(laplacian(gray)[1:-1, 1:-1].var()) if min(gray.shape) > 2 else 0.0,
         "saturation_mean": float(sat.mean()),
     }
+
+
+def pixel_metrics_batch(images: Sequence[Image.Image]) -> list[dict[str, float]]:
+    """`pixel_metrics` of each image, one batched torch computation per image size (a batch holds one size, bar
+    tasks resized down from a larger bucket)."""
+    import torch
+
+    out: list[dict[str, float]] = [{} for _ in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.size, []).append(i)
+    for idx in groups.values():
+        rgb = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx]))
+        gray = torch.from_numpy(np.stack([np.asarray(images[i].convert("L")) for i in idx]))  # PIL's C: cheapest
+        for i, m in zip(idx, rgb_metrics(rgb, gray)):
+            out[i] = m
+    return out
+
+
+def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """The `pixel_metrics` of a (N, H, W, 3) uint8 tensor (`gray`: its PIL "L" image, when already at hand):
+    integer counts and sums computed where the tensor is, copied to the host once, then divided exactly (Python
+    integers: one correctly rounded division each)."""
+    import torch
+
+    if gray is None:  # PIL's "L" formula; every partial sum is an integer below 2**24, so float32 is exact
+        weights = torch.tensor([19595.0, 38470.0, 7471.0], device=rgb.device)
+        gray = ((rgb.float() @ weights + 32768.0) / 65536.0).floor()
+    gray = gray.to(torch.int32)
+    r, g, b = rgb.unbind(-1)
+    hi, lo = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
+    sums = [*_sums(gray), (gray >= 250).sum((1, 2)), (gray <= 5).sum((1, 2)), _saturation_sums(hi, lo)]
+    h, w = gray.shape[1:]
+    edges = min(h, w) > 2
+    if edges:
+        lap = gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * gray[:, 1:-1, 1:-1]
+        sums += _sums(lap)
+    rows = torch.stack([t.to(torch.int64) for t in sums], dim=1).tolist()  # one copy to the host per batch
+    n, n_lap = h * w, (h - 2) * (w - 2)
+    return [
+        {
+            "pixel_std": math.sqrt(_variance(g1, g2, n)) / 255.0,
+            "overexposed_frac": over / n,
+            "underexposed_frac": under / n,
+            "laplacian_var": _variance(*lap_sums, n_lap) if edges else 0.0,
+            "saturation_mean": sat / (n * 255),
+        }
+        for g1, g2, over, under, sat, *lap_sums in rows
+    ]
+
+
+_SATURATION: dict[str, torch.Tensor] = {}
+
+
+def _saturation_sums(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """Per sample, the sum of PIL's HSV saturation bytes: a histogram of (max, max - min) pairs dotted with PIL's
+    value for each pair (rgb2hsv: (int)((float)(max - min) / (float)max * 255.0), 0 where max == min)."""
+    import torch
+
+    key = str(hi.device)
+    if key not in _SATURATION:
+        mx = torch.arange(256, dtype=torch.int64).repeat_interleave(256)
+        diff = torch.arange(256, dtype=torch.int64).repeat(256)
+        s = (diff.float() / mx.clamp(min=1).float()).double().mul(255.0).floor().to(torch.int64)
+        _SATURATION[key] = torch.where((diff == 0) | (diff > mx), 0, s).to(hi.device)
+    n = hi.shape[0]
+    pairs = (hi.to(torch.int32) * 256 + (hi - lo).to(torch.int32)).reshape(n, -1)
+    pairs = pairs + torch.arange(n, dtype=torch.int32, device=hi.device)[:, None] * 65536
+    counts = torch.bincount(pairs.reshape(-1), minlength=n * 65536).reshape(n, 65536)
+    return counts @ _SATURATION[key]
+
+
+def _sums(v: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample: the sum and the sum of squares of an int32 tensor (N, H, W) (squares fit: |v| <= 1020), summed in
+    int64."""
+    import torch
+
+    return [v.sum((1, 2), dtype=torch.int64), (v * v).sum((1, 2), dtype=torch.int64)]
+
+
+def _variance(s1: int, s2: int, m: int) -> float:
+    """Population variance from exact integer sums: (m*s2 - s1^2) / m^2, one rounding."""
+    return (m * s2 - s1 * s1) / (m * m)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ On one generated mixed-bucket SKU day, with one loaded model and the same per-bu
 Plus: pixels computed / pixels needed (B, C), the quantization effect (Linear weight bytes, PSNR of quantized vs
 float images on the same seeds, speed), C with two style LoRAs switching every batch (and with one adapter always on,
 to separate the LoRA's compute from the switching), peak RSS, and with `soak` the RSS drift over many batches in one
-worker, without adapters and with adapters switching every batch (diffusers #8532 memory growth).
+worker, without adapters and with adapters switching every batch (diffusers #8532 memory growth), and the night on the
+simulated device (factory/tools/benchmarks/sim_device.py: the H200's measured generator time as a GIL-free wait at
+512², the real gate and writes): night / generator, device busy fraction and host ms per image by stage.
 Timings are best-of-`repeats` per configuration (machines are noisy; compare ratios from one run).
 """
 
@@ -94,8 +96,13 @@ class _Setup:
     seed000: list[Batch]
 
 
-def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0, quant_mode: str = "") -> dict:
-    """A/B/C/D throughput, pixel waste, quantization and memory for one generated mixed-bucket day."""
+def bench(
+    cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0, quant_mode: str = "", sim_skus: int = 96
+) -> dict:
+    """A/B/C/D throughput, pixel waste, quantization and memory for one generated mixed-bucket day; the simulated
+    device's night on `sim_skus` SKUs (0: skipped)."""
+    from factory.tools.benchmarks.sim_device import simulated_night
+
     cfg = cfg.absolute(Path.cwd())
     result: dict[str, Any] = {"machine": _machine(), "skus": n_skus, "batch_size": cfg.run.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +112,8 @@ def bench(cfg: FactoryConfig, n_skus: int = 48, repeats: int = 1, soak: int = 0,
         result["adapters"] = _adapters(s, repeats, soak, result)
         if soak:
             result["soak"] = soak_test(s.worker, s.buckets, soak)
+        if sim_skus:
+            result["simulated_device"] = simulated_night(cfg, sim_skus, Path(tmp))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return result
 
@@ -326,6 +335,8 @@ def _machine() -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
+    from factory.tools.benchmarks.sim_device import format_sim
+
     ips, ratios = r["images_per_s"], r["ratios"]
     q = r["quantization"]
     lines = [
@@ -357,4 +368,6 @@ def format_table(r: dict[str, Any]) -> str:
                 f"{label}: {soak['batches']} batches, RSS {soak['rss_mb_at_10pct']} MB at 10% -> "
                 f"{soak['rss_mb_at_100pct']} MB at 100% ({soak['growth_pct']:+.2f}%)"
             )
+    if "simulated_device" in r:
+        lines.append(format_sim(r["simulated_device"]))
     return "\n".join(lines)

@@ -115,7 +115,7 @@ def e2e_day(cfg: FactoryConfig, images: int, tmp: Path, threads: int) -> dict[st
     config = write_config(run_cfg, root / "night.toml")
     tasks = plan(run_cfg, DAY, skus).tasks
     (root / "plain.json").write_text(json.dumps(_plain_spec(run_cfg, tasks, threads)))
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]  # the checkout holding factory/ (this file: factory/tools/benchmarks)
     env = {**os.environ, "PYTHONPATH": str(repo)}
     plain_s, plain_out = _timed_process(
         [sys.executable, "-m", "factory.tools.benchmarks.plain_loop", str(root / "plain.json"), str(root / "plain")],

@@ -10,7 +10,7 @@ from tests.conftest import REPO, with_run
 
 
 def test_bench_quick_reports_every_field(cfg):
-    r = bench(with_run(cfg, batch_size=4), n_skus=6, repeats=1, soak=4)
+    r = bench(with_run(cfg, batch_size=4), n_skus=6, repeats=1, soak=4, sim_skus=4)
     assert set(r["images_per_s"]) == {
         "A_naive",
         "B_seed000_padded",
@@ -41,7 +41,12 @@ def test_bench_quick_reports_every_field(cfg):
     assert q["bytes_ratio_quantized_layers"] <= 0.3 and q["psnr_db_min"] > 20
     assert r["soak"]["batches"] == 4 and r["soak"]["rss_mb_at_100pct"] > 0
     assert r["peak_rss_mb"] > 0 and r["skus"] == 6 and r["images"] == 7
-    assert "C/A" in format_table(r)
+    sim = r["simulated_device"]
+    assert sim["images"] >= 4 and sim["C_images_per_s"] > 0
+    for night in (sim["batches_in_flight_1"], sim["batches_in_flight_2"]):
+        assert 0 < night["device_busy_fraction"] <= 1 and 0 < night["night_over_generator"] <= 1.2
+        assert set(night["host_ms_per_image"]) == {"score", "repair", "encode_write_wait"}
+    assert "C/A" in format_table(r) and "simulated device" in format_table(r)
 
 
 def test_bench_cli_writes_json(tmp_path):
@@ -49,7 +54,21 @@ def test_bench_cli_writes_json(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((REPO / "tests" / "bench_quick.toml").read_text())
     res = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "dev", "bench", "--skus", "4", "--config", str(config), "--json", out],
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "dev",
+            "bench",
+            "--skus",
+            "4",
+            "--sim-skus",
+            "2",
+            "--config",
+            str(config),
+            "--json",
+            out,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
