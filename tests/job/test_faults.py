@@ -105,6 +105,7 @@ def test_full_disk_on_ray_drains_stops_and_the_rerun_adopts(cfg, tmp_path, caplo
         assert_invariant(out, many_rows(ROWS))
 
 
+@pytest.mark.slow  # ~50 s (its own S3 server, two CLI processes): make test-all; the fault classes stay in make test
 def test_s3_server_stopped_mid_night_fails_cleanly_and_a_rerun_repairs_it(tiny_models, tmp_path, monkeypatch):
     """The object store dies mid-night: bounded retries, then exit 1 naming the URI; nothing blamed on a SKU."""
     server = SeaweedS3(tmp_path / "seaweedfs")
