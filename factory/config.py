@@ -182,7 +182,7 @@ DEFAULT_LABEL_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 
 @dataclass
 class ProvenanceConfig:
-    """What every PNG says about itself (factory/io/provenance.py; README "Provenance and labelling")."""
+    """What every PNG says about itself (factory/io/provenance.py; docs/review.md)."""
 
     producer: str = "adfactory"  # GB 45438 ContentProducer: your organisation's name or code
     propagator: str = ""  # GB 45438 ContentPropagator (a distributor's code); "" leaves it to the platform
@@ -230,7 +230,7 @@ class StorageConfig:
     region: str = ""  # "" = $AWS_REGION, then $AWS_DEFAULT_REGION, else us-east-1
     addressing: str = "auto"  # auto (path-style with a custom endpoint, virtual-hosted on AWS) | path | virtual
     lock: str = "auto"  # auto (local and s3: exclusive-create, others: lease) | exclusive-create
-    #                     | lease -- see README "Scaling out -> storage" for what each guarantees
+    #                     | lease -- see docs/operations.md "Storage" for what each guarantees
     lease_seconds: int = 300  # an object-store lock not renewed for this long is stale and may be taken over
     writer_threads: int = 0  # each worker's PNG writer threads; 0 = 2 on a local disk, 16 on an object store
     # Transient object-store errors (network, throttling, 5xx) are retried this many times, waiting retry_backoff_s,

@@ -1,6 +1,6 @@
 """Planning: one Task per image (prompt, bucket, steps, seed, output path), grouped into resolution-homogeneous batches.
 
-Bucket choice (documented in README):
+Bucket choice (documented in docs/inputs.md):
   1. start from the template's `bucket` hint;
   2. a landscape keyword in the rendered prompt ("poster", "banner", ...) -> the landscape bucket;
   3. otherwise an upscale keyword ("detailed", "HD", ...) -> the next larger non-landscape bucket (capped).

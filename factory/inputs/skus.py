@@ -29,7 +29,7 @@ from factory.io.storage import open_store
 RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
 
-# Row-level reason codes (documented in README, column `reason` of rejected.parquet).
+# Row-level reason codes (documented in docs/outputs.md, column `reason` of rejected.parquet).
 MISSING_SKU_ID = "missing_sku_id"
 INVALID_SKU_ID = "invalid_sku_id"
 DUPLICATE_SKU_ID = "duplicate_sku_id"

@@ -1,6 +1,6 @@
 """What every PNG says about itself: the GB 45438-2025 implicit label (XMP), the AUTOMATIC1111 `parameters` text,
 an optional visible label, optional C2PA signing, and `inspect()` which reads all of it back (`adfactory provenance
-verify`). README "Provenance and labelling" says which rule each mark serves.
+verify`). docs/review.md says which rule each mark serves.
 
 Chunks after IHDR, in file order (text chunks written by `factory.io.png.png_bytes`):
   iTXt `XML:com.adobe.xmp`  XMP packet: `TC260:AIGC` (namespace TC260_NS) = the Annex E JSON {Label, ContentProducer,
@@ -64,7 +64,7 @@ def pixel_sha256(image: Image.Image) -> str:
 
 
 def produce_id(sku_id: str, variant: int, pixel_hash: str) -> str:
-    """The image's unique id (GB 45438 ProduceID): SKU hash, variant and pixel hash, no run id (see README)."""
+    """The image's unique id (GB 45438 ProduceID): SKU hash, variant and pixel hash, no run id (see docs/review.md)."""
     return f"{produce_id_stem(sku_id, variant)}-{pixel_hash[:16]}"
 
 

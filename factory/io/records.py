@@ -7,7 +7,7 @@ derived from the dataclass fields' `arrow` metadata, so a column cannot exist in
 Column sets: approved = IMAGE_COLUMNS + DECISION_COLUMNS; review = IMAGE_COLUMNS + reason, detail +
 DECISION_COLUMNS; a resume part (rolled while a run goes, job/parts.py) = IMAGE_COLUMNS + error, task_key,
 clip_embedding; embeddings.parquet = EMBEDDING_COLUMNS (what the cross-day cache carries into the next night's
-similarity checks). README documents each column.
+similarity checks). docs/outputs.md documents each column.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from factory.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SEARCH_METHODS = ("numpy", "faiss")  # both exact; chosen by size (similarity_method) unless a caller names one
-FAISS_MIN_IMAGES = 4096  # per category; below it a numpy matrix product in blocks is as fast (measured, README)
+FAISS_MIN_IMAGES = 4096  # per category; below it numpy matrix products in blocks are as fast (docs/performance.md)
 _BLOCK = 1024  # rows per numpy block: bounds the similarity matrix to BLOCK x n floats
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -57,7 +57,7 @@ def repair_steps(steps: int, strength: float) -> int:
     A generation spends `steps` steps on the whole noise range; a repair at `strength` starts from the
     `strength` share of it, so this gives the repaired region as many steps per noise level as the image had,
     and a repair's denoising costs about `strength` of a generation's (running all `steps` made a repair cost more
-    than generating the image: README "Performance"). Image quality of this choice is for real weights to judge.
+    than generating the image: docs/performance.md). Image quality of this choice is for real weights to judge.
     """
     return max(1, math.ceil(steps * strength - 1e-9))
 

@@ -1,4 +1,4 @@
-"""Every checkpoint layout README claims, as a tiny replica: a worker with inpaint repair on, and `models check`.
+"""Every checkpoint layout docs/real-weights.md names, as a tiny replica: a worker with inpaint repair, `models check`.
 
 The replicas (factory/tools/builders/checkpoint_replicas.py) have the published model_index.json, component folders and
 LoRA key format; their weights are tiny and random, so these tests prove loading and plumbing only.

@@ -59,7 +59,7 @@ def _bad_utf8(values: list[bytes], type_: pa.DataType = pa.string()) -> pa.Array
 def test_readme_pandas_example_runs(cfg, tmp_path, loaded_worker):
     path = Path(cfg.paths.skus) / f"{DATE}.parquet"
     path.parent.mkdir(parents=True)
-    pd.DataFrame(  # README's example verbatim: `variants` is missing in the first row, so pandas writes float64
+    pd.DataFrame(  # docs/inputs.md's example verbatim: `variants` is missing in the first row, so pandas writes float64
         [
             {"sku_id": "SKU-1001", "category": "shoes", "brand": "Peak", "attrs": '{"color": "white"}'},
             {

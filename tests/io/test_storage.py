@@ -153,7 +153,7 @@ def test_s3_copy_is_server_side(s3_uri, s3_server):
 
 def test_s3_small_objects_are_one_put_each(s3_uri, s3_server):
     """A small object (a PNG, a part) is one PutObject, not a multipart upload (create, part, complete): the
-    server's counters see 1 request per object and no POSTs (README "Driver at scale")."""
+    server's counters see 1 request per object and no POSTs (docs/performance-driver.md)."""
     puts = 'SeaweedFS_s3_request_total{bucket="adfactory",code="200",type="PUT"}'
     posts = 'SeaweedFS_s3_request_total{bucket="adfactory",code="200",type="POST"}'
     store = open_store(s3_uri)

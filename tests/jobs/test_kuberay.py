@@ -1,4 +1,4 @@
-"""The KubeRay manifests parse and keep the properties README promises (no Kubernetes cluster runs here)."""
+"""The KubeRay manifests parse and keep the properties docs/operations.md promises (no Kubernetes cluster runs here)."""
 
 import shlex
 

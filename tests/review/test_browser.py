@@ -1,7 +1,8 @@
-"""The review sheet in a real headless browser: Debian's chromium driven by Playwright (make test-all).
+"""The review sheet in a real headless browser: Debian's chromium driven by Playwright (`make test` installs it).
 
 Clicks approve and reject, decides one SKU by key, checks the filter counts, exports the CSV (a Blob download)
-and feeds it to `adfactory review apply`. Skipped, saying so, only where no Chromium is installed (`make chromium`).
+and applies it with `review apply`'s function. Skipped, saying so, only where no Chromium is installed
+(`make chromium`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from factory.review.apply import apply_decisions
 from factory.review.manifests import open_night, read_images
-from tests.conftest import DATE, cli
+from tests.conftest import DATE
 from tests.review.conftest import XSS_ID
 
-pytestmark = pytest.mark.slow
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
 
@@ -91,8 +92,9 @@ def test_decide_filter_export_and_apply_in_chromium(night, tmp_path):
     assert sorted(rows[1:]) == sorted(
         [["B-bag", "approve", "'=1+1"], ["S-shoe", "reject", 'wrong colour, "navy"'], [XSS_ID, "approve", ""]]
     )
-    done = cli("review", "apply", "--date", DATE, "--output", night.paths.output, str(exported))
-    assert done.returncode == 0, done.stderr
+    # the typed function `adfactory review apply` calls (the CLI's own path: tests/review/test_exports.py)
+    result = apply_decisions(open_night(night, DATE), exported)
+    assert {c.sku_id for c in result.changed} == {"B-bag", "S-shoe", XSS_ID}
     approved = read_images(open_night(night, DATE), "approved")
     assert {XSS_ID, "B-bag"} <= {r.sku_id for r in approved}
     assert {r.review_note for r in approved if r.sku_id == "B-bag"} == {"=1+1"}  # read back as typed

@@ -3,21 +3,21 @@
 The teacher: the tiny random base (`build_tiny_sd_base`) made a real, if tiny, denoiser of the six striped training
 images, test-locally: its VAE scaling factor set to 1/std of their latents (how SD's 0.18215 was chosen; the random
 VAE's latents have std ~0.05 at 0.18215) and a short full fine-tune of its UNet with the plain noise-prediction MSE
-(10 % empty captions, so the CFG's unconditional branch is trained too) — a brand's own fine-tuned base, then
-distilled, which is what the method is for. A *random* teacher denoises nothing: its many-step samples (latent std
-~12) lie far from its training latents, and the distillation moved only the 1- and 2-step outputs closer (README).
+(10 % empty captions, so the CFG's unconditional branch is trained too) — a brand's own fine-tuned base, then distilled,
+which is what the method is for. A *random* teacher denoises nothing: its many-step samples (latent std ~12) lie far
+from its training latents, and the distillation moved only the 1- and 2-step outputs closer (docs/styles.md).
 
-What this proves: the distillation runs end to end (DDIM solver, CFG teacher, boundary scalings, huber loss), its
-loss falls, the LoRA it writes loads into an LCMScheduler pipeline with every trained layer (attention, convs,
-feed-forwards, time embedding), and — the consistency objective as implemented here, on data the teacher models —
-the 1-step output (one jump from pure noise) and the 2-step output (one re-noising at t=499) get closer to the
-teacher's 50-step DDIM (ODE) solution from the same noise at the same guidance, over 64 seeds.
-What it does not prove: that the 4-step output gets closer. It is printed, not asserted: within this CPU budget it
-fell in 7 of 11 teacher/length pairs measured and rose in the other 4 (this test's own teacher: 0.577 -> 0.586; README,
-"Training a brand style"), so a distillation this short (600 steps of 6 images) does not robustly fix the weak-signal
-jump at t=759. Nor are the two stripe phases' clusters the cause: on one-mode data (one palette and phase, jitter) it
-rose with all 3 teachers at 600 and at 2000 steps, beyond the seed noise in 5 of those 6 (README). Nor image quality
-(a random VAE decodes nothing), real weights, real data or scale.
+What this proves: the distillation runs end to end (DDIM solver, CFG teacher, boundary scalings, huber loss), its loss
+falls, the LoRA it writes loads into an LCMScheduler pipeline with every trained layer (attention, convs, feed-forwards,
+time embedding), and — the consistency objective as implemented here, on data the teacher models — the 1-step output
+(one jump from pure noise) and the 2-step output (one re-noising at t=499) get closer to the teacher's 50-step DDIM
+(ODE) solution from the same noise at the same guidance, over 64 seeds. What it does not prove: that the 4-step output
+gets closer. It is printed, not asserted: within this CPU budget it fell in 7 of 11 teacher/length pairs measured and
+rose in the other 4 (this test's own teacher: 0.577 -> 0.586; docs/styles.md, "Training a brand style"), so a
+distillation this short (600 steps of 6 images) does not robustly fix the weak-signal jump at t=759. Nor are the two
+stripe phases' clusters the cause: on one-mode data (one palette and phase, jitter) it rose with all 3 teachers at 600
+and at 2000 steps, beyond the seed noise in 5 of those 6 (docs/styles.md). Nor image quality (a random VAE decodes
+nothing), real weights, real data or scale.
 """
 
 from __future__ import annotations

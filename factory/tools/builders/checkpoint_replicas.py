@@ -1,4 +1,4 @@
-"""Tiny replicas of the published checkpoint layouts README's "Real weights" names, for tests and `models check`.
+"""Tiny replicas of the published checkpoint layouts docs/real-weights.md names, for tests and `models check`.
 
 Each replica copies what the loader sees of a published repository: its `model_index.json` (`_class_name`,
 component entries incl. `safety_checker` / `feature_extractor` where the real one has them, and the pipeline

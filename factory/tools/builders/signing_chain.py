@@ -1,7 +1,7 @@
 """A throwaway C2PA certificate chain for tests and benchmarks: a root CA and an ES256 signing certificate with the
 extensions the C2PA trust model asks for (leaf not a CA, digitalSignature key usage, emailProtection extended key
 usage, key identifiers). Files a C2PA validator will only trust when given the root as a trust anchor: never use
-them for real images (README "Provenance and labelling" says how to get a real certificate)."""
+them for real images (docs/review.md says how to get a real certificate)."""
 
 from __future__ import annotations
 
