@@ -14,6 +14,7 @@ from factory.cli.options import (
     DateOpt,
     ExecutorOpt,
     LogFormatOpt,
+    MatchOutputOpt,
     OutputOpt,
     SkusOpt,
     VerboseOpt,
@@ -206,9 +207,7 @@ def provenance_verify(
         Optional[Path], typer.Option("--trust-anchors", help="PEM root certificates to trust for C2PA signatures.")
     ] = None,
     config: ConfigOpt = None,
-    output: Annotated[
-        Optional[str], typer.Option("--output", help="Output root whose manifests the watermark is matched to.")
-    ] = None,
+    output: MatchOutputOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Print the marks each file carries and whether its pixels still match the label's hash (exit 1 if not);
@@ -231,9 +230,7 @@ def provenance_verify(
 def provenance_detect(
     files: Annotated[list[Path], typer.Argument(help="Images of any format, metadata or not (JPEG, WebP, PNG).")],
     config: ConfigOpt = None,
-    output: Annotated[
-        Optional[str], typer.Option("--output", help="Output root whose manifests the payload is matched to.")
-    ] = None,
+    output: MatchOutputOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Read the invisible watermark of each file (exit 1 if one has none); with --output, the manifest rows

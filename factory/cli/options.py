@@ -30,6 +30,10 @@ OutputOpt = Annotated[
     Optional[str],
     typer.Option("--output", help="Output root: a directory or s3://bucket/prefix (default: paths.output)."),
 ]
+MatchOutputOpt = Annotated[
+    Optional[str],
+    typer.Option("--output", help="Output root whose manifests a watermark payload is matched to (default: none)."),
+]
 ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", help="ray | local (default: run.executor).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Number of pipeline workers.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call.")]
