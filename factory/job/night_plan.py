@@ -6,7 +6,7 @@ import dataclasses
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,26 +80,47 @@ def _stream(
     return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters), batches()
 
 
-def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
-    """The whole day's tasks and rejected rows (what `run` executes)."""
-    date = parse_date(date)
+@dataclass
+class _Planned:
+    """What planning the day's record batches leaves besides the tasks (which the caller's `add` took)."""
+
+    path: str | Path
+    input_rows: int
+    skus: int
+    rejected: list[Rejected]
+    templates: dict[str, Template]
+    thresholds: dict[str, QualityConfig]
+    timings: dict[str, float]
+
+
+def _plan_batches(
+    cfg: FactoryConfig, date: str, skus_path: str | Path | None, add: Callable[[list[Task]], None], batch_rows: int
+) -> _Planned:
+    """Read, validate and plan the day one record batch at a time, handing each batch's tasks to `add`."""
     timings = {"read_s": 0.0, "plan_s": 0.0}  # reading + validating, and planning, summed over the batches
-    templates, path, planner, batches = _stream(cfg, date, skus_path)
+    templates, path, planner, batches = _stream(cfg, date, skus_path, batch_rows)
     thresholds = category_thresholds(cfg, templates)
-    tasks: list[Task] = []
     rejected: list[Rejected] = []
-    input_rows = 0
+    input_rows = skus = 0
     t0 = time.perf_counter()
-    for rows, skus, r in batches:
+    for rows, valid, r in batches:
         t1 = time.perf_counter()
-        tasks += planner.plan_tasks(skus, date)
+        add(planner.plan_tasks(valid, date))
         t2 = time.perf_counter()
         timings["read_s"] += t1 - t0
         timings["plan_s"] += t2 - t1
-        input_rows += rows
+        input_rows, skus = input_rows + rows, skus + len(valid)
         rejected += r
         t0 = time.perf_counter()
-    return Plan(date, path, input_rows, tasks, rejected, templates, thresholds, timings)
+    return _Planned(path, input_rows, skus, rejected, templates, thresholds, timings)
+
+
+def plan(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None) -> Plan:
+    """The whole day's tasks and rejected rows as objects (tools and tests; a night streams: `plan_night`)."""
+    date = parse_date(date)
+    tasks: list[Task] = []
+    d = _plan_batches(cfg, date, skus_path, tasks.extend, 65_536)
+    return Plan(date, d.path, d.input_rows, tasks, d.rejected, d.templates, d.thresholds, d.timings)
 
 
 @dataclass
@@ -137,29 +158,17 @@ def plan_night(cfg: FactoryConfig, date: str, skus_path: str | Path | None = Non
     """The day planned into a local spill, one record batch of the input at a time: the driver holds one batch's
     tasks, whatever the size of the night (same tasks, in the same order per group, as `plan`)."""
     date = parse_date(date)
-    timings = {"read_s": 0.0, "plan_s": 0.0}
-    templates, path, planner, batches = _stream(cfg, date, skus_path, PLAN_BATCH_ROWS)
-    thresholds = category_thresholds(cfg, templates)
     spill_dir = tempfile.TemporaryDirectory(prefix="adfactory-plan-")
     try:
         spill = Spill(Path(spill_dir.name), [b.name for b in cfg.planner.buckets])
-        rejected: list[Rejected] = []
-        input_rows = skus = 0
-        t0 = time.perf_counter()
-        for rows, valid, r in batches:
-            t1 = time.perf_counter()
-            spill.add(planner.plan_tasks(valid, date))
-            t2 = time.perf_counter()
-            timings["read_s"] += t1 - t0
-            timings["plan_s"] += t2 - t1
-            input_rows, skus = input_rows + rows, skus + len(valid)
-            rejected += r
-            t0 = time.perf_counter()
+        d = _plan_batches(cfg, date, skus_path, spill.add, PLAN_BATCH_ROWS)
         groups = spill.close()
     except BaseException:
         spill_dir.cleanup()
         raise
-    return NightPlan(date, path, input_rows, skus, groups, rejected, templates, thresholds, spill_dir, timings)
+    return NightPlan(
+        date, d.path, d.input_rows, d.skus, groups, d.rejected, d.templates, d.thresholds, spill_dir, d.timings
+    )
 
 
 @dataclass
