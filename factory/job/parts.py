@@ -119,14 +119,13 @@ def load_parts(store: Store, date: str) -> pa.Table:
     return rows.take(np.sort(last.column("_i_max").to_numpy()))
 
 
-def finished_rows(store: Store, date: str) -> pa.Table:
+def finished_rows(store: Store, date: str, images: dict[str, int]) -> pa.Table:
     """The part rows that still count on resume if their task is unchanged (see `match_plan`): no generation
     error, and an image that exists (one listing of the date's images, not one request per image; an image lost to
-    a power cut, size 0, is regenerated) or none expected."""
+    a power cut, size 0, is regenerated) or none expected. `images`: that listing (the run makes it once)."""
     rows = load_parts(store, date)
     if not rows.num_rows:
         return rows
-    images = store.sizes(f"{date}/{layout.IMAGES}")
     paths = pa.array(list(images), pa.string())
     sizes = pa.array(list(images.values()), pa.int64())
     size = pc.fill_null(pc.take(sizes, pc.index_in(rows["image_path"], value_set=paths)), 0)

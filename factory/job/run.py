@@ -209,9 +209,11 @@ def _run(
             night.references = _references(cfg, store)
             # 4. resume, 5. cross-day cache (each clears the rows it finds done), 6. generate the rest
             todo = Todo.everything(p.groups)
-            finished = _resume(night, todo)
+            images = store.sizes(f"{p.date}/{layout.IMAGES}")  # one listing: resume checks it, adoption tries it
+            finished = _resume(night, todo, images)
             cached = _cache(night, todo)
-            generated, execution = _execute(night, executor, todo, finished.num_rows, cached.num_rows)
+            written, images = _written(p.date, images), None
+            generated, execution = _execute(night, executor, todo, written, (finished.num_rows, cached.num_rows))
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
@@ -276,10 +278,10 @@ def _night(
 RESUME_CHUNK = 16 * ROW_GROUP  # plan rows per join against the finished part rows
 
 
-def _resume(night: Night, todo: Todo) -> pa.Table:
+def _resume(night: Night, todo: Todo, images: dict[str, int]) -> pa.Table:
     """The part rows an earlier attempt finished for this plan (a join on the task keys, chunk by chunk); their
-    plan rows are cleared from `todo`."""
-    rows = parts.finished_rows(night.store, night.plan.date)
+    plan rows are cleared from `todo`. `images`: the date's image sizes (one listing)."""
+    rows = parts.finished_rows(night.store, night.plan.date, images)
     if not rows.num_rows:
         return rows
     found = [np.zeros(0, np.int64)]
@@ -354,11 +356,13 @@ def _startup(process_age: float | None, started: float, executor: dict[str, Any]
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def _execute(night: Night, executor: Any, todo: Todo, resumed: int, cached: int) -> tuple[pa.Table, Execution]:
+def _execute(
+    night: Night, executor: Any, todo: Todo, written: frozenset[str], done: tuple[int, int]
+) -> tuple[pa.Table, Execution]:
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = Batches(night.store, todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding, _written(night))
+    batches = Batches(night.store, todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding, written)
     n_batches, n_todo = len(batches), sum(batches.counts)
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
@@ -367,8 +371,7 @@ def _execute(night: Night, executor: Any, todo: Todo, resumed: int, cached: int)
         night.plan.input_rows,
         len(night.plan.rejected),
         night.plan.images,
-        resumed,
-        cached,
+        *done,  # already done, from cache
         n_todo,
         n_batches,
     )
@@ -391,12 +394,11 @@ def _execute(night: Night, executor: Any, todo: Todo, resumed: int, cached: int)
     return roller.table(), Execution(n_batches, stage, time.perf_counter() - t0, info)
 
 
-def _written(night: Night) -> frozenset[str]:
-    """Image paths (relative to the date) an interrupted attempt already wrote, from one listing: their worker adopts
-    a file whose embedded cache key matches and re-scores it instead of regenerating it. Empty on a first night."""
-    prefix = f"{night.plan.date}/"
-    sizes = night.store.sizes(f"{night.plan.date}/{layout.IMAGES}")
-    return frozenset(p.removeprefix(prefix) for p, size in sizes.items() if size > 0)
+def _written(date: str, images: dict[str, int]) -> frozenset[str]:
+    """Image paths (relative to the date) an interrupted attempt already wrote: their worker adopts a file whose
+    embedded cache key matches and re-scores it instead of regenerating it. Empty on a first night."""
+    prefix = f"{date}/"
+    return frozenset(p.removeprefix(prefix) for p, size in images.items() if size > 0)
 
 
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
