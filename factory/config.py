@@ -35,6 +35,7 @@ from factory.modes import (
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
+    SINGLE_FILE_FAMILIES,
     WATERMARK_STRENGTHS,
 )
 
@@ -69,7 +70,10 @@ class PathsConfig:
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL); "null": no model
+    pipeline: str = "data/models/tiny-sd"  # local diffusers directory or single-file .safetensors/.ckpt (SD1.5-family
+    #                                       or SDXL); "null": no model
+    single_file_config: str = "auto"  # a single-file pipeline's configs: auto (<stem>.config/ next to the file, else
+    #                                   the shipped set of the family its keys show) | sd15 | sdxl | <config dir>
     lora: str = ""  # optional LCM-LoRA (or brand LoRA) weights path; fused before use
     clip_model: str = "tiny-clip"  # open_clip model name (built-in like "ViT-B-32", or a config in clip_config_dir)
     clip_pretrained: str = "data/models/tiny-clip/open_clip_model.safetensors"  # local checkpoint path
@@ -312,6 +316,9 @@ class FactoryConfig:
                 m,
                 pipeline=m.pipeline if m.pipeline == NULL_PIPELINE else fix(m.pipeline),
                 lora=fix(m.lora),
+                single_file_config=m.single_file_config
+                if m.single_file_config in ("auto", *SINGLE_FILE_FAMILIES)
+                else fix(m.single_file_config),
                 clip_pretrained=fix(m.clip_pretrained),
                 clip_config_dir=fix(m.clip_config_dir),
             ),
@@ -379,6 +386,8 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.compile", model.compile, COMPILE_MODES)
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if not model.single_file_config:
+        raise ConfigError(f"model.single_file_config must be auto, {', '.join(SINGLE_FILE_FAMILIES)} or a config directory")
     if model.pipeline == NULL_PIPELINE and model.lora:
         raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
