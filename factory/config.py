@@ -93,8 +93,12 @@ ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft adapte
 
 @dataclass
 class AdapterConfig:
-    path: str  # a diffusers-format LoRA: a .safetensors file, or a directory holding pytorch_lora_weights.safetensors
+    path: str  # a LoRA (kohya / A1111, diffusers or peft): a .safetensors file or a directory holding one
     weight: float = 1.0  # LoRA scale in set_adapters (1.0: as trained)
+    trigger_words: list[str] = field(default_factory=list)  # put at the start of the prompt of every image using it
+
+
+MAX_TRIGGER_WORD = 100  # characters; a trigger word is a token or short phrase, not a prompt
 
 
 @dataclass
@@ -421,6 +425,13 @@ def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
             raise ConfigError(f"{where}: path must name a LoRA file or directory")
         if not math.isfinite(a.weight):
             raise ConfigError(f"{where}: weight must be a finite number, got {a.weight}")
+        for word in a.trigger_words:
+            # Literal text put into prompts (and the PNG's parameters line): one line, printable, short.
+            if not word.strip() or not word.isprintable() or len(word) > MAX_TRIGGER_WORD:
+                raise ConfigError(
+                    f"{where}: trigger_words must be non-empty printable one-line strings of at most "
+                    f"{MAX_TRIGGER_WORD} characters, got {word[:MAX_TRIGGER_WORD]!r}"
+                )
     if lora.adapters and model.quantization not in ("auto", "none"):
         # Adapters stay unfused peft layers over float Linear weights; quantizing would skip or break them.
         raise ConfigError(
@@ -535,14 +546,16 @@ def _bucket(entry: Any, where: str) -> Bucket:
 
 
 def _adapter(entry: Any, where: str) -> AdapterConfig:
-    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
-        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory) and optionally 'weight'")
-    path, weight = entry["path"], entry.get("weight", 1.0)
+    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight", "trigger_words"}:
+        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory), optionally 'weight' and 'trigger_words'")
+    path, weight, words = entry["path"], entry.get("weight", 1.0), entry.get("trigger_words", [])
     if not isinstance(path, str):
         raise ConfigError(f"{where}: path must be str, got {path!r}")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{where}: weight must be a number, got {weight!r}")
-    return AdapterConfig(path=path, weight=float(weight))
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ConfigError(f"{where}: trigger_words must be a list of strings, got {words!r}")
+    return AdapterConfig(path=path, weight=float(weight), trigger_words=list(words))
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from factory.config import ModelConfig, resolve_path
 from factory.errors import ModelError
+from factory.generation.lora_formats import load_lora
 from factory.generation.single_file import SINGLE_FILE_SUFFIXES, candidate_config_dirs, is_single_file, load_single_file
 from factory.modes import NULL_PIPELINE
 
@@ -86,7 +87,9 @@ def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     if cfg.lora:
         lora = resolve_path(cfg.lora)
         try:
-            pipe.load_lora_weights(str(lora))
+            load_lora(pipe, lora, "model_lora")  # kohya / A1111, diffusers or peft format
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"{lora}: cannot load LoRA weights ({type(exc).__name__}: {exc})") from exc
         # Fused weights run at base-model speed and can be quantized afterwards.

@@ -87,7 +87,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+def header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, dtype) from a safetensors header, without reading the weights."""
     try:
         with path.open("rb") as f:
@@ -102,7 +102,7 @@ def _header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 def inspect(path: Path) -> CheckpointInfo:
     """What the file's keys say it is (a safetensors header is enough; a .ckpt is loaded, weights_only)."""
     if path.suffix == ".safetensors":
-        return detect(_header_shapes(path), path)
+        return detect(header_shapes(path), path)
     sd = read_checkpoint(path)
     return detect({k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()}, path)
 
