@@ -391,7 +391,9 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
     if not model.single_file_config:
-        raise ConfigError(f"model.single_file_config must be auto, {', '.join(SINGLE_FILE_FAMILIES)} or a config directory")
+        raise ConfigError(
+            f"model.single_file_config must be auto, {', '.join(SINGLE_FILE_FAMILIES)} or a config directory"
+        )
     if model.pipeline == NULL_PIPELINE and model.lora:
         raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":

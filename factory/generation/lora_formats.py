@@ -1,13 +1,12 @@
 """LoRA files in the formats people have, told apart by their keys and loaded as one named peft adapter each.
 
-| format      | what it looks like                                                           | loaded by                           |
-| ----------- | ---------------------------------------------------------------------------- | ----------------------------------- |
-| `kohya`     | kohya-ss / A1111 / Civitai: `lora_unet_*`, `lora_te_*` (`lora_te1_/te2_` for | `load_lora_weights` (diffusers'     |
-|             | SDXL) with `.lora_down/.lora_up.weight` and `.alpha`                         | kohya conversion)                   |
-| `diffusers` | `save_lora_weights`: `unet.*` / `text_encoder.*` with `lora_A/lora_B` (or the | `load_lora_weights`                 |
-|             | older `lora.down/up`), alpha in the file's metadata                          |                                     |
-| `peft`      | peft `save_pretrained` directory: `adapter_config.json` (rank, alpha, targets)| `unet.load_lora_adapter` with the   |
-|             | + `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight` | config as its metadata              |
+- `kohya` (kohya-ss, A1111, ComfyUI, Civitai): `lora_unet_*`, `lora_te_*` (`lora_te1_`/`lora_te2_` for SDXL) with
+  `.lora_down/.lora_up.weight` and `.alpha`; loaded by `load_lora_weights` (diffusers' kohya conversion).
+- `diffusers` (`save_lora_weights`): `unet.*` / `text_encoder.*` with `lora_A/lora_B` (or the older `lora.down/up`),
+  alpha in the file's metadata; loaded by `load_lora_weights`.
+- `peft` (peft's `save_pretrained` directory): `adapter_config.json` (rank, alpha, targets) +
+  `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight`; loaded by `unet.load_lora_adapter`
+  with the config as its metadata.
 
 A peft directory adapts one model; for the UNet only (a text-encoder one is refused: save it in diffusers format).
 """
@@ -54,7 +53,9 @@ def find_lora(path: Path) -> LoraFile:
         elif len(candidates) == 1:
             weights = candidates[0]
         else:
-            raise ModelInputError(f"{path}: no LoRA file ({DIFFUSERS_WEIGHTS}, a peft {PEFT_CONFIG}, or one *.safetensors)")
+            raise ModelInputError(
+                f"{path}: no LoRA file ({DIFFUSERS_WEIGHTS}, a peft {PEFT_CONFIG}, or one *.safetensors)"
+            )
     else:
         weights = path
         if path.name == PEFT_WEIGHTS and (path.parent / PEFT_CONFIG).is_file():
@@ -96,7 +97,9 @@ def load_lora(pipe: Any, path: Path, adapter_name: str) -> str:
             if lora.format == "peft":
                 _load_peft(pipe, lora, adapter_name)
             else:
-                pipe.load_lora_weights(str(lora.weights.parent), weight_name=lora.weights.name, adapter_name=adapter_name)
+                pipe.load_lora_weights(
+                    str(lora.weights.parent), weight_name=lora.weights.name, adapter_name=adapter_name
+                )
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)

@@ -111,7 +111,7 @@ def own_memory(pipe: Any) -> None:
             continue
         for m in module.modules():
             for table in (m._parameters, m._buffers):
-                for name, t in table.items():
+                for t in table.values():
                     if t is not None:
                         t.data = t.data.clone()
 

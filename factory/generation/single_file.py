@@ -18,6 +18,7 @@ leaves no trace in the keys: such a checkpoint reads as a base model.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import struct
 from collections import Counter
@@ -150,7 +151,9 @@ def config_dir(path: Path, setting: str, family: str) -> Path:
         return SHIPPED_CONFIGS / setting
     d = Path(setting).expanduser()
     if not (d / "model_index.json").is_file():
-        raise ModelInputError(f"model.single_file_config {setting}: not a diffusers config directory (no model_index.json)")
+        raise ModelInputError(
+            f"model.single_file_config {setting}: not a diffusers config directory (no model_index.json)"
+        )
     if ("text_encoder_2" in json.loads((d / "model_index.json").read_text())) != (family == "sdxl"):
         raise ModelInputError(f"model.single_file_config {setting}: its model_index.json is not an {family} pipeline's")
     return d
@@ -182,9 +185,16 @@ def load_single_file(path: Path, setting: str, dtype: Any) -> Any:
     cls = getattr(diffusers, index["_class_name"])
     accepted = set(cls._get_signature_keys(cls)[0]) | set(cls._get_signature_keys(cls)[1])
     kwargs: dict[str, Any] = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
-    for name, entry in index.items():
-        if isinstance(entry, list) and None not in entry and name not in ("safety_checker", "feature_extractor"):
-            kwargs[name] = _component(name, entry[1], sd, cdir, info, dtype, path)
+    # from_single_file casts with .to(dtype) and warns on every load that no module needed float32: noise.
+    quiet = logging.getLogger("diffusers.models.modeling_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for name, entry in index.items():
+            if isinstance(entry, list) and None not in entry and name not in ("safety_checker", "feature_extractor"):
+                kwargs[name] = _component(name, entry[1], sd, cdir, info, dtype, path)
+    finally:
+        quiet.setLevel(level)
     if "safety_checker" in accepted:  # the factory's quality gate does brand safety
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
@@ -221,7 +231,9 @@ def _component(name: str, class_name: str, sd: dict, cdir: Path, info: Checkpoin
         ) from exc
     missing = [n for n, p in module.named_parameters() if p.is_meta]
     if missing:
-        raise ModelInputError(f"{path}: no weights for {name}.{missing[0]} (and {len(missing) - 1} more) in {cdir}'s layout")
+        raise ModelInputError(
+            f"{path}: no weights for {name}.{missing[0]} (and {len(missing) - 1} more) in {cdir}'s layout"
+        )
     return module
 
 
@@ -244,7 +256,11 @@ def _tokenizer(folder: Path) -> Any:
 
     if (folder / "vocab.json").is_file():
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    conf = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").is_file() else {}
+    conf = (
+        json.loads((folder / "tokenizer_config.json").read_text())
+        if (folder / "tokenizer_config.json").is_file()
+        else {}
+    )
     pad = conf.get("pad_token")
     return build_clip_tokenizer(pad if pad != "<|endoftext|>" else None, conf.get("model_max_length", 77))
 

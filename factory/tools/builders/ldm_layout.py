@@ -1,4 +1,4 @@
-"""diffusers -> original LDM key layout: the inverse of diffusers' single-file conversion (loaders/single_file_utils.py).
+"""diffusers -> original LDM key layout: the inverse of diffusers' single-file conversion (single_file_utils.py).
 
 `to_ldm(pipe)` returns the state dict a single-file SD1.5/SDXL checkpoint (A1111, ComfyUI, Civitai) holds for that
 pipeline: `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE), `cond_stage_model.transformer.*` (SD1.5 CLIP
@@ -57,7 +57,9 @@ def unet_to_ldm(sd: dict[str, Any], config: Any) -> dict[str, Any]:
             side, b, kind, i, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
             idx = (1 + b * per + i) if side == "down" else (b * per + i)
             blocks = "input_blocks" if side == "down" else "output_blocks"
-            new = f"{blocks}.{idx}.0.{_UNET_RESNET.get(rest, rest)}" if kind == "resnets" else f"{blocks}.{idx}.1.{rest}"
+            new = (
+                f"{blocks}.{idx}.0.{_UNET_RESNET.get(rest, rest)}" if kind == "resnets" else f"{blocks}.{idx}.1.{rest}"
+            )
         elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", module):
             new = f"input_blocks.{(int(m[1]) + 1) * per}.0.op"
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv", module):
@@ -123,7 +125,7 @@ _OPEN_CLIP_LAYER = {
 
 
 def open_clip_to_ldm(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """A CLIPTextModelWithProjection state dict -> OpenCLIP keys under `prefix` (SDXL's `conditioner.embedders.1.model.`):
+    """A CLIPTextModelWithProjection state dict -> OpenCLIP keys under `prefix` (SDXL: conditioner.embedders.1.model.),
     q/k/v concatenated into `in_proj_*`, the position embedding a bare tensor, `text_projection` transposed."""
     import torch
 

@@ -6,11 +6,9 @@ and `<name>.safetensors` with its weights renamed to the original layout (`ldm_l
 next to a file; the shipped full-size configs do not fit tiny tensors). Loading both must give the same tensors and
 pixels. The weights are random: loading and plumbing only, never image quality.
 
-| replica    | architecture                                                     | like                                 |
-| ---------- | ---------------------------------------------------------------- | ------------------------------------ |
-| `lcm-sd15` | SD1.5 UNet with LCM's guidance embedding (`time_cond_proj_dim`)   | an LCM-distilled SD1.5 fine-tune     |
-| `sd15`     | SD1.5 base UNet (no LCM embedding); also written as `sd15.ckpt`  | a brand SD1.5 fine-tune (+ LCM-LoRA) |
-| `sdxl`     | SDXL UNet, CLIP-L-like + OpenCLIP-bigG-like text encoders        | an SDXL fine-tune (+ LCM-LoRA)       |
+- `lcm-sd15`: an SD1.5 UNet with LCM's guidance embedding (`time_cond_proj_dim`), like an LCM-distilled fine-tune;
+- `sd15`: an SD1.5 base UNet, like a brand SD1.5 fine-tune (run with an LCM-LoRA); also written as `sd15.ckpt`;
+- `sdxl`: an SDXL UNet with a CLIP-L-like and an OpenCLIP-bigG-like text encoder, like an SDXL fine-tune.
 
 The tiny SDXL's second text encoder is wider (48) than its first (32), as bigG (1280) is wider than ViT-L (768):
 diffusers tells the two encoders of an SDXL file apart by their widths.

@@ -103,7 +103,9 @@ def write_format_loras(root: str | Path, seed: int = 0, scale: float = 0.3) -> d
         save_file(kohya, str(out[f"{name}-kohya"]))
     peft_dir = root / "unet-peft"
     peft_dir.mkdir(parents=True, exist_ok=True)
-    save_file({f"base_model.model.{k}": v.contiguous() for k, v in u.items()}, str(peft_dir / "adapter_model.safetensors"))
+    save_file(
+        {f"base_model.model.{k}": v.contiguous() for k, v in u.items()}, str(peft_dir / "adapter_model.safetensors")
+    )
     conf = {**unet_cfg.to_dict(), "target_modules": sorted(STYLE_TARGETS), "peft_type": "LORA"}
     (peft_dir / "adapter_config.json").write_text(json.dumps(conf, indent=2, default=str) + "\n")
     out["unet-peft"] = peft_dir

@@ -118,7 +118,9 @@ def describe_single_file(path: Path, setting: str, report: ModelCheck, emit: Cal
     where = "shipped full-size set" if cdir.parent == SHIPPED_CONFIGS else "model.single_file_config / next to the file"
     report.add("configs", f"{cdir} ({where})", emit)
     if info.inpainting:
-        raise ModelInputError(f"{path}: an inpainting checkpoint cannot generate from text; it cannot be model.pipeline")
+        raise ModelInputError(
+            f"{path}: an inpainting checkpoint cannot generate from text; it cannot be model.pipeline"
+        )
     index = json.loads((cdir / "model_index.json").read_text(encoding="utf-8"))
     return {k: v for k, v in index.items() if not (isinstance(v, list) and None in v)}
 
