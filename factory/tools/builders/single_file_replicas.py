@@ -39,7 +39,9 @@ def write_single_file_replicas(root: str | Path) -> dict[str, Path]:
     """Write every replica under `root`; returns name -> the `.safetensors` file (`sd15.ckpt` sits beside its file)."""
     import torch
     from safetensors.torch import save_file
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a "Writing model shards" bar for one tiny shard: noise
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -115,7 +115,8 @@ def describe_single_file(path: Path, setting: str, report: ModelCheck, emit: Cal
     pred = info.prediction + (", zero terminal SNR (ztsnr)" if info.zero_snr else "")
     report.add("prediction", f"{pred} (from the keys' v_pred/ztsnr markers)", emit)
     cdir = config_dir(path, setting, info.family)
-    where = "shipped full-size set" if cdir.parent == SHIPPED_CONFIGS else "model.single_file_config / next to the file"
+    where = "next to the file" if setting == "auto" else "model.single_file_config"
+    where = "the shipped full-size set" if cdir.parent == SHIPPED_CONFIGS else where
     report.add("configs", f"{cdir} ({where})", emit)
     if info.inpainting:
         raise ModelInputError(
