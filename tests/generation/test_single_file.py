@@ -25,7 +25,6 @@ from factory.job.night_plan import local_worker
 from factory.tools.builders.ldm_layout import to_ldm
 from factory.tools.builders.single_file_replicas import write_single_file_replicas
 from factory.tools.ops.check_model import check_model
-from tests.conftest import cli
 from tests.generation.test_worker import batch, tasks_for
 
 PROMPTS = ["a red running shoe, HD", "产品摄影 运动鞋", "{0.__class__} %s", "white sneaker " * 40]
@@ -178,10 +177,9 @@ def test_models_check_names_what_a_single_file_is(files, cfg, tmp_path):
     assert found["unet"].startswith("UNet2DConditionModel") and "outside the mask unchanged" in found["repair run"]
     sdxl = dict(check_model(files["sdxl"], None, cfg).lines)
     assert sdxl["checkpoint"].startswith("sdxl single file") and "not detectable" in sdxl["lcm keys"]
-    ok = cli("models", "check", str(files["lcm-sd15"]))
-    assert ok.returncode == 0 and ok.stdout.splitlines()[-1].startswith("OK: "), ok.stderr
-    bad = cli("models", "check", str(shutil.copy(files["sd15"], tmp_path / "no-config.safetensors")))
-    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "do not load with the configs" in bad.stderr
+    with pytest.raises(ModelInputError, match="do not load with the configs") as err:  # exit 2, one line
+        check_model(shutil.copy(files["sd15"], tmp_path / "no-config.safetensors"), None, cfg)
+    assert err.value.exit_code == EXIT_BAD_INPUT and "\n" not in str(err.value)
 
 
 def test_inverse_conversion_refuses_keys_it_has_no_name_for(files):
