@@ -1,6 +1,6 @@
 """Single-file checkpoints (`.safetensors` / `.ckpt` in the original LDM key layout: A1111, ComfyUI, Civitai).
 
-`model.pipeline = "/models/brand-base.safetensors"` loads here: the family is told from the keys (`inspect`), the
+`model.pipeline = "/models/brand-base.safetensors"` loads here: the family is told from the keys (`detect`), the
 component configs come from a local diffusers config directory (`config_dir`: one next to the file, one named by
 `model.single_file_config`, or the full-size set shipped in `single_file_configs/<family>/`), and every weighted
 component goes through its diffusers class's own `from_single_file` conversion (text encoders through
@@ -73,7 +73,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            try:
+                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # a pre-zip (torch < 1.6) file cannot be memory-mapped
+                if "mmap" not in str(exc):
+                    raise
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelInputError(
             f"{path}: this .ckpt needs arbitrary code to unpickle, which is refused; convert it to .safetensors "
@@ -100,7 +105,7 @@ def header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items()}
 
 
-def inspect(path: Path) -> CheckpointInfo:
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """What the file's keys say it is (a safetensors header is enough; a .ckpt is loaded, weights_only)."""
     if path.suffix == ".safetensors":
         return detect(header_shapes(path), path)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from factory.config import ModelConfig
 from factory.errors import EXIT_BAD_INPUT, ModelInputError
 from factory.generation.models import load_pipeline, model_fingerprint
-from factory.generation.single_file import SHIPPED_CONFIGS, detect, inspect
+from factory.generation.single_file import SHIPPED_CONFIGS, detect, inspect_checkpoint
 from factory.job.night_plan import local_worker
 from factory.tools.builders.ldm_layout import to_ldm
 from factory.tools.builders.single_file_replicas import write_single_file_replicas
@@ -95,7 +95,11 @@ def test_ckpt_loads_like_safetensors_and_pickled_code_is_refused(files, tmp_path
 
 
 def test_family_inpainting_lcm_and_prediction_come_from_the_keys(files, tmp_path):
-    lcm, sd15, sdxl = inspect(files["lcm-sd15"]), inspect(files["sd15"]), inspect(files["sdxl"])
+    lcm, sd15, sdxl = (
+        inspect_checkpoint(files["lcm-sd15"]),
+        inspect_checkpoint(files["sd15"]),
+        inspect_checkpoint(files["sdxl"]),
+    )
     assert (lcm.family, lcm.lcm_dim, sd15.family, sd15.lcm_dim, sdxl.family) == ("sd15", 32, "sd15", None, "sdxl")
     assert not sd15.inpainting and sd15.prediction == "epsilon" and sd15.dtype == "float32"
     shapes = {k: (tuple(v.shape), "F16") for k, v in load_file(str(files["sd15"])).items()}

@@ -100,9 +100,9 @@ def check_model(
 def describe_single_file(path: Path, setting: str, report: ModelCheck, emit: Callable[[str, str], None] | None) -> dict:
     """What a single-file checkpoint's keys say (family, inpainting, dtype, size, LCM, prediction) and the configs
     it loads with; returns the config directory's model_index.json, without its unloaded (null) entries."""
-    from factory.generation.single_file import SHIPPED_CONFIGS, config_dir, inspect
+    from factory.generation.single_file import SHIPPED_CONFIGS, config_dir, inspect_checkpoint
 
-    info = inspect(path)
+    info = inspect_checkpoint(path)
     kind = "inpainting (9-channel UNet)" if info.inpainting else f"text-to-image ({info.in_channels}-channel UNet)"
     report.add("checkpoint", f"{info.family} single file (original LDM keys), {kind}, {info.dtype}, "
                f"{info.params / 1e6:.1f}M params", emit)  # fmt: skip
