@@ -20,6 +20,7 @@ from factory.generation.models import load_pipeline
 from factory.inputs.bucketing import Planner
 from factory.inputs.prompts import load_templates
 from factory.inputs.skus import Sku
+from factory.job.run import run
 from factory.tools.builders.style_lora import FORMAT_ALPHA, FORMAT_RANK, write_format_loras
 from factory.tools.ops.check_model import describe_lora
 from tests.conftest import DATE, REPO
@@ -129,3 +130,22 @@ def test_trigger_words_config_is_checked(tmp_path):
     cfg = load_config(f)
     assert cfg.lora == LoraSection({"peak": AdapterConfig(str(tmp_path / "l.safetensors"), 1.0, ["peakstyle"])})
     assert json.loads(json.dumps(cfg.to_dict()))["lora"]["adapters"]["peak"]["trigger_words"] == ["peakstyle"]
+
+
+def test_a_night_on_a_single_file_with_a_kohya_adapter_and_trigger_words(loras, tiny_models, tmp_path):
+    """End to end (local executor): the model is a single file, the toys template's adapter a kohya file with
+    trigger words; toys prompts start with them, food prompts do not, the model column names the file."""
+    from factory.tools.builders.single_file_replicas import write_single_file_replicas
+    from tests.generation.test_adapters import adapter_cfg, manifest, two_category_day
+
+    model = write_single_file_replicas(tmp_path / "models")["lcm-sd15"]
+    cfg = adapter_cfg(tiny_models, tmp_path, {"style": loras["unet-kohya"], "brand": loras["unet-peft"]})
+    cfg.lora.adapters["style"].trigger_words = ["stylewordx"]
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pipeline=str(model)))
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="local"))
+    summary = run(cfg, DATE, two_category_day(tmp_path / "day.parquet"))
+    rows = manifest(summary, "approved") + manifest(summary, "review")
+    assert len(rows) == 6 and all(r["model"].startswith("lcm-sd15.safetensors@") for r in rows)
+    for r in rows:
+        assert r["prompt"].startswith("stylewordx, ") == (r["sku_id"][0] == "T"), r["prompt"]
+    assert run(cfg, DATE, tmp_path / "day.parquet").already_done  # the night is final: a rerun does nothing
