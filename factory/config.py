@@ -35,6 +35,7 @@ from factory.modes import (
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
+    SINGLE_FILE_FAMILIES,
     WATERMARK_STRENGTHS,
 )
 
@@ -69,7 +70,10 @@ class PathsConfig:
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "data/models/tiny-sd"  # local diffusers directory (SD1.5-family or SDXL); "null": no model
+    pipeline: str = "data/models/tiny-sd"  # local diffusers directory or single-file .safetensors/.ckpt (SD1.5-family
+    #                                       or SDXL); "null": no model
+    single_file_config: str = "auto"  # a single-file pipeline's configs: auto (<stem>.config/ next to the file, else
+    #                                   the shipped set of the family its keys show) | sd15 | sdxl | <config dir>
     lora: str = ""  # optional LCM-LoRA (or brand LoRA) weights path; fused before use
     clip_model: str = "tiny-clip"  # open_clip model name (built-in like "ViT-B-32", or a config in clip_config_dir)
     clip_pretrained: str = "data/models/tiny-clip/open_clip_model.safetensors"  # local checkpoint path
@@ -89,8 +93,12 @@ ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft adapte
 
 @dataclass
 class AdapterConfig:
-    path: str  # a diffusers-format LoRA: a .safetensors file, or a directory holding pytorch_lora_weights.safetensors
+    path: str  # a LoRA (kohya / A1111, diffusers or peft): a .safetensors file or a directory holding one
     weight: float = 1.0  # LoRA scale in set_adapters (1.0: as trained)
+    trigger_words: list[str] = field(default_factory=list)  # put at the start of the prompt of every image using it
+
+
+MAX_TRIGGER_WORD = 100  # characters; a trigger word is a token or short phrase, not a prompt
 
 
 @dataclass
@@ -312,6 +320,9 @@ class FactoryConfig:
                 m,
                 pipeline=m.pipeline if m.pipeline == NULL_PIPELINE else fix(m.pipeline),
                 lora=fix(m.lora),
+                single_file_config=m.single_file_config
+                if m.single_file_config in ("auto", *SINGLE_FILE_FAMILIES)
+                else fix(m.single_file_config),
                 clip_pretrained=fix(m.clip_pretrained),
                 clip_config_dir=fix(m.clip_config_dir),
             ),
@@ -379,6 +390,10 @@ def _validate_model(model: ModelConfig) -> None:
     _one_of("model.compile", model.compile, COMPILE_MODES)
     _one_of("model.determinism", model.determinism, ("auto", *DETERMINISM_MODES))
     _one_of("model.dtype", model.dtype, ("auto", *DTYPES))
+    if not model.single_file_config:
+        raise ConfigError(
+            f"model.single_file_config must be auto, {', '.join(SINGLE_FILE_FAMILIES)} or a config directory"
+        )
     if model.pipeline == NULL_PIPELINE and model.lora:
         raise ConfigError(f"model.lora must be empty with model.pipeline = {NULL_PIPELINE!r} (there is no model)")
     if model.quantization == "int8-weight" and model.determinism == "batch-invariant":
@@ -412,6 +427,13 @@ def _validate_adapters(lora: LoraSection, model: ModelConfig) -> None:
             raise ConfigError(f"{where}: path must name a LoRA file or directory")
         if not math.isfinite(a.weight):
             raise ConfigError(f"{where}: weight must be a finite number, got {a.weight}")
+        for word in a.trigger_words:
+            # Literal text put into prompts (and the PNG's parameters line): one line, printable, short.
+            if not word.strip() or not word.isprintable() or len(word) > MAX_TRIGGER_WORD:
+                raise ConfigError(
+                    f"{where}: trigger_words must be non-empty printable one-line strings of at most "
+                    f"{MAX_TRIGGER_WORD} characters, got {word[:MAX_TRIGGER_WORD]!r}"
+                )
     if lora.adapters and model.quantization not in ("auto", "none"):
         # Adapters stay unfused peft layers over float Linear weights; quantizing would skip or break them.
         raise ConfigError(
@@ -526,14 +548,16 @@ def _bucket(entry: Any, where: str) -> Bucket:
 
 
 def _adapter(entry: Any, where: str) -> AdapterConfig:
-    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight"}:
-        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory) and optionally 'weight'")
-    path, weight = entry["path"], entry.get("weight", 1.0)
+    if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "weight", "trigger_words"}:
+        raise ConfigError(f"{where}: needs 'path' (a LoRA file or directory), optionally 'weight' and 'trigger_words'")
+    path, weight, words = entry["path"], entry.get("weight", 1.0), entry.get("trigger_words", [])
     if not isinstance(path, str):
         raise ConfigError(f"{where}: path must be str, got {path!r}")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{where}: weight must be a number, got {weight!r}")
-    return AdapterConfig(path=path, weight=float(weight))
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ConfigError(f"{where}: trigger_words must be a list of strings, got {words!r}")
+    return AdapterConfig(path=path, weight=float(weight), trigger_words=list(words))
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

@@ -21,6 +21,8 @@ SEED_SCOPES = ("date", "sku")
 # image: the same executor/worker/writer path with the model's cost taken out, to measure orchestration and storage
 # alone (`adfactory dev scale-bench null-night`). Never a production setting. A directory named null is `./null`.
 NULL_PIPELINE = "null"
+# model.single_file_config: the shipped full-size config sets (factory/generation/single_file_configs/<family>/)
+SINGLE_FILE_FAMILIES = ("sd15", "sdxl")
 # model.device / model.dtype once "auto" is resolved (factory.generation.runtime).
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")

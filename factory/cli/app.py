@@ -179,8 +179,13 @@ def train_lora(
 
 @models_app.command("check")
 def check(
-    directory: Annotated[Path, typer.Argument(help="A diffusers pipeline directory (model_index.json).")],
-    lora: Annotated[Optional[Path], typer.Option("--lora", help="An LCM-LoRA (file or directory) to fuse.")] = None,
+    directory: Annotated[
+        Path,
+        typer.Argument(help="A diffusers pipeline directory (model_index.json) or a single-file .safetensors/.ckpt."),
+    ],
+    lora: Annotated[
+        Optional[Path], typer.Option("--lora", help="A LoRA (kohya, diffusers or peft; file or directory) to fuse.")
+    ] = None,
     config: ConfigOpt = None,
     size: Annotated[int, typer.Option("--size", help="Test image side in px (multiple of 8).")] = 64,
     steps: Annotated[int, typer.Option("--steps", help="LCM steps of the test generation.")] = 2,

@@ -175,6 +175,27 @@ def init_style_lora(
     guard(verbose, lambda: typer.echo(f"tiny style LoRA: {write_style_lora(directory, seed=seed)}"))
 
 
+@dev_app.command("init-single-file")
+def init_single_file(
+    directory: Annotated[Path, typer.Argument(help="Where to write the replicas and LoRAs.")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build tiny single-file checkpoints in the original LDM layout (lcm-sd15, sd15 + .ckpt, sdxl; each with its
+    <name>.config/ and directory form) and a tiny style LoRA in each format (kohya, diffusers, peft)."""
+    from factory.tools.builders.single_file_replicas import write_single_file_replicas
+    from factory.tools.builders.style_lora import write_format_loras
+
+    def go() -> None:
+        for name, path in write_single_file_replicas(directory).items():
+            typer.echo(
+                f"single file {name}: {path} (configs {path.with_suffix('.config')}, directory {path.parent / name})"
+            )
+        for name, path in write_format_loras(directory / "loras").items():
+            typer.echo(f"style LoRA {name}: {path}")
+
+    guard(verbose, go)
+
+
 @dev_app.command("init-random-sd15")
 def init_random_sd15(
     directory: Annotated[Path, typer.Argument(help="Where to write the pipeline directory.")],

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from factory.config import AdapterConfig
-from factory.errors import ModelError
+from factory.errors import ModelError, ModelInputError
+from factory.generation.lora_formats import load_lora
 from factory.inputs.bucketing import parse_adapter_entry
 
 log = logging.getLogger(__name__)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what `save_lora_weights` writes in a directory
 SLOT = "factory_adapter_slot"  # the one hotswapped adapter of a compiled UNet
 
 
@@ -45,23 +44,13 @@ def make_adapters(pipe: Any, configured: dict[str, AdapterConfig], hotswap: bool
 
 
 def load_adapter(pipe: Any, name: str, path: str) -> None:
-    """`load_lora_weights` for a LoRA file or a directory holding `pytorch_lora_weights.safetensors`."""
-    p = Path(path)
-    # A UNet-only style LoRA (the usual kind) makes diffusers warn, on every load, that the text encoder got no keys.
-    quiet = logging.getLogger("diffusers.loaders.lora_base")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    """Load a style LoRA (kohya / A1111, diffusers or peft format: `lora_formats.py`) as peft adapter `name`."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # a 2nd adapter: intended
-            if p.is_file():
-                pipe.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
-            else:
-                pipe.load_lora_weights(str(p), adapter_name=name)
+        load_lora(pipe, Path(path), name)
+    except ModelInputError as exc:
+        raise ModelInputError(f"[lora.adapters.{name}] {exc}") from None
     except Exception as exc:  # diffusers/peft raise many types; the operator needs the adapter and the cause
         raise ModelError(f"[lora.adapters.{name}] {path}: cannot load LoRA ({type(exc).__name__}: {exc})") from exc
-    finally:
-        quiet.setLevel(level)
 
 
 class Adapters:

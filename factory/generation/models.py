@@ -16,10 +16,13 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from factory.config import ModelConfig, resolve_path
 from factory.errors import ModelError
+from factory.generation.lora_formats import load_lora
+from factory.generation.single_file import SINGLE_FILE_SUFFIXES, candidate_config_dirs, is_single_file, load_single_file
 from factory.modes import NULL_PIPELINE
 
 log = logging.getLogger(__name__)
@@ -64,24 +67,17 @@ def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     if cfg.pipeline == NULL_PIPELINE:
         return NullPipeline()
     import_libraries()  # torchao kept out of diffusers/transformers (see there), whoever calls first
-    from diffusers import DiffusionPipeline, LCMScheduler
+    from diffusers import LCMScheduler
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # per-component load bars would flood cron logs
     transformers_logging.disable_progress_bar()
     path = resolve_path(cfg.pipeline)
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelError(f"{path}: not a diffusers pipeline directory (no model_index.json); run 'make models'")
-    kwargs: dict[str, Any] = {}
-    if "safety_checker" in json.loads(index.read_text()):
-        # The factory has its own quality/brand-safety gate; the SD1.5 NSFW checker would cost a model load.
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
-    except Exception as exc:  # diffusers raises many types; the user needs the path and the cause
-        raise ModelError(f"{path}: cannot load the diffusers pipeline ({type(exc).__name__}: {exc})") from exc
+    if is_single_file(path):
+        pipe = load_single_file(path, cfg.single_file_config, dtype)
+    else:
+        pipe = _load_directory(path, dtype)
     if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder"):
         raise ModelError(f"{path}: {type(pipe).__name__} is not an SD1.5-family or SDXL text-to-image pipeline")
     if not isinstance(pipe.scheduler, LCMScheduler):
@@ -91,15 +87,52 @@ def load_pipeline(cfg: ModelConfig, device: str, dtype: Any) -> Any:
     if cfg.lora:
         lora = resolve_path(cfg.lora)
         try:
-            pipe.load_lora_weights(str(lora))
+            load_lora(pipe, lora, "model_lora")  # kohya / A1111, diffusers or peft format
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"{lora}: cannot load LoRA weights ({type(exc).__name__}: {exc})") from exc
         # Fused weights run at base-model speed and can be quantized afterwards.
         pipe.fuse_lora()
         pipe.unload_lora_weights()
+    if device == "cpu":
+        own_memory(pipe)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def own_memory(pipe: Any) -> None:
+    """Copy every weight into freshly allocated memory. Weights loaded from safetensors live where the file put them
+    (mmap), and CPU kernels pick their vectorized paths by address alignment: the same weights at another offset (a
+    single file vs. the directory form, a re-saved file) gave UNet outputs ~1e-6 apart, enough to flip pixels."""
+    for module in pipe.components.values():
+        if not hasattr(module, "modules"):
+            continue
+        for m in module.modules():
+            for table in (m._parameters, m._buffers):
+                for t in table.values():
+                    if t is not None:
+                        t.data = t.data.clone()
+
+
+def _load_directory(path: Path, dtype: Any) -> Any:
+    from diffusers import DiffusionPipeline
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(
+            f"{path}: neither a diffusers pipeline directory (no model_index.json) nor a single-file checkpoint "
+            f"({' / '.join(SINGLE_FILE_SUFFIXES)}); run 'make models' for the embedded one"
+        )
+    kwargs: dict[str, Any] = {}
+    if "safety_checker" in json.loads(index.read_text()):
+        # The factory has its own quality/brand-safety gate; the SD1.5 NSFW checker would cost a model load.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
+    except Exception as exc:  # diffusers raises many types; the user needs the path and the cause
+        raise ModelError(f"{path}: cannot load the diffusers pipeline ({type(exc).__name__}: {exc})") from exc
 
 
 def model_fingerprint(cfg: ModelConfig) -> str:
@@ -107,7 +140,12 @@ def model_fingerprint(cfg: ModelConfig) -> str:
     if cfg.pipeline == NULL_PIPELINE:
         return NULL_PIPELINE
     h = hashlib.sha256()
-    for root in [resolve_path(cfg.pipeline)] + ([resolve_path(cfg.lora)] if cfg.lora else []):
+    pipeline = resolve_path(cfg.pipeline)
+    roots = [pipeline] + ([resolve_path(cfg.lora)] if cfg.lora else [])
+    if is_single_file(pipeline):
+        # The configs a single file loads with change pixels as a directory's JSON files do: hashed the same way.
+        roots += candidate_config_dirs(pipeline, cfg.single_file_config)
+    for root in roots:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             st = f.stat()

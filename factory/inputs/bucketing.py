@@ -120,6 +120,12 @@ class Planner:
         names = sorted(set(template.adapters) | set(sku.adapters))
         return tuple(adapter_entry(n, self.adapters[n].weight) for n in names)
 
+    def with_trigger_words(self, prompt: str, adapters: tuple[str, ...]) -> str:
+        """`prompt` with the trigger words of its adapters in front, adapter-name order, joined by ", " (literal
+        text: trigger words are data, never template syntax)."""
+        words = [w.strip() for e in adapters for w in self.adapters[parse_adapter_entry(e)[0]].trigger_words]
+        return ", ".join([*dict.fromkeys(words), prompt]) if words else prompt
+
     def bucket_of(self, sku: Sku) -> str:
         template = self.templates[sku.category]
         return self.choose_bucket(template.bucket, template.render(sku.attrs)[0]).name
@@ -144,8 +150,9 @@ class Planner:
         for sku in skus:
             template = self.templates[sku.category]
             prompt, negative = template.render(sku.attrs)
-            b = self.choose_bucket(template.bucket, prompt)
+            b = self.choose_bucket(template.bucket, prompt)  # from the template's words, never the trigger words
             adapters = self.adapter_set(template, sku)
+            prompt = self.with_trigger_words(prompt, adapters)
             for variant in range(sku.variants):
                 tasks.append(
                     Task(

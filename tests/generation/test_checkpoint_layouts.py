@@ -131,7 +131,7 @@ def test_models_check_reports_each_component(replicas, cfg, tmp_path):
     assert check_model(base, None, cfg).warnings == 1
     lora = write_lcm_lora("sd15", tmp_path / "lora-diffusers", fmt="diffusers")
     found = dict(check_model(base, lora.parent, cfg).lines)
-    assert "diffusers keys" in found["lora"] and "UNet layers" in found["lora"]
+    assert "diffusers format" in found["lora"] and "UNet layers" in found["lora"]
     assert "(saved: PNDMScheduler; replaced)" in found["scheduler"]
     assert_lora_fused(load_pipeline(ModelConfig(pipeline=str(base), lora=str(lora)), "cpu", torch.float32), base)
 
@@ -162,7 +162,7 @@ def bad_dirs(replicas, tmp_path):
         (lfs, None, "a Git LFS pointer, not weights"),
         (bad_json, None, "not a diffusers model index"),
         (truncated, None, "cannot load the diffusers pipeline"),
-        (sd15.pipeline, not_lora, "not a safetensors LoRA file"),
+        (sd15.pipeline, not_lora, "not a safetensors file"),
         (sd15.pipeline, tmp_path / "empty", "no LoRA file"),
         (replicas["lcm-sd15"].pipeline, replicas["sdxl+lcm-lora"].lora, "cannot load LoRA weights"),
     ]

@@ -7,37 +7,19 @@ never image quality.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from factory.generation.clip_tokenizer import build_clip_tokenizer
+
 log = logging.getLogger(__name__)
+
+__all__ = ["build_clip_tokenizer"]  # re-exported: the builders and tests name it here
 
 TINY_SEED = 0  # fixed: `adfactory dev init-tiny` always writes the same weights
 TINY_CLIP_NAME = "tiny-clip"
-
-
-def build_clip_tokenizer(pad_token: str | None = None) -> Any:
-    """A CLIPTokenizer (model_max_length=77) built offline from open_clip's shipped BPE vocabulary.
-
-    The vocabulary construction mirrors open_clip.tokenizer.SimpleTokenizer, which is the same as OpenAI CLIP's.
-    `pad_token`: None keeps the default (`<|endoftext|>`); SDXL's second tokenizer pads with "!".
-    """
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
-
-    lines = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    pairs = [tuple(m.split()) for m in merges]
-    extra = {"pad_token": pad_token} if pad_token else {}
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=pairs, model_max_length=77, **extra)
 
 
 def _tiny_text_encoder_config() -> Any:

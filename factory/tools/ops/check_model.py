@@ -22,6 +22,7 @@ from typing import Any
 
 from factory.config import FactoryConfig, resolve_path
 from factory.errors import FactoryError, ModelError, ModelInputError
+from factory.generation.single_file import is_single_file
 
 PROMPT = "product photography of a white sneaker, side view, white background"
 NEGATIVE = "blurry, deformed, watermark"
@@ -54,10 +55,13 @@ def check_model(
     if size < 8 or size % 8 or not 1 <= steps <= 50:
         raise ModelInputError(f"--size must be a positive multiple of 8 and --steps 1..50, got {size} and {steps}")
     report = ModelCheck()
-    # 1. the directory and the LoRA file, before any weights are read
+    # 1. the directory (or single file) and the LoRA file, before any weights are loaded
     path = resolve_path(str(pipeline))
-    index = read_index(path)
-    report.add("model_index", f"{index['_class_name']} (diffusers {index.get('_diffusers_version', '?')})", emit)
+    if is_single_file(path) and path.is_file():
+        index = describe_single_file(path, cfg.model.single_file_config, report, emit)
+    else:
+        index = read_index(path)
+        report.add("model_index", f"{index['_class_name']} (diffusers {index.get('_diffusers_version', '?')})", emit)
     lora_path = resolve_path(str(lora)) if lora else None
     lora_line = describe_lora(lora_path) if lora_path else "none"
     from factory.generation.models import load_pipeline  # torch: after the cheap checks
@@ -91,6 +95,35 @@ def check_model(
     changed = _stage("repair", lambda: _repair(repairer, image, cfg, steps))
     report.add("repair run", f"{changed}, {time.perf_counter() - t0:.2f} s", emit)
     return report
+
+
+def describe_single_file(path: Path, setting: str, report: ModelCheck, emit: Callable[[str, str], None] | None) -> dict:
+    """What a single-file checkpoint's keys say (family, inpainting, dtype, size, LCM, prediction) and the configs
+    it loads with; returns the config directory's model_index.json, without its unloaded (null) entries."""
+    from factory.generation.single_file import SHIPPED_CONFIGS, config_dir, inspect_checkpoint
+
+    info = inspect_checkpoint(path)
+    kind = "inpainting (9-channel UNet)" if info.inpainting else f"text-to-image ({info.in_channels}-channel UNet)"
+    report.add("checkpoint", f"{info.family} single file (original LDM keys), {kind}, {info.dtype}, "
+               f"{info.params / 1e6:.1f}M params", emit)  # fmt: skip
+    lcm = (
+        f"LCM-distilled (time_cond_proj_dim={info.lcm_dim})"
+        if info.lcm_dim
+        else "not detectable from the keys (a base model, or an LCM-LoRA merged into the weights)"
+    )
+    report.add("lcm keys", lcm, emit)
+    pred = info.prediction + (", zero terminal SNR (ztsnr)" if info.zero_snr else "")
+    report.add("prediction", f"{pred} (from the keys' v_pred/ztsnr markers)", emit)
+    cdir = config_dir(path, setting, info.family)
+    where = "next to the file" if setting == "auto" else "model.single_file_config"
+    where = "the shipped full-size set" if cdir.parent == SHIPPED_CONFIGS else where
+    report.add("configs", f"{cdir} ({where})", emit)
+    if info.inpainting:
+        raise ModelInputError(
+            f"{path}: an inpainting checkpoint cannot generate from text; it cannot be model.pipeline"
+        )
+    index = json.loads((cdir / "model_index.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in index.items() if not (isinstance(v, list) and None in v)}
 
 
 def read_index(path: Path) -> dict[str, Any]:
@@ -149,25 +182,15 @@ def _check_weights(folder: Path) -> None:
 
 
 def describe_lora(path: Path) -> str:
-    """What a LoRA file adapts, from its keys (no weights loaded): file, layer counts, key format."""
-    from safetensors import safe_open
+    """What a LoRA file adapts, from its keys (no weights loaded): file, layer counts, format."""
+    from factory.generation.lora_formats import PEFT_PREFIX, find_lora
 
-    file = path
-    if path.is_dir():
-        candidates = sorted(path.glob("*.safetensors"))
-        named = path / "pytorch_lora_weights.safetensors"
-        file = named if named.is_file() else (candidates[0] if len(candidates) == 1 else path)
-    if not file.is_file():
-        raise ModelInputError(f"{path}: no LoRA file (pytorch_lora_weights.safetensors or one *.safetensors)")
-    try:
-        with safe_open(str(file), "pt") as f:
-            keys = list(f.keys())
-    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
-        raise ModelInputError(f"{file}: not a safetensors LoRA file ({type(exc).__name__}: {exc})") from None
+    lora = find_lora(path)
+    file, keys = lora.weights, lora.keys
     down = [k for k in keys if any(s in k for s in ("lora_down.weight", "lora_A.weight", "lora.down.weight"))]
-    unet = sum(k.startswith(("lora_unet_", "unet.")) for k in down)
+    unet = sum(k.startswith(("lora_unet_", "unet.", PEFT_PREFIX)) for k in down)
     text = sum(k.startswith(("lora_te", "text_encoder")) for k in down)
-    fmt = "kohya keys" if any(k.startswith(("lora_unet_", "lora_te")) for k in keys) else "diffusers keys"
+    fmt = f"{lora.format} format"
     if not unet:
         return f"WARNING: {file}: no UNet layers ({len(keys)} keys), so it cannot be an LCM-LoRA"
     return f"{file}: {unet} UNet layers, {text} text-encoder layers, {fmt}; fused into the weights"
