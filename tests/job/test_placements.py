@@ -230,3 +230,27 @@ def test_unknown_placement_in_a_template_exits_2(tiny_models, tmp_path):
     assert res.returncode == 2, res.stderr
     assert "unknown placement 'billboard' (declare it in [placements.sizes]" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_cross_day_cache_reuses_each_placement(tiny_models, tmp_path):
+    a = lambda **kw: json.dumps(kw)  # noqa: E731
+    day = [
+        {"sku_id": "C1", "category": "shoes", "attrs": a(brand="Peak", color="red"), "placements": "feed,story"},
+        {"sku_id": "C2", "category": "bags", "attrs": a(brand="Urban", color="tan"), "placements": "link"},
+    ]
+    cfg = demo_cfg(tiny_models, tmp_path, 4, ())
+    cfg = dataclasses.replace(cfg, planner=dataclasses.replace(cfg.planner, seed_scope="sku"))
+    lenient = dict(blur_laplacian_var=0.0, iqa_threshold=0.0, clip_threshold=-1.0, near_duplicate=1.01)
+    cfg = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, reference_threshold=1.01, **lenient))
+    for date in ("2026-11-20", DATE):
+        write_skus(tmp_path / "skus" / f"{date}.parquet", day)
+    first = run(cfg, "2026-11-20")
+    assert first.counts["images_generated"] == first.counts["approved_images"] == 3  # only approved images are reused
+    second = run(cfg, DATE)
+    assert second.counts["cache_hits"] == 3 and second.counts["images_generated"] == 0
+    got = {(r["sku_id"], r["placement"]): r for r in rows(cfg, "approved")}
+    assert set(got) == {("C1", "feed"), ("C1", "story"), ("C2", "link")} and all(r["cached"] for r in got.values())
+    out = Path(cfg.paths.output)
+    for r in got.values():
+        earlier = r["image_path"].replace(DATE, "2026-11-20", 1)
+        assert (out / r["image_path"]).read_bytes() == (out / earlier).read_bytes()
