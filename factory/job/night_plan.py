@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.config import FactoryConfig, QualityConfig
+from factory.config import Bucket, FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
 from factory.inputs.bucketing import Planner, Task, count_grouped_batches
@@ -87,7 +87,7 @@ def config_templates(cfg: FactoryConfig) -> dict[str, Template]:
     return load_templates(cfg.paths.templates, buckets, cfg.lora.adapters, cfg.placements.sizes)
 
 
-def batch_buckets(cfg: FactoryConfig) -> list:
+def batch_buckets(cfg: FactoryConfig) -> list[Bucket]:
     """The buckets a night batches by (configured ones, then the placements' generation buckets), in plan order."""
     return generation_buckets(cfg.planner, cfg.placements)
 
