@@ -134,7 +134,8 @@ def read_table(store: Store, kind: str) -> pa.Table:
     )
     # the current columns for every file: a night written before a column existed reads it as null, then its value
     names = set(dataset.schema.names)
-    schema = pa.schema([f for f in file_schema(kind) if f.name in names or f.name in ADDED_COLUMNS])
+    # (nullable: a file without the column has nulls there, until they are filled below)
+    schema = pa.schema([f.with_nullable(True) for f in file_schema(kind) if f.name in names or f.name in ADDED_COLUMNS])
     table = dataset.replace_schema(schema.append(pa.field(PARTITION_COLUMN, pa.date32()))).to_table()
     if table.num_rows == 0:
         return MANIFEST_SCHEMAS[kind].empty_table()
