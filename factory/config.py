@@ -32,6 +32,7 @@ from factory.modes import (
     MIN_LABEL_SIZE,
     NULL_PIPELINE,
     PADDING_MODES,
+    PLACEMENT_FITS,
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
@@ -59,6 +60,50 @@ def _production_buckets() -> list[Bucket]:
         Bucket("large", 512, 512, 6),
         Bucket("poster", 768, 512, 8),
     ]
+
+
+@dataclass
+class AspectBucket:
+    """A size the model was trained at (`[[planner.aspect_buckets]]`): placements generate at the nearest aspect."""
+
+    name: str
+    width: int
+    height: int
+
+
+def _sd15_aspect_buckets() -> list[AspectBucket]:
+    # SD1.5 and its fine-tunes: 512 px square, and the 2:3 / 3:2 sizes they are commonly fine-tuned at.
+    return [AspectBucket("square", 512, 512), AspectBucket("portrait", 512, 768), AspectBucket("landscape", 768, 512)]
+
+
+@dataclass
+class PlacementSize:
+    """An ad placement's delivered pixels (`[placements.sizes]`)."""
+
+    width: int
+    height: int
+
+
+def _ad_placements() -> dict[str, PlacementSize]:
+    return {
+        "feed": PlacementSize(1080, 1080),  # 1:1
+        "portrait": PlacementSize(1080, 1350),  # 4:5
+        "story": PlacementSize(1080, 1920),  # 9:16
+        "link": PlacementSize(1200, 628),  # 1.91:1
+    }
+
+
+@dataclass
+class PlacementsConfig:
+    """Ad placements (factory/inputs/placements.py; docs/placements.md). A template's `placements` (or a SKU's
+    `placements` column) names the ones to produce; none named: one image per variant at its bucket's size."""
+
+    fit: str = "crop"  # crop (resize to cover + centre crop) | stretch (resize to the exact pixels)
+    sizes: dict[str, PlacementSize] = field(default_factory=_ad_placements)  # name -> delivered pixels
+
+
+PLACEMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # part of image file names
+MAX_PLACEMENT_SIDE = 8192
 
 
 @dataclass
@@ -116,6 +161,9 @@ class PlannerConfig:
     upscale_keywords: list[str] = field(default_factory=lambda: ["detailed", "hd", "高清", "细节", "精修"])
     max_variants: int = 8  # a row asking for more variants is rejected (protects the nightly budget)
     seed_scope: str = "date"  # date: seed from (sku_id, date, variant), a fresh image daily | sku: (sku_id, variant)
+    # the sizes the model was trained at: a placement generates at the one of nearest aspect ratio (steps from
+    # the bucket the complexity rules chose)
+    aspect_buckets: list[AspectBucket] = field(default_factory=_sd15_aspect_buckets)
 
 
 # Defaults of the quality gate (factory.toml documents the same values; a test keeps them in sync).
@@ -285,6 +333,7 @@ class FactoryConfig:
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     lora: LoraSection = field(default_factory=LoraSection)
+    placements: PlacementsConfig = field(default_factory=PlacementsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     lineage: LineageConfig = field(default_factory=LineageConfig)
 
@@ -295,6 +344,7 @@ class FactoryConfig:
         """Refuse values that would make every image fail, before anything runs (ConfigError, exit 2)."""
         _validate_run(self.run)
         _validate_planner(self.planner)
+        _validate_placements(self.placements, self.planner)
         _validate_model(self.model)
         _validate_quality_repair(self.quality, self.repair)
         _validate_adapters(self.lora, self.model)
@@ -382,6 +432,31 @@ def _validate_planner(planner: PlannerConfig) -> None:
     _at_least("planner.max_variants", planner.max_variants, 1)
     if planner.landscape_bucket not in names:
         raise ConfigError(f"planner.landscape_bucket {planner.landscape_bucket!r} is not a bucket name")
+
+
+def _validate_placements(p: PlacementsConfig, planner: PlannerConfig) -> None:
+    _one_of("placements.fit", p.fit, PLACEMENT_FITS)
+    for name, size in p.sizes.items():
+        if not PLACEMENT_NAME_RE.match(name):
+            raise ConfigError(
+                f"[placements.sizes] {name!r}: placement names are 1-32 lowercase letters, digits, '_' or '-'"
+            )
+        if not (1 <= size.width <= MAX_PLACEMENT_SIDE and 1 <= size.height <= MAX_PLACEMENT_SIDE):
+            raise ConfigError(f"[placements.sizes] {name!r}: width and height must be 1..{MAX_PLACEMENT_SIDE} pixels")
+    names = [a.name for a in planner.aspect_buckets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"planner.aspect_buckets has duplicate names: {names}")
+    if p.sizes and not names:
+        raise ConfigError("planner.aspect_buckets must list the model's trained sizes when placements are configured")
+    buckets = {b.name for b in planner.buckets}
+    for a in planner.aspect_buckets:
+        if not ADAPTER_NAME_RE.match(a.name):
+            raise ConfigError(f"aspect bucket {a.name!r}: names are 1-64 letters, digits, '_' or '-'")
+        if a.width % 8 or a.height % 8 or a.width <= 0 or a.height <= 0:
+            raise ConfigError(f"aspect bucket {a.name!r}: width and height must be positive multiples of 8")
+        clash = sorted(buckets & {f"{a.name}-s{b.steps}" for b in planner.buckets})
+        if clash:  # a placement's generation bucket is named <aspect bucket>-s<steps> (factory.inputs.placements)
+            raise ConfigError(f"aspect bucket {a.name!r}: its generation bucket {clash[0]!r} is also a bucket name")
 
 
 def _validate_model(model: ModelConfig) -> None:
@@ -519,6 +594,16 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: buckets must be a list of [[planner.buckets]] tables")
             updates[key] = [_bucket(b, f"{where} [[planner.buckets]] #{i + 1}") for i, b in enumerate(value)]
+        elif key == "aspect_buckets":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: aspect_buckets must be a list of [[planner.aspect_buckets]] tables")
+            updates[key] = [
+                _typed(AspectBucket, b, f"{where} [[planner.aspect_buckets]] #{i + 1}") for i, b in enumerate(value)
+            ]
+        elif key == "sizes":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: sizes must be a table of name = {{ width = W, height = H }}")
+            updates[key] = {n: _typed(PlacementSize, v, f"{where} [placements.sizes] {n}") for n, v in value.items()}
         elif key == "adapters":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: adapters must be [lora.adapters.<name>] tables")
@@ -537,14 +622,19 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
 
 
 def _bucket(entry: Any, where: str) -> Bucket:
-    types = {f.name: f.type for f in dataclasses.fields(Bucket)}  # "str" / "int" (postponed annotations)
+    return _typed(Bucket, entry, where)
+
+
+def _typed(kind: type, entry: Any, where: str) -> Any:
+    """A table with exactly the fields of dataclass `kind` (of str / int fields) as an instance of it."""
+    types = {f.name: f.type for f in dataclasses.fields(kind)}  # "str" / "int" (postponed annotations)
     if not isinstance(entry, dict) or set(entry) != set(types):
         raise ConfigError(f"{where}: needs exactly the keys {', '.join(types)}")
-    for key, kind in types.items():
+    for key, t in types.items():
         value = entry[key]
-        if type(value).__name__ != kind:
-            raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}")
-    return Bucket(**entry)
+        if type(value).__name__ != t:
+            raise ConfigError(f"{where}: {key} must be {t}, got {value!r}")
+    return kind(**entry)
 
 
 def _adapter(entry: Any, where: str) -> AdapterConfig:

@@ -14,6 +14,9 @@ FAULT_KINDS = ("die_once", "raise", "oom")
 # worker drops their images); size = also promote a bucket's remainder to the next larger bucket when that wastes
 # fewer pixels; none.
 PADDING_MODES = ("count", "size", "none")
+# placements.fit: how a generated image becomes a placement's exact pixels (factory.inputs.placements): crop =
+# resize to cover, then centre crop (no distortion); stretch = resize to the exact size (distorts the aspect ratio).
+PLACEMENT_FITS = ("crop", "stretch")
 # planner.seed_scope: what a seed is derived from besides the SKU and variant: the date, or nothing.
 SEED_SCOPES = ("date", "sku")
 

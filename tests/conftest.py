@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory.config import Bucket, FactoryConfig, load_config
+from factory.config import AspectBucket, Bucket, FactoryConfig, PlacementsConfig, PlacementSize, load_config
 from factory.tools.builders.tiny_models import init_tiny
 from tests.s3_server import BUCKET, SeaweedS3
 
@@ -29,6 +29,19 @@ TEST_BUCKETS = [
     Bucket("large", 128, 128, 2),
     Bucket("poster", 128, 64, 2),
 ]
+
+# The trained sizes (factory.toml: 512 px) and the ad placements (1080 px) at an eighth of production.
+TEST_ASPECT_BUCKETS = [
+    AspectBucket("square", 64, 64),
+    AspectBucket("portrait", 64, 96),
+    AspectBucket("landscape", 96, 64),
+]
+TEST_PLACEMENTS = {
+    "feed": PlacementSize(135, 135),
+    "portrait": PlacementSize(135, 169),
+    "story": PlacementSize(135, 240),
+    "link": PlacementSize(150, 79),
+}
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +67,8 @@ def make_cfg(tiny_models: dict[str, Path], tmp_path: Path) -> FactoryConfig:
             clip_pretrained=str(tiny_models["clip"] / "open_clip_model.safetensors"),
             clip_config_dir=str(tiny_models["clip"]),
         ),
-        planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS)),
+        planner=dataclasses.replace(base.planner, buckets=list(TEST_BUCKETS), aspect_buckets=list(TEST_ASPECT_BUCKETS)),
+        placements=PlacementsConfig(sizes=dict(TEST_PLACEMENTS)),
         # the tiny CLIP puts every pair of images at cosine ~0.99: near-duplicate search off unless a test sets it
         quality=dataclasses.replace(base.quality, clip_threshold=-0.15, near_duplicate=1.01),
         run=dataclasses.replace(base.run, workers=2, batch_size=4),

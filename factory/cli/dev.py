@@ -102,6 +102,32 @@ def scale_bench(
     guard(verbose, go)
 
 
+@dev_app.command("bucket-cost")
+def bucket_cost(
+    config: ConfigOpt = None,
+    model: Annotated[str, typer.Option("--model", help="Tiny pipeline timed: tiny-sdxl | tiny-sd.")] = "tiny-sdxl",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per size (best kept, after a warm-up).")] = 2,
+    scale: Annotated[int, typer.Option("--scale", help="Divide every size by this (quick runs).")] = 1,
+    json_out: JsonOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Seconds per image of every bucket the config generates at (placements' too), on this CPU with a tiny
+    pipeline, relative to the first bucket; and what the demo day costs without and with every placement."""
+    from factory.config import load_config
+    from factory.errors import ConfigError
+    from factory.tools.benchmarks.bucket_cost import MODELS, bucket_costs, format_costs, scaled
+
+    def go() -> None:
+        if model not in MODELS or repeats < 1 or scale < 1:
+            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, --repeats and --scale at least 1")
+        cfg = load_config(config)
+        r = bucket_costs(scaled(cfg, scale) if scale > 1 else cfg, model, repeats)
+        typer.echo(format_costs(r))
+        write_json(json_out, r)
+
+    guard(verbose, go)
+
+
 @dev_app.command("provenance-bench")
 def provenance_bench(
     size: Annotated[int, typer.Option("--size", help="Image side in px.")] = 256,

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
@@ -28,6 +26,7 @@ from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
 from factory.generation.stages import StageLocks
 from factory.inputs.bucketing import Batch, Task
+from factory.inputs.placements import fit_image, generation_buckets
 from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
@@ -165,11 +164,9 @@ class Worker:
             )
         self.pixels_computed += len(seeds) * batch.width * batch.height
         images = out.images[: len(tasks)]
-        # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size.
-        return [
-            im if im.size == (t.width, t.height) else im.resize((t.width, t.height), Image.Resampling.LANCZOS)
-            for im, t in zip(images, tasks)
-        ]
+        # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size; an ad
+        # placement's image is fitted to its placement's pixels, before the gate: what is scored is what is delivered
+        return [fit_image(im, t.width, t.height, t.fit or "stretch") for im, t in zip(images, tasks)]
 
     def process(self, batch: Batch) -> BatchResult:
         """Generate (the device stage), then score, repair and write (the host stage). With two callers the next
@@ -189,7 +186,7 @@ class Worker:
             "pixels_computed": self.pixels_computed - computed_before,
         }
         timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
-        timings["pixels_needed"] = sum(t.width * t.height for t in batch.tasks)
+        timings["pixels_needed"] = sum(t.render_pixels for t in batch.tasks)
         return images, timings
 
     def _finish(self, batch: Batch, images: list[Any], timings: dict[str, float]) -> BatchResult:
@@ -275,6 +272,7 @@ def accelerate(pipe: Any, runtime: Runtime, cfg: FactoryConfig, batch_size: int)
 
     applied = optimize_pipeline(pipe, runtime.device, runtime.compile)
     if runtime.compile != "none":
-        sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in cfg.planner.buckets))
+        buckets = generation_buckets(cfg.planner, cfg.placements)  # placements' generation sizes too
+        sizes = list(dict.fromkeys((b.width, b.height, b.steps) for b in buckets))
         applied["warmup_s"] = warmup(pipe, sizes, batch_size, cfg.model.guidance_scale)
     return applied

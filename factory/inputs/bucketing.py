@@ -16,7 +16,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from factory.config import AdapterConfig, Bucket, PlannerConfig
+from factory.config import AdapterConfig, Bucket, PlacementsConfig, PlannerConfig
+from factory.inputs.placements import PlacementBucket, generation_name, nearest_aspect
 from factory.inputs.prompts import Template
 from factory.inputs.skus import Sku
 from factory.io.paths import image_relpath
@@ -41,7 +42,18 @@ class Task:
     source_file: str
     source_row: int
     adapters: tuple[str, ...] = ()  # style adapter set as "name@weight", sorted by name (the manifests' `adapters`)
+    # an ad placement (factory.inputs.placements): its name ("" = none: width x height is the bucket's size), how
+    # the generated image is fitted to width x height, and the size it is generated at (the batch's, unpromoted)
+    placement: str = ""
+    fit: str = ""
+    render_width: int = 0
+    render_height: int = 0
     cache_key: str = ""  # set by the driver before execution: stamped into the PNG, so a rerun can adopt the file
+
+    @property
+    def render_pixels(self) -> int:
+        """Pixels the pipeline computes for this image at its planned size (a placement's generated size)."""
+        return (self.render_width or self.width) * (self.render_height or self.height)
 
 
 def adapter_entry(name: str, weight: float) -> str:
@@ -72,8 +84,11 @@ class Batch:
         )
 
 
-def derive_seed(sku_id: str, date: str, variant: int) -> int:
-    digest = hashlib.sha256(f"{sku_id}\x00{date}\x00{variant}".encode()).digest()
+def derive_seed(sku_id: str, date: str, variant: int, placement: str = "") -> int:
+    """A placement's image has its own seed (its name joins the hash), whichever other placements a SKU asks for;
+    without a placement the seed is the one from (sku_id, date, variant) alone."""
+    text = f"{sku_id}\x00{date}\x00{variant}" + (f"\x00{placement}" if placement else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)  # fits int64 manifests and torch.Generator
 
 
@@ -95,9 +110,17 @@ class _Keywords:
 
 class Planner:
     def __init__(
-        self, cfg: PlannerConfig, templates: dict[str, Template], adapters: dict[str, AdapterConfig] | None = None
+        self,
+        cfg: PlannerConfig,
+        templates: dict[str, Template],
+        adapters: dict[str, AdapterConfig] | None = None,
+        placements: PlacementsConfig | None = None,
     ):
         self.templates = templates
+        self.placements = placements or PlacementsConfig(sizes={})
+        # each placement's aspect bucket, once: the nearest aspect ratio the model was trained at
+        sizes = self.placements.sizes
+        self.aspect = {n: nearest_aspect(p.width, p.height, cfg.aspect_buckets) for n, p in sizes.items()}
         self.adapters = adapters or {}
         self.seed_scope = cfg.seed_scope
         self.buckets: dict[str, Bucket] = {b.name: b for b in cfg.buckets}
@@ -126,22 +149,37 @@ class Planner:
         words = [w.strip() for e in adapters for w in self.adapters[parse_adapter_entry(e)[0]].trigger_words]
         return ", ".join([*dict.fromkeys(words), prompt]) if words else prompt
 
-    def bucket_of(self, sku: Sku) -> str:
+    def placements_of(self, sku: Sku) -> tuple[str, ...]:
+        """The SKU's own `placements` cell if it names any, else its template's (config order)."""
+        return sku.placements or self.templates[sku.category].placements
+
+    def generation_bucket(self, placement: str, chosen: Bucket) -> Bucket:
+        """Where a placement's image is generated: its aspect bucket's size, with the steps the rules chose."""
+        a = self.aspect[placement]
+        return PlacementBucket(generation_name(a, chosen.steps), a.width, a.height, chosen.steps)
+
+    def buckets_of(self, sku: Sku) -> list[str]:
+        """The bucket of each image of one variant: the chosen one, or one generation bucket per placement."""
         template = self.templates[sku.category]
-        return self.choose_bucket(template.bucket, template.render(sku.attrs)[0]).name
+        b = self.choose_bucket(template.bucket, template.render(sku.attrs)[0])
+        names = self.placements_of(sku)
+        return [self.generation_bucket(p, b).name for p in names] if names else [b.name]
 
     def bucket_counts(self, skus: list[Sku]) -> Counter[str]:
         """Images per bucket, as `plan_tasks` would plan them (for `validate`: no tasks, seeds or paths)."""
         counts: Counter[str] = Counter()
         for sku in skus:
-            counts[self.bucket_of(sku)] += sku.variants
+            for name in self.buckets_of(sku):
+                counts[name] += sku.variants
         return counts
 
     def group_counts(self, skus: list[Sku]) -> Counter[tuple[tuple[str, ...], str]]:
         """Images per (adapter set, bucket): the groups `make_batches` cuts separately."""
         counts: Counter[tuple[tuple[str, ...], str]] = Counter()
         for sku in skus:
-            counts[self.adapter_set(self.templates[sku.category], sku), self.bucket_of(sku)] += sku.variants
+            adapters = self.adapter_set(self.templates[sku.category], sku)
+            for name in self.buckets_of(sku):
+                counts[adapters, name] += sku.variants
         return counts
 
     def plan_tasks(self, skus: list[Sku], date: str) -> list[Task]:
@@ -153,6 +191,10 @@ class Planner:
             b = self.choose_bucket(template.bucket, prompt)  # from the template's words, never the trigger words
             adapters = self.adapter_set(template, sku)
             prompt = self.with_trigger_words(prompt, adapters)
+            placements = self.placements_of(sku)
+            if placements:
+                tasks += self._placement_tasks(sku, template, prompt, negative, b, adapters, seed_date, placements)
+                continue
             for variant in range(sku.variants):
                 tasks.append(
                     Task(
@@ -175,6 +217,47 @@ class Planner:
                 )
         return tasks
 
+    def _placement_tasks(
+        self,
+        sku: Sku,
+        template: Template,
+        prompt: str,
+        negative: str,
+        chosen: Bucket,
+        adapters: tuple[str, ...],
+        seed_date: str,
+        placements: tuple[str, ...],
+    ) -> list[Task]:
+        """One task per (variant, placement): delivered at the placement's pixels, generated at its bucket."""
+        tasks = []
+        for variant in range(sku.variants):
+            for name in placements:
+                size, g = self.placements.sizes[name], self.generation_bucket(name, chosen)
+                tasks.append(
+                    Task(
+                        sku.sku_id,
+                        sku.category,
+                        variant,
+                        prompt,
+                        negative,
+                        derive_seed(sku.sku_id, seed_date, variant, name),
+                        g.name,
+                        size.width,
+                        size.height,
+                        g.steps,
+                        image_relpath(sku.category, sku.sku_id, variant, name),
+                        template.version,
+                        sku.source_file,
+                        sku.source_row,
+                        adapters,
+                        placement=name,
+                        fit=self.placements.fit,
+                        render_width=g.width,
+                        render_height=g.height,
+                    )
+                )
+        return tasks
+
 
 def promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) -> list[tuple[str, str, int]]:
     """padding = "size": (from bucket, to bucket, tasks moved), in the order they apply, for groups of `sizes`."""
@@ -183,8 +266,19 @@ def promotions(sizes: dict[str, int], batch_size: int, buckets: list[Bucket]) ->
     moves = []
     by_pixels = sorted(buckets, key=lambda b: (b.width * b.height, order[b.name]))
     for i, small in enumerate(by_pixels):
+        if isinstance(small, PlacementBucket):  # delivered at their own sizes: never moved, never a target
+            continue
         rest = sizes[small.name] % batch_size
-        bigger = next((b for b in by_pixels[i + 1 :] if b.width * small.height == b.height * small.width), None)
+        bigger = next(
+            (
+                b
+                for b in by_pixels[i + 1 :]
+                if b.width * small.height == b.height * small.width
+                and b.width * b.height > small.width * small.height  # same-size buckets (other steps): no gain
+                and not isinstance(b, PlacementBucket)
+            ),
+            None,
+        )
         if not rest or bigger is None:
             continue
         promote_cost = rest * (bigger.width * bigger.height - small.width * small.height)

@@ -22,7 +22,17 @@ from factory.errors import TemplateError
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # categories become directory names
 # C0 and C1 controls (incl. NEL U+0085) and the Unicode line/paragraph separators: anything that breaks a line
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_FIELDS = {"prompt", "negative_prompt", "required", "optional", "bucket", "description", "quality", "adapters"}
+_FIELDS = {
+    "prompt",
+    "negative_prompt",
+    "required",
+    "optional",
+    "bucket",
+    "description",
+    "quality",
+    "adapters",
+    "placements",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Template:
     quality: dict[str, Any] = field(hash=False)  # [quality] overrides for this category (validated by config)
     version: str  # sha256 of the file, prefix: changes whenever the template changes
     adapters: tuple[str, ...] = ()  # style LoRAs ([lora.adapters.<name>]) applied to this category's images
+    placements: tuple[str, ...] = ()  # ad placements ([placements.sizes]) to produce, in config order; () = none
 
     def render(self, attrs: dict[str, str]) -> tuple[str, str]:
         """Return (prompt, negative_prompt). `attrs` must contain every required attribute."""
@@ -96,7 +107,22 @@ def _adapters(data: dict[str, Any], path: Path, adapter_names: Collection[str]) 
     return tuple(sorted(set(names)))
 
 
-def load_template(path: Path, bucket_names: set[str], adapter_names: Collection[str] = ()) -> Template:
+def _placements(data: dict[str, Any], path: Path, placement_names: Collection[str]) -> tuple[str, ...]:
+    names = data.get("placements", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TemplateError(f"{path}: 'placements' must be a list of placement names")
+    unknown = [n for n in names if n not in placement_names]
+    if unknown:
+        known = ", ".join(placement_names) or "none configured"
+        raise TemplateError(
+            f"{path}: unknown placement {unknown[0]!r} (declare it in [placements.sizes]; known: {known})"
+        )
+    return tuple(n for n in placement_names if n in names)
+
+
+def load_template(
+    path: Path, bucket_names: set[str], adapter_names: Collection[str] = (), placement_names: Collection[str] = ()
+) -> Template:
     category = path.stem
     if not CATEGORY_RE.match(category):
         raise TemplateError(f"{path}: file name must be a category like 'shoes.toml' (lowercase letters, digits, _ -)")
@@ -126,6 +152,7 @@ def load_template(path: Path, bucket_names: set[str], adapter_names: Collection[
         raise TemplateError(f"{path}: bucket {data['bucket']!r} is not a configured bucket {sorted(bucket_names)}")
     declared = set(required) | set(optional)
     adapters = _adapters(data, path, adapter_names)
+    placements = _placements(data, path, placement_names)
     return Template(
         category=category,
         path=str(path),
@@ -137,16 +164,21 @@ def load_template(path: Path, bucket_names: set[str], adapter_names: Collection[
         quality=quality,
         version=hashlib.sha256(raw).hexdigest()[:12],
         adapters=adapters,
+        placements=placements,
     )
 
 
 def load_templates(
-    directory: str | Path, bucket_names: set[str], adapter_names: Collection[str] = ()
+    directory: str | Path,
+    bucket_names: set[str],
+    adapter_names: Collection[str] = (),
+    placement_names: Collection[str] = (),
 ) -> dict[str, Template]:
     """Load and validate every `<category>.toml` in `directory`; the first invalid file stops the run.
-    `adapter_names`: the configured [lora.adapters]; a template naming another adapter is an error."""
+    `adapter_names` / `placement_names`: the configured [lora.adapters] / [placements.sizes] (in config order); a
+    template naming another adapter or placement is an error."""
     directory = Path(directory)
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise TemplateError(f"{directory}: no template files (*.toml) found")
-    return {t.category: t for t in (load_template(f, bucket_names, adapter_names) for f in files)}
+    return {t.category: t for t in (load_template(f, bucket_names, adapter_names, placement_names) for f in files)}

@@ -26,7 +26,7 @@ from factory.inputs.prompts import Template, clean_value
 from factory.io.paths import looks_like_uri
 from factory.io.storage import open_store
 
-RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters"}
+RESERVED_COLUMNS = {"sku_id", "category", "variants", "attrs", "adapters", "placements"}
 MAX_SKU_ID_CHARS = 256  # longer ids are almost certainly corrupt input
 
 # Row-level reason codes (documented in docs/outputs.md, column `reason` of rejected.parquet).
@@ -38,6 +38,7 @@ INVALID_ATTRS = "invalid_attrs"
 INVALID_VARIANTS = "invalid_variants"
 MISSING_ATTRIBUTE = "missing_attribute"
 UNKNOWN_ADAPTER = "unknown_adapter"
+UNKNOWN_PLACEMENT = "unknown_placement"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Sku:
     source_file: str
     source_row: int
     adapters: tuple[str, ...] = ()  # per-SKU style adapters (the `adapters` column), sorted, no duplicates
+    placements: tuple[str, ...] = ()  # the `placements` column (config order, no duplicates); () = the template's
 
 
 @dataclass(frozen=True)
@@ -174,11 +176,12 @@ def _check_schema(f: str | Path, schema: pa.Schema) -> None:
         t = _plain_type(schema.field("attrs").type)
         if not (_is_text(t) or pa.types.is_map(t) or pa.types.is_struct(t)):
             raise InputError(f"{f}: column 'attrs' must be map<string,string>, struct or a JSON string, found {t}")
-    if "adapters" in schema.names:
-        t = _plain_type(schema.field("adapters").type)
-        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
-        if not (_is_text(t) or (is_list and _is_text(t.value_type))):
-            raise InputError(f"{f}: column 'adapters' must be list<string> or a comma-separated string, found {t}")
+    for name in ("adapters", "placements"):
+        if name in schema.names:
+            t = _plain_type(schema.field(name).type)
+            is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+            if not (_is_text(t) or (is_list and _is_text(t.value_type))):
+                raise InputError(f"{f}: column '{name}' must be list<string> or a comma-separated string, found {t}")
 
 
 @dataclass(frozen=True)
@@ -308,18 +311,24 @@ def _variants(value: Any, max_variants: int) -> int:
     return value
 
 
-def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
-    """The `adapters` cell: a list of names or a comma-separated string (blanks ignored). Raises ValueError."""
+def _row_names(value: Any, known: Collection[str], column: str, section: str) -> tuple[str, ...]:
+    """An `adapters` / `placements` cell: a list of names or a comma-separated string (blanks ignored), as the
+    known names it holds in `known`'s order. Raises ValueError naming the first unknown one."""
     if value is None:
         return ()
     if isinstance(value, Undecodable) or (isinstance(value, list) and any(isinstance(v, Undecodable) for v in value)):
-        raise ValueError("adapters is not valid UTF-8")
+        raise ValueError(f"{column} is not valid UTF-8")
     names = value.split(",") if isinstance(value, str) else [v for v in value if v is not None]
     names = {n.strip() for n in names if n.strip()}
     unknown = sorted(names - set(known))
     if unknown:
-        raise ValueError(f"unknown adapter {clean_value(unknown[0])[:64]!r} (not in [lora.adapters])")
-    return tuple(sorted(names))
+        raise ValueError(f"unknown {column[:-1]} {clean_value(unknown[0])[:64]!r} (not in {section})")
+    return tuple(n for n in known if n in names)
+
+
+def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
+    """The `adapters` cell, sorted by name. Raises ValueError."""
+    return tuple(sorted(_row_names(value, known, "adapters", "[lora.adapters]")))
 
 
 class KeptIds:
@@ -362,8 +371,15 @@ class RowValidator:
     of that one, and a rejected row never shadows a valid one that follows it. `adapter_names`: the configured
     [lora.adapters] (an `adapters` cell naming another one rejects the row)."""
 
-    def __init__(self, templates: dict[str, Template], max_variants: int, adapter_names: Collection[str] = ()):
+    def __init__(
+        self,
+        templates: dict[str, Template],
+        max_variants: int,
+        adapter_names: Collection[str] = (),
+        placement_names: Collection[str] = (),
+    ):
         self.templates, self.max_variants, self.adapter_names = templates, max_variants, adapter_names
+        self.placement_names = tuple(placement_names)  # [placements.sizes], in config order
         self.kept = KeptIds()  # sku_id -> where its valid row is
 
     def validate(self, source: str, table: pa.Table, offset: int = 0) -> tuple[list[Sku], list[Rejected]]:
@@ -381,12 +397,14 @@ class RowValidator:
             outcome = _check_row(
                 cols, attr_cols, i, self.templates, self.max_variants, self.kept, self.adapter_names, plain[i]
             )
+            if len(outcome) == 3 and "placements" in cols:
+                outcome = _with_placements(outcome, cols["placements"][i], self.placement_names)
             if len(outcome) == 2:  # (reason, detail)
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
-                attrs, variants, adapters = outcome
+                attrs, variants, adapters, *placements = outcome
                 self.kept[sku_id] = f"row {row} of {file_name}"
-                skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters))
+                skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters, *placements))
         return skus, rejected
 
 
@@ -459,6 +477,16 @@ def _check_row(
     except ValueError as exc:
         return UNKNOWN_ADAPTER, str(exc)
     return attrs, variants, adapters
+
+
+def _with_placements(
+    outcome: tuple[dict[str, str], int, tuple[str, ...]], cell: Any, known: tuple[str, ...]
+) -> tuple[str, str] | tuple[dict[str, str], int, tuple[str, ...], tuple[str, ...]]:
+    """A valid row's outcome plus its `placements` cell, or the rejection of an unknown placement."""
+    try:
+        return (*outcome, _row_names(cell, known, "placements", "[placements.sizes]"))
+    except ValueError as exc:
+        return UNKNOWN_PLACEMENT, str(exc)
 
 
 def _sku_id_problem(sku_id: Any) -> tuple[str, str] | None:

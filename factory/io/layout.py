@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.io.records import MANIFEST_SCHEMAS, ImageRecord, RejectedRow
+from factory.io.records import ADDED_COLUMNS, MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store
 
 MANIFEST_KINDS = ("approved", "review", "rejected")
@@ -95,14 +95,28 @@ def write_manifest(store: Store, kind: str, date: str, rows: list[dict[str, Any]
         pq.write_table(table, f, compression="zstd")
 
 
+def with_added_columns(table: pa.Table, added: dict[str, Any]) -> pa.Table:
+    """`table` with each column of `added` that it lacks (a file written before the column existed) filled with its
+    value for such rows (records.ADDED_COLUMNS: `placement` = "")."""
+    for name, value in added.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+    return table
+
+
 def read_manifest(store: Store, kind: str, date: str) -> pa.Table:
-    """One night's partition with `run_date` as its first column (date32), in the manifest's schema.
+    """One night's partition with `run_date` as its first column (date32), in the manifest's schema (a night
+    written before a column was added reads with that column's ADDED_COLUMNS value).
 
     FileNotFoundError if the night wrote no such partition."""
     table = pq.read_table(store.open_input_file(partition_path(kind, date)))
     day = pa.array([dt.date.fromisoformat(date)] * table.num_rows, pa.date32())
-    table = table.add_column(0, PARTITION_COLUMN, day)
+    table = with_added_columns(table.add_column(0, PARTITION_COLUMN, day), _added(kind))
     return table.select(MANIFEST_SCHEMAS[kind].names).cast(MANIFEST_SCHEMAS[kind])
+
+
+def _added(kind: str) -> dict[str, Any]:
+    return {k: v for k, v in ADDED_COLUMNS.items() if k in MANIFEST_SCHEMAS[kind].names}
 
 
 def read_table(store: Store, kind: str) -> pa.Table:
@@ -118,9 +132,15 @@ def read_table(store: Store, kind: str) -> pa.Table:
         exclude_invalid_files=False,
         ignore_prefixes=[".", "_"],
     )
-    table = dataset.to_table()
+    # the current columns for every file: a night written before a column existed reads it as null, then its value
+    names = set(dataset.schema.names)
+    # (nullable: a file without the column has nulls there, until they are filled below)
+    schema = pa.schema([f.with_nullable(True) for f in file_schema(kind) if f.name in names or f.name in ADDED_COLUMNS])
+    table = dataset.replace_schema(schema.append(pa.field(PARTITION_COLUMN, pa.date32()))).to_table()
     if table.num_rows == 0:
         return MANIFEST_SCHEMAS[kind].empty_table()
+    for name, value in _added(kind).items():
+        table = table.set_column(table.schema.get_field_index(name), name, pc.fill_null(table[name], value))
     table = table.select(MANIFEST_SCHEMAS[kind].names).cast(MANIFEST_SCHEMAS[kind])
     return table.take(pc.sort_indices(table, [(PARTITION_COLUMN, "ascending")]))
 

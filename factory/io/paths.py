@@ -11,8 +11,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # no dots: `nul.txt` must not become a
 _STEM_CHARS = 48  # readable prefix; the hash suffix is what makes names unique
 
 
-def image_relpath(category: str, sku_id: str, variant: int) -> str:
-    """`images/<category>/<readable-prefix>-<sha256(sku_id)[:16]>-v<variant>.png`, relative to the date directory.
+def image_relpath(category: str, sku_id: str, variant: int, placement: str = "") -> str:
+    """`images/<category>/<readable-prefix>-<sha256(sku_id)[:16]>-v<variant>[-<placement>].png`, relative to the
+    date directory (`placement` is a validated config name: lowercase letters, digits, `_`, `-`).
 
     The prefix keeps only [A-Za-z0-9_-] (no separators, no dots, no NUL), so the only dot is the extension; the hash
     suffix makes two different sku_ids map to different names even when their prefixes are equal, and also keeps
@@ -20,7 +21,8 @@ def image_relpath(category: str, sku_id: str, variant: int) -> str:
     """
     prefix = _UNSAFE.sub("_", sku_id)[:_STEM_CHARS] or "sku"
     digest = hashlib.sha256(sku_id.encode("utf-8")).hexdigest()[:16]
-    return f"images/{category}/{prefix}-{digest}-v{variant}.png"
+    suffix = f"-{placement}" if placement else ""
+    return f"images/{category}/{prefix}-{digest}-v{variant}{suffix}.png"
 
 
 def looks_like_uri(p: str) -> bool:

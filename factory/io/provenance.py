@@ -63,14 +63,18 @@ def pixel_sha256(image: Image.Image) -> str:
     return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
 
-def produce_id(sku_id: str, variant: int, pixel_hash: str) -> str:
-    """The image's unique id (GB 45438 ProduceID): SKU hash, variant and pixel hash, no run id (see docs/review.md)."""
-    return f"{produce_id_stem(sku_id, variant)}-{pixel_hash[:16]}"
+def produce_id(sku_id: str, variant: int, pixel_hash: str, placement: str = "") -> str:
+    """The image's unique id (GB 45438 ProduceID): SKU hash, variant, placement and pixel hash, no run id (see
+    docs/review.md)."""
+    return f"{produce_id_stem(sku_id, variant, placement)}-{pixel_hash[:16]}"
 
 
-def produce_id_stem(sku_id: str, variant: int) -> str:
-    """ProduceID without its pixel-hash part: what the watermark's payload is derived from (known before pixels)."""
-    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}"
+def produce_id_stem(sku_id: str, variant: int, placement: str = "") -> str:
+    """ProduceID without its pixel-hash part: what the watermark's payload is derived from (known before pixels).
+    `-<placement>` follows the variant for an ad placement's image (`stem_of` still works: the pixel hash that
+    follows the stem holds no `-`)."""
+    suffix = f"-{placement}" if placement else ""
+    return f"{hashlib.sha256(sku_id.encode()).hexdigest()[:16]}-v{variant}{suffix}"
 
 
 def stem_of(pid: str) -> str:
@@ -119,6 +123,9 @@ def a1111_parameters(task: Any, guidance_scale: float, model_hash: str, model_na
         "Model hash": model_hash,
         "Model": json.dumps(model_name) if any(c in model_name for c in ',:"') else model_name,
     }
+    if task.placement:  # generated at the trained size, then fitted to the placement's pixels
+        settings["Size"] = f"{task.render_width}x{task.render_height}"
+        settings["Placement"] = f"{task.placement} {task.width}x{task.height} ({task.fit})"
     tail = ", ".join(f"{k}: {v}" for k, v in settings.items())
     return f"{task.prompt}\nNegative prompt: {task.negative_prompt}\n{tail}"
 
@@ -195,10 +202,11 @@ class Stamper:
         if c.visible_label:  # changes pixels: drawn before the hash, so ReservedCode1 covers the labelled image
             image = draw_visible_label(image, c.visible_label, c.visible_label_corner, c.visible_label_size, self.font)
         if self._wm_secret is not None:  # the last pixel change: the hash, parameters and C2PA describe it
-            key = watermark.payload_key(self._wm_secret, c.producer, produce_id_stem(task.sku_id, task.variant))
+            stem = produce_id_stem(task.sku_id, task.variant, task.placement)
+            key = watermark.payload_key(self._wm_secret, c.producer, stem)
             image = watermark.embed(image, key, self._wm_secret, c.watermark_strength)
         digest = pixel_sha256(image)
-        pid = produce_id(task.sku_id, task.variant, digest)
+        pid = produce_id(task.sku_id, task.variant, digest, task.placement)
         chunks = [
             PngText(XMP_KEY, xmp_packet(aigc_label(c, pid, digest)), international=True),
             PngText(PARAMETERS_KEY, a1111_parameters(task, self.guidance_scale, self.model_hash, self.model_name)),

@@ -53,6 +53,7 @@ class ImageRecord:
     height: int = col(pa.int32(), False, 0)
     steps: int = col(pa.int32(), False, 0)
     adapters: list[str] = col(pa.list_(pa.string()), False, factory=list)  # style LoRAs as "name@weight"
+    placement: str = col(pa.string(), False, "")  # ad placement ([placements.sizes]); "" = none (a join key: no null)
     # scores (None: not scored, e.g. a generation error)
     clip_score: float | None = col(F32)
     clip_score_100: float | None = col(F32)
@@ -104,7 +105,7 @@ class ImageRecord:
     @classmethod
     def from_task(cls, task: Any, **values: Any) -> ImageRecord:
         """A record for a planned task (`factory.inputs.bucketing.Task`) plus `values`."""
-        fields = dataclasses.asdict(task)
+        fields = {k: v for k, v in dataclasses.asdict(task).items() if k in _IMAGE_FIELD_SET}  # not fit, render_*
         fields["adapters"] = list(fields.get("adapters", ()))
         return cls(**{**fields, **values})
 
@@ -127,8 +128,9 @@ class ImageRecord:
         return ImageRecord.from_task(task, **outcome, **values)
 
     @property
-    def key(self) -> tuple[str, int]:
-        return self.sku_id, self.variant
+    def key(self) -> tuple[str, int, str]:
+        """One image of a night: (sku_id, variant, placement)."""
+        return self.sku_id, self.variant, self.placement
 
     def replace(self, **values: Any) -> ImageRecord:
         return dataclasses.replace(self, **values)
@@ -152,6 +154,10 @@ class RejectedRow:
 
 
 _IMAGE_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ImageRecord))
+_IMAGE_FIELD_SET = frozenset(_IMAGE_FIELD_NAMES)
+IMAGE_KEY = ["sku_id", "variant", "placement"]  # the columns that name one image of a night
+# Columns added after nights were written without them, with the value those nights' rows have (readers fill it).
+ADDED_COLUMNS = {"placement": ""}
 RUN_STAMP = ("run_date", "run_id", "model", "cache_key", "task_key", "cached", "cache_source_date")  # by the driver
 SIMILARITY = ("duplicate_of", "duplicate_score", "reference_file", "reference_score")  # decided at finalize
 REVIEW_ONLY = ("reason", "detail")
@@ -161,7 +167,7 @@ PART_ONLY = ("error", "task_key")
 # not carried by carried_to: a cache hit carries no decision, no similarity verdict, and gets its embedding separately
 _STAMPED = frozenset(RUN_STAMP + SIMILARITY + REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY + EMBEDDING)
 IMAGE_COLUMNS = tuple(n for n in _IMAGE_FIELD_NAMES if n not in REVIEW_ONLY + DECISION_COLUMNS + PART_ONLY + EMBEDDING)
-EMBEDDING_COLUMNS = ("sku_id", "variant", "cache_key", "clip_embedding")
+EMBEDDING_COLUMNS = ("sku_id", "variant", "placement", "cache_key", "clip_embedding")
 
 
 def _schema(record: type, names: tuple[str, ...]) -> pa.Schema:

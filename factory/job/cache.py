@@ -128,8 +128,8 @@ class Previous:
 
 
 def _emb_keys(dates: pa.Array | pa.ChunkedArray, table: pa.Table) -> pa.Array:
-    """`date\0sku_id\0variant`: one string key per row for a hashed lookup."""
-    parts = [pc.cast(dates, pa.string()), table["sku_id"], pc.cast(table["variant"], pa.string())]
+    """`date\0sku_id\0variant\0placement`: one string key per row for a hashed lookup."""
+    parts = [pc.cast(dates, pa.string()), table["sku_id"], pc.cast(table["variant"], pa.string()), table["placement"]]
     return pc.binary_join_element_wise(*parts, "\x00")
 
 
@@ -141,13 +141,15 @@ def cache_hits(
     store: Store,
     date: str,
     tasks: list[Task],
-    keys: dict[tuple[str, int], str],
+    keys: dict[tuple[str, int, str], str],
     thresholds: dict[str, QualityConfig],
     lookback_days: int,
 ) -> list[ImageRecord]:
     """`Previous.hits` for a list of tasks and their cache keys (tools, tests; the night joins its plan file)."""
     if not tasks:
         return []
-    plan = tasks_table(tasks).append_column("cache_key", pa.array([keys[t.sku_id, t.variant] for t in tasks]))
+    plan = tasks_table(tasks).append_column(
+        "cache_key", pa.array([keys[t.sku_id, t.variant, t.placement] for t in tasks])
+    )
     _, hits, embeddings = Previous(store, date, lookback_days).hits(plan, thresholds)
     return [h.replace(clip_embedding=e) for h, e in zip(hits, embeddings.to_pylist())]

@@ -86,7 +86,8 @@ class Batches:
         self.written = written  # image paths an earlier attempt wrote: the worker tries to adopt them
         self.counts = todo.counts()
         self.sets = sorted({g.adapters for g in todo.groups})
-        self.inflight: dict[tuple[str, int], tuple[str, str]] = {}  # (sku_id, variant) -> (cache key, task key)
+        # (sku_id, variant, placement) -> (cache key, task key)
+        self.inflight: dict[tuple[str, int, str], tuple[str, str]] = {}
 
     def _sizes(self, adapters: tuple[str, ...]) -> dict[str, int]:
         sizes = {b.name: 0 for b in self.buckets}
@@ -98,15 +99,16 @@ class Batches:
     def __len__(self) -> int:
         return sum(count_batches(self._sizes(s), self.batch_size, self.buckets, self.padding) for s in self.sets)
 
-    def keys(self, sku_id: str, variant: int) -> tuple[str, str]:
-        """The (cache key, task key) of a handed-out image, forgotten once asked for (its record came back)."""
-        return self.inflight.pop((sku_id, variant))
+    def keys(self, key: tuple[str, int, str]) -> tuple[str, str]:
+        """The (cache key, task key) of a handed-out image (`ImageRecord.key`), forgotten once asked for (its
+        record came back)."""
+        return self.inflight.pop(key)
 
     def __iter__(self) -> Iterator[Batch]:
         for adapters in self.sets:
             for bucket, segments in self._contents(adapters):
                 for i, (tasks, keys) in enumerate(self._cut(segments)):
-                    self.inflight.update(zip(((t.sku_id, t.variant) for t in tasks), keys))
+                    self.inflight.update(zip(((t.sku_id, t.variant, t.placement) for t in tasks), keys))
                     adopt = frozenset(t.image_path for t in tasks if t.image_path in self.written)
                     yield Batch(
                         batch_id(adapters, bucket, i), bucket.width, bucket.height, bucket.steps, tasks, adapters, adopt

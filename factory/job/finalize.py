@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
 from factory.io import layout
-from factory.io.records import EMBEDDING_SCHEMA, SIBLING_IN_REVIEW, ImageRecord
+from factory.io.records import ADDED_COLUMNS, EMBEDDING_SCHEMA, IMAGE_KEY, SIBLING_IN_REVIEW, ImageRecord
 from factory.io.storage import Store
 from factory.job import parts
 from factory.quality import duplicates
@@ -23,8 +23,9 @@ EMBEDDINGS_FILE = "embeddings.parquet"  # <date>/: what the next nights' cache h
 
 
 def sort_rows(table: pa.Table) -> pa.Table:
-    """Rows in (sku_id, variant) order: the order of every manifest and of the similarity search."""
-    return table.sort_by([("sku_id", "ascending"), ("variant", "ascending")])
+    """Rows in (sku_id, variant, placement) order: the order of every manifest and of the similarity search (a
+    SKU's placements sort by name: the order never depends on which other placements were asked for)."""
+    return table.sort_by([(c, "ascending") for c in IMAGE_KEY])
 
 
 def flag_similar(
@@ -45,8 +46,9 @@ def flag_similar_table(
     method: str | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Add near_duplicate / reference_match to the night's rows (part schema; quality/duplicates.py), per category,
-    in (sku_id, variant) order. Rows without an embedding (errors, images from before embeddings were kept) are
-    left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks, tests)."""
+    in (sku_id, variant, placement) order. Rows without an embedding (errors, images from before embeddings were
+    kept) are left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks,
+    tests)."""
     table = sort_rows(table)
     no_error = _no_error(table)
     has_emb = pc.is_valid(table["clip_embedding"]).to_numpy(zero_copy_only=False)
@@ -151,20 +153,22 @@ def write_embeddings(store: Store, date: str, table: pa.Table) -> None:
 
 
 def read_embeddings(store: Store, date: str) -> pa.Table:
-    """A completed date's embeddings (sku_id, variant, clip_embedding), so cache hits join the night's
+    """A completed date's embeddings (sku_id, variant, placement, clip_embedding), so cache hits join the night's
     near-duplicate and reference checks; no rows for dates from before embeddings were kept."""
-    schema = pa.schema([EMBEDDING_SCHEMA.field(c) for c in ("sku_id", "variant", "clip_embedding")])
+    schema = pa.schema([EMBEDDING_SCHEMA.field(c) for c in (*IMAGE_KEY, "clip_embedding")])
     try:
         with store.open_input_file(f"{date}/{EMBEDDINGS_FILE}") as f:
-            return pq.read_table(f, columns=schema.names).cast(schema)
+            table = pq.read_table(f)
     except (pa.ArrowException, OSError):
         return schema.empty_table()
+    return layout.with_added_columns(table, ADDED_COLUMNS).select(schema.names).cast(schema)
 
 
 def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """A SKU is approved only if all its variants pass; otherwise all its variants go to review together.
+    """A SKU is approved only if all its images (variants, placements) pass; otherwise all go to review together.
 
-    Returns the approved and review rows (in (sku_id, variant) order), review with `reason` and `detail`."""
+    Returns the approved and review rows (in (sku_id, variant, placement) order), review with `reason` and
+    `detail`."""
     table = sort_rows(table)
     failing = pc.unique(table["sku_id"].filter(pc.greater(pc.list_value_length(table["reasons"]), 0)))
     in_review = pc.is_in(table["sku_id"], value_set=failing)

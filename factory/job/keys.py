@@ -4,7 +4,8 @@ model key   everything about the model that changes pixels: weights (+LoRA) fing
             quantization, device kind, guidance scale; with provenance.watermark on, the watermark key's fingerprint
             and strength. `model_id` (name@fingerprint) is the manifests' `model`.
 cache key   one image's pixels: rendered prompt, negative prompt, seed, size, steps, template version, model key,
-            and for an image with style adapters each "name@weight" with the content hash of its LoRA file(s).
+            for an image with style adapters each "name@weight" with the content hash of its LoRA file(s), and for
+            an ad placement's image its name, generated size and fit (keys of other images are unchanged).
             The cross-day cache reuses an earlier day's approved image with the same cache key.
 task key    one image's *decision*: cache key + the quality and repair config of its category. Resume keeps a
             finished row of the same date only while its task key is unchanged (thresholds may have moved).
@@ -76,6 +77,8 @@ def cache_key(task: Task, mkey: ModelKey, adapter_fps: dict[str, str] | None = N
     fields.append(task.template_version)
     if task.adapters:
         fields.append([f"{e}#{(adapter_fps or {})[parse_adapter_entry(e)[0]]}" for e in task.adapters])
+    if task.placement:  # delivered size is width x height; the generated size and the fit make the pixels too
+        fields.append([task.placement, task.render_width, task.render_height, task.fit])
     return _digest(fields)
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.config import FactoryConfig, QualityConfig
+from factory.config import Bucket, FactoryConfig, QualityConfig
 from factory.errors import ConfigError, TemplateError
 from factory.inputs.arguments import parse_date
 from factory.inputs.bucketing import Planner, Task, count_grouped_batches
+from factory.inputs.placements import generation_buckets
 from factory.inputs.prompts import Template, load_templates
 from factory.inputs.skus import Rejected, RowValidator, Sku, day_input_path, iter_tables
 from factory.io.paths import looks_like_uri
@@ -66,18 +67,29 @@ def _stream(
     """Templates, the input path, the planner, and the day as (rows, valid SKUs, rejected rows) per record batch:
     read and validated one batch at a time, so a caller that keeps no tasks holds one batch in memory."""
     check_adapter_paths(cfg)
-    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
+    templates = config_templates(cfg)
     if skus_path:
         path: str | Path = str(skus_path) if looks_like_uri(str(skus_path)) else Path(skus_path)
     else:
         path = day_input_path(cfg.paths.skus, date, cfg.storage)
-    validator = RowValidator(templates, cfg.planner.max_variants, cfg.lora.adapters)
+    validator = RowValidator(templates, cfg.planner.max_variants, cfg.lora.adapters, cfg.placements.sizes)
 
     def batches() -> Iterator[tuple[int, list[Sku], list[Rejected]]]:
         for source, offset, table in iter_tables(path, batch_rows, storage=cfg.storage):
             yield table.num_rows, *validator.validate(source, table, offset)
 
-    return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters), batches()
+    return templates, path, Planner(cfg.planner, templates, cfg.lora.adapters, cfg.placements), batches()
+
+
+def config_templates(cfg: FactoryConfig) -> dict[str, Template]:
+    """The config's templates, checked against its buckets, style adapters and placements."""
+    buckets = {b.name for b in cfg.planner.buckets}
+    return load_templates(cfg.paths.templates, buckets, cfg.lora.adapters, cfg.placements.sizes)
+
+
+def batch_buckets(cfg: FactoryConfig) -> list[Bucket]:
+    """The buckets a night batches by (configured ones, then the placements' generation buckets), in plan order."""
+    return generation_buckets(cfg.planner, cfg.placements)
 
 
 @dataclass
@@ -160,7 +172,7 @@ def plan_night(cfg: FactoryConfig, date: str, skus_path: str | Path | None = Non
     date = parse_date(date)
     spill_dir = tempfile.TemporaryDirectory(prefix="adfactory-plan-")
     try:
-        spill = Spill(Path(spill_dir.name), [b.name for b in cfg.planner.buckets])
+        spill = Spill(Path(spill_dir.name), [b.name for b in batch_buckets(cfg)])
         d = _plan_batches(cfg, date, skus_path, spill.add, PLAN_BATCH_ROWS)
         groups = spill.close()
     except BaseException:
@@ -198,7 +210,7 @@ def summarize(cfg: FactoryConfig, date: str, skus_path: str | Path | None = None
     buckets: Counter[str] = Counter()
     for (_, bucket), n in groups.items():
         buckets[bucket] += n
-    n_batches = count_grouped_batches(groups, cfg.run.batch_size, cfg.planner.buckets, cfg.run.padding)
+    n_batches = count_grouped_batches(groups, cfg.run.batch_size, batch_buckets(cfg), cfg.run.padding)
     return DaySummary(path, input_rows, sum(buckets.values()), dict(buckets), n_batches, rejected)
 
 
@@ -209,5 +221,5 @@ def local_worker(cfg: FactoryConfig, output: str, date: str = "", cls: type[Work
     from factory.generation.worker import Worker
 
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, output=output))
-    templates = load_templates(cfg.paths.templates, {b.name for b in cfg.planner.buckets}, cfg.lora.adapters)
+    templates = config_templates(cfg)
     return (cls or Worker)(cfg, resolve(cfg, *local_device(cfg)), category_thresholds(cfg, templates), date)

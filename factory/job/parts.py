@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.io import layout
-from factory.io.records import PART_SCHEMA, ImageRecord
+from factory.io.records import ADDED_COLUMNS, IMAGE_KEY, PART_SCHEMA, ImageRecord
 from factory.io.storage import Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def part_files(store: Store, date: str) -> list[str]:
 
 
 def load_parts(store: Store, date: str) -> pa.Table:
-    """All part rows, one per (sku_id, variant); later files (run ids start with a UTC timestamp) win."""
+    """All part rows, one per image (sku_id, variant, placement); later files (run ids start with a UTC timestamp)
+    win."""
     tables = []
     for f in part_files(store, date):  # sorted
         try:
@@ -107,6 +108,7 @@ def load_parts(store: Store, date: str) -> pa.Table:
         except (pa.ArrowException, OSError) as exc:  # cannot happen with atomic writes; never fatal
             log.warning("ignoring unreadable part %s (%s)", store.url(f), exc)
             continue
+        table = layout.with_added_columns(table, ADDED_COLUMNS)  # a part from before a column was added
         if not set(PART_SCHEMA.names) <= set(table.column_names):
             log.warning("ignoring part %s with an old schema", store.url(f))
             continue
@@ -115,7 +117,7 @@ def load_parts(store: Store, date: str) -> pa.Table:
         return PART_SCHEMA.empty_table()
     rows = pa.concat_tables(tables)
     order = rows.append_column("_i", pa.array(np.arange(rows.num_rows)))
-    last = order.group_by(["sku_id", "variant"], use_threads=False).aggregate([("_i", "max")])
+    last = order.group_by(IMAGE_KEY, use_threads=False).aggregate([("_i", "max")])
     return rows.take(np.sort(last.column("_i_max").to_numpy()))
 
 
@@ -135,14 +137,12 @@ def finished_rows(store: Store, date: str, images: dict[str, int]) -> pa.Table:
 
 
 def match_plan(rows: pa.Table, plan: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(positions in `plan`, indices into `rows`) of the plan rows (sku_id, variant, task_key) that a finished part
-    row already made: same image and same task key (thresholds may have moved since)."""
+    """(positions in `plan`, indices into `rows`) of the plan rows (sku_id, variant, placement, task_key) that a
+    finished part row already made: same image and same task key (thresholds may have moved since)."""
     idx = pc.index_in(plan["task_key"], value_set=rows["task_key"])
     valid = pc.is_valid(idx)
     pos = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
     found = idx.filter(valid).to_numpy(zero_copy_only=False)
-    same = [
-        pc.equal(rows[c].take(found), plan[c].take(pos)).to_numpy(zero_copy_only=False) for c in ("sku_id", "variant")
-    ]
-    keep = same[0] & same[1]
+    same = [pc.equal(rows[c].take(found), plan[c].take(pos)).to_numpy(zero_copy_only=False) for c in IMAGE_KEY]
+    keep = np.logical_and.reduce(same)
     return pos[keep], found[keep]

@@ -36,7 +36,7 @@ TASK_SCHEMA = pa.schema(
     ]
 )
 PLAN_SCHEMA = TASK_SCHEMA.append(pa.field("cache_key", pa.string())).append(pa.field("task_key", pa.string()))
-KEY_COLUMNS = ["sku_id", "variant", "task_key"]
+KEY_COLUMNS = ["sku_id", "variant", "placement", "task_key"]
 GroupKey = tuple[tuple[str, ...], str]  # (adapter set, bucket)
 KeyFn = Callable[[list[Task]], tuple[list[str], list[str]]]  # tasks -> (cache keys, task keys)
 

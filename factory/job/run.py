@@ -41,7 +41,7 @@ from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
 from factory.job.dispatch import Batches, Todo
-from factory.job.night_plan import NightPlan, plan_night
+from factory.job.night_plan import NightPlan, batch_buckets, plan_night
 from factory.job.plan_table import KEY_COLUMNS, ROW_GROUP, write_keyed
 from factory.job.progress import Progress
 from factory.modes import NULL_PIPELINE
@@ -362,7 +362,7 @@ def _execute(
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = Batches(night.store, todo, cfg.run.batch_size, cfg.planner.buckets, rt.padding, written)
+    batches = Batches(night.store, todo, cfg.run.batch_size, batch_buckets(cfg), rt.padding, written)
     n_batches, n_todo = len(batches), sum(batches.counts)
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
@@ -381,7 +381,7 @@ def _execute(
     roller = parts.PartRoller(night.store, night.plan.date, night.run_id, cfg.run.part_images, cfg.run.part_seconds)
 
     def on_result(result: BatchResult) -> None:
-        keys = [batches.keys(r.sku_id, r.variant) for r in result.records]
+        keys = [batches.keys(r.key) for r in result.records]
         roller.add(night.stamped(result.records, [k[0] for k in keys], [k[1] for k in keys]))
         stage.update(result.timings)
         progress.update(len(result.records))

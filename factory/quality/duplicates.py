@@ -1,9 +1,9 @@
 """Night-wide similarity checks on the CLIP image embeddings the gate already computed (no extra forward pass):
 
 near_duplicate   an image whose cosine to an image of an *earlier* SKU of the same category is >= the category's
-                 `quality.near_duplicate`; "earlier" is the (sku_id, variant) order, never batch completion order, so
-                 the result does not depend on worker count, batch size or executor. The later SKU goes to review,
-                 naming the earlier one (the one with the highest cosine).
+                 `quality.near_duplicate`; "earlier" is the (sku_id, variant, placement) order, never batch
+                 completion order, so the result does not depend on worker count, batch size or executor. The
+                 later SKU goes to review, naming the earlier one (the one with the highest cosine).
 reference_match  an image whose cosine to an image of `quality.reference_dir` is >= `quality.reference_threshold`.
 
 Both run on the driver at finalize, where every image of the night is known: fresh ones (embedding in the worker's
@@ -53,8 +53,8 @@ def similarity_method(n: int) -> str:
 def near_duplicates(
     skus: Sequence[str], emb: np.ndarray, threshold: float, method: str | None = None
 ) -> dict[int, Match]:
-    """Rows (already in (sku_id, variant) order) -> the best match among earlier rows of another SKU, where the
-    cosine is >= threshold. Ties go to the earliest row."""
+    """Rows (already in (sku_id, variant, placement) order) -> the best match among earlier rows of another SKU,
+    where the cosine is >= threshold. Ties go to the earliest row."""
     best: dict[int, tuple[float, int]] = {}
     for i, j, score in _pairs(emb, threshold, method or similarity_method(len(emb))):
         if j >= i or skus[j] == skus[i]:

@@ -40,6 +40,17 @@ from PIL import Image
 from factory.errors import ModelError
 
 
+def inpaint_size(size: tuple[int, int], render: tuple[int, int]) -> tuple[int, int]:
+    """The width x height an inpaint of an image of `size` runs at: `size` itself when `render` is (0, 0) (a
+    bucket's image: already a multiple of 8); else `size`'s aspect ratio at about `render`'s pixel count, in
+    multiples of 8 (an ad placement's delivered pixels, e.g. 1080x1350, repaired at the cost of the trained size
+    it was generated at)."""
+    if not all(render):
+        return size
+    scale = math.sqrt(render[0] * render[1] / (size[0] * size[1]))
+    return max(8, round(size[0] * scale / 8) * 8), max(8, round(size[1] * scale / 8) * 8)
+
+
 def repair_seed(seed: int, attempt: int) -> int:
     """The generator seed of repair `attempt` (0, 1, ...) of an image generated with `seed`.
 
@@ -255,10 +266,12 @@ class Repairer:
         steps: int = 4,
         padding: int | None = 32,
         guidance_scale: float = 1.0,
+        size: tuple[int, int] | None = None,
     ) -> list[Image.Image]:
         """`repair` for several images of one size in ONE pipeline call: per-image masks, crops, prompts and
         seeded generators. Every per-image step (crop, noise, VAE encode, paste-back) is per sample, so with
-        batch-invariant numerics an image's bytes do not depend on the other images in the call."""
+        batch-invariant numerics an image's bytes do not depend on the other images in the call. `size`: the
+        pipeline's width x height (multiples of 8; `inpaint_size`), when it is not the images' own."""
         images = [it.image.convert("RGB") for it in items]
         masks = [it.mask.convert("L") for it in items]
         if len({im.size for im in images}) > 1:
@@ -270,7 +283,7 @@ class Repairer:
         out = [im.copy() for im in images]
         if not todo:
             return out
-        width, height = images[0].size
+        width, height = size or images[0].size
         crops = [self._crop_box(masks[i], width, height, padding) for i in todo]
         painted = self._inpaint(
             [images[i].crop(c) for i, c in zip(todo, crops)],
@@ -287,12 +300,13 @@ class Repairer:
         return out
 
     def _crop_box(self, mask: Image.Image, width: int, height: int, padding: int | None) -> tuple[int, int, int, int]:
-        """The region inpainted at full size: the mask's box plus `padding`, grown to the image's aspect ratio
-        (diffusers' `padding_mask_crop` rule, applied per image so a batch can hold different crops)."""
+        """The region inpainted at full size: the mask's box plus `padding`, grown to the aspect ratio of the
+        pipeline's width x height (diffusers' `padding_mask_crop` rule, applied per image so a batch can hold
+        different crops)."""
         if not padding or not self._supports_crop:
-            return 0, 0, width, height
+            return 0, 0, mask.width, mask.height
         x0, y0, x1, y1 = self.pipe.mask_processor.get_crop_region(mask, width, height, pad=padding)
-        return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+        return max(int(x0), 0), max(int(y0), 0), min(int(x1), mask.width), min(int(y1), mask.height)
 
     def _inpaint(
         self,

@@ -77,20 +77,21 @@ class RepairRetry:
     def _attempt(self, todo: dict[int, tuple[Any, RepairOutcome]], attempt: int) -> dict[int, tuple[Any, Box]]:
         """A candidate (image, changed box) per index of `todo`: masks per image, one inpaint call per
         (size, steps) group, in index order."""
-        from factory.quality.repair import RepairItem
+        from factory.quality.repair import RepairItem, inpaint_size
 
         r = self.cfg
         masks: dict[int, defects.DefectMask] = {}
-        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], tuple[int, int], int], list[int]] = {}
         for i, (task, out) in todo.items():
             image = out.image
             tile = r.tile or max(8, min(image.size) // 4)
             masks[i] = defects.defect_mask(
                 image, out.assessment.reasons, tile=tile, top_k=r.top_k, dilate=r.dilate, blur=r.blur
             )
-            groups.setdefault((image.size, task.steps), []).append(i)
+            work = inpaint_size(image.size, (task.render_width, task.render_height))  # a placement: its trained size
+            groups.setdefault((image.size, work, task.steps), []).append(i)
         result: dict[int, tuple[Any, Box]] = {}
-        for (_, steps), idx in groups.items():
+        for (_, work, steps), idx in groups.items():
             items = [
                 RepairItem(
                     todo[i][1].image,
@@ -102,7 +103,7 @@ class RepairRetry:
                 )
                 for i in idx
             ]
-            painted = self.repairer.repair_batch(items, r.strength, steps, r.padding, self.guidance_scale)
+            painted = self.repairer.repair_batch(items, r.strength, steps, r.padding, self.guidance_scale, work)
             result.update({i: (im, masks[i].changed) for i, im in zip(idx, painted)})
         return result
 

@@ -130,7 +130,7 @@ def _filters(kind: str, label: str, counts: Counter[str]) -> str:
 def _card(night: NightOutputs, s: Sku) -> str:
     first = s.variants[0]
     reasons = " ".join(f'<span class="reason">{e(c)}</span>' for c in s.reasons)
-    figures = "\n".join(_figure(night, r) for r in s.variants)
+    figures = _figures(night, s.variants)
     return f"""<article class="sku" tabindex="-1" data-sku="{e(s.sku_id)}" data-category="{e(s.category)}"
   data-reasons="{e(" ".join(s.reasons))}" data-decision="{e(s.decision)}">
  <header><h2 class="sku-id">{e(s.sku_id)}</h2> <span class="category">{e(s.category)}</span> {reasons}
@@ -144,17 +144,35 @@ def _card(night: NightOutputs, s: Sku) -> str:
 </article>"""
 
 
+def _figures(night: NightOutputs, images: list[ImageRecord]) -> str:
+    """The SKU's images: one figure each; with ad placements, one group per variant holding its placements (in
+    the manifests' order: by placement name), so a reviewer sees a variant's crops side by side."""
+    if not any(r.placement for r in images):
+        return "\n".join(_figure(night, r) for r in images)
+    by_variant: dict[int, list[ImageRecord]] = {}
+    for r in images:
+        by_variant.setdefault(r.variant, []).append(r)
+    return "\n".join(
+        f'<section class="placements" data-variant="{v}"><h3>v{v} · {len(rs)} placements</h3>'
+        + "".join(_figure(night, r) for r in rs)
+        + "</section>"
+        for v, rs in by_variant.items()
+    )
+
+
 def _figure(night: NightOutputs, r: ImageRecord) -> str:
     scores = " · ".join(
         f"{label} {fmt.format(getattr(r, col))}" for col, label, fmt in _SCORES if getattr(r, col) is not None
     )
     repair = f"repaired ×{r.attempts}" if r.repaired else (f"{r.attempts} repair tries" if r.attempts else "")
+    name = f" {e(r.placement)}" if r.placement else ""
     caption = (
-        f'<figcaption><b>v{r.variant}</b> {r.width}×{r.height} · <span class="why">{e(r.reason)}</span>'
+        f'<figcaption><b>v{r.variant}{name}</b> {r.width}×{r.height} · <span class="why">{e(r.reason)}</span>'
         f"{' · ' + e(repair) if repair else ''}<br><span class=scores>{e(scores)}</span>"
         f"{f'<br><span class=detail>{e(r.detail)}</span>' if r.detail else ''}</figcaption>"
     )
-    return f'<figure class="variant">{_frame(night, r)}{caption}</figure>'
+    placement = f' data-placement="{e(r.placement)}"' if r.placement else ""
+    return f'<figure class="variant"{placement}>{_frame(night, r)}{caption}</figure>'
 
 
 def _frame(night: NightOutputs, r: ImageRecord) -> str:
@@ -169,7 +187,7 @@ def _frame(night: NightOutputs, r: ImageRecord) -> str:
             f'aria-label="repair box"><rect x="{x0}" y="{y0}" width="{max(x1 - x0, 0)}" '
             f'height="{max(y1 - y0, 0)}"/></svg>'
         )
-    alt = f"{r.sku_id} variant {r.variant}"
+    alt = f"{r.sku_id} variant {r.variant}" + (f" {r.placement}" if r.placement else "")
     return (
         f'<div class="frame" style="aspect-ratio:{int(r.width)}/{int(r.height)}">'
         f'<img src="{e(src)}" alt="{e(alt)}" loading="lazy">{box}</div>'

@@ -98,3 +98,21 @@ def test_the_documented_pyarrow_and_duckdb_queries(tmp_path):
     assert "data/output/manifests/approved/*/*.parquet" in documented and "GROUP BY ALL" in documented
     query = documented.replace("data/output", str(out))
     assert duckdb.sql(query).fetchall() == [(dt.date(2026, 11, 21), "toys", 1)]
+
+
+def test_nights_written_before_placements_read_with_an_empty_placement(tmp_path):
+    store = open_store(str(tmp_path))
+    write_night(store, "2026-11-20", ["A", "B"])  # the older night: rewritten below without the column
+    path = layout.partition_path("approved", "2026-11-20")
+    old = pq.read_table(store.open_input_file(path))
+    with store.open_output_stream(path) as f:
+        pq.write_table(old.drop_columns(["placement"]), f)
+    layout.write_manifest(
+        store, "approved", "2026-11-21", [{**r, "placement": "story"} for r in image_rows("2026-11-21", ["C"])]
+    )
+    night = layout.read_manifest(store, "approved", "2026-11-20")
+    assert night.schema.equals(MANIFEST_SCHEMAS["approved"], check_metadata=False)
+    assert night["placement"].to_pylist() == ["", ""]
+    table = layout.read_table(store, "approved")  # the old night's file is the first a dataset inspects
+    assert table.schema.equals(MANIFEST_SCHEMAS["approved"], check_metadata=False)
+    assert [(r["sku_id"], r["placement"]) for r in table.to_pylist()] == [("A", ""), ("B", ""), ("C", "story")]

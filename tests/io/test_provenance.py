@@ -174,7 +174,7 @@ def test_c2pa_signing_with_a_self_made_chain(tmp_path):
     image = Image.effect_noise((64, 48), 40).convert("RGB")
     task = SimpleNamespace(
         sku_id="C1", variant=0, prompt="p", negative_prompt="n", steps=4, seed=7, width=64, height=48,
-        image_path="images/x/C1-v0.png",
+        image_path="images/x/C1-v0.png", placement="",
     )  # fmt: skip
     stamped = provenance.Stamper(marks, "abc", "tiny-sd", 1.0).png(image, task)
     signed = tmp_path / "signed.png"

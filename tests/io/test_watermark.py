@@ -27,7 +27,7 @@ ROWS = [
 ]
 TASK = SimpleNamespace(
     sku_id="S1", variant=0, prompt="p", negative_prompt="n", steps=4, seed=7, width=256, height=256,
-    image_path="images/x/S1-v0.png",
+    image_path="images/x/S1-v0.png", placement="",
 )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def test_s3_cache_hits_copy_server_side_and_skip_unfinished_nights(s3_uri, s3_se
     earlier_night(store, "2026-11-19", ["A", "B"], success=True)
     earlier_night(store, "2026-11-20", ["C"], success=False)  # no _SUCCESS: not a cache source
     tasks = [task("A"), task("C")]
-    keys = {(t.sku_id, t.variant): f"key-{t.sku_id}" for t in tasks}
+    keys = {(t.sku_id, t.variant, t.placement): f"key-{t.sku_id}" for t in tasks}
     copies = 'SeaweedFS_s3_request_total{bucket="adfactory",code="200",type="COPY"}'
     before = s3_server.metrics().get(copies, 0)
     hits = cache.cache_hits(store, "2026-11-21", tasks, keys, {"toys": QualityConfig()}, lookback_days=3)

@@ -10,7 +10,7 @@ import pytest
 from factory.errors import ConfigError
 from factory.generation.worker import Worker
 from factory.io.layout import parts_dir, success_path
-from factory.io.records import ImageRecord
+from factory.io.records import PART_SCHEMA, ImageRecord
 from factory.io.storage import open_store
 from factory.job import parts
 from factory.job.night_plan import local_worker
@@ -69,6 +69,14 @@ def test_later_parts_win_on_load(tmp_path):
     parts.write_part(store, DATE, "20260102T000000Z-y-p00000", _rows("b", run_id="new"))
     loaded = parts.load_parts(store, DATE)
     assert dict(zip(loaded["sku_id"].to_pylist(), loaded["run_id"].to_pylist())) == {"a": "r", "b": "new"}
+
+
+def test_a_part_from_before_placements_still_counts(tmp_path):
+    store = open_store(str(tmp_path))
+    parts.write_part(store, DATE, "20260101T000000Z-x-p00000", _rows("a").drop_columns(["placement"]))
+    loaded = parts.load_parts(store, DATE)
+    assert loaded["sku_id"].to_pylist() == ["a"] and loaded["placement"].to_pylist() == [""]
+    assert loaded.schema.equals(PART_SCHEMA, check_metadata=False)
 
 
 def _null(cfg, **run_keys):

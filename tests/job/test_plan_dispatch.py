@@ -62,7 +62,8 @@ def test_streamed_batches_are_make_batches_of_the_rows_left(tmp_path, padding, b
     got = list(batches)
     assert len(batches) == len(got) == len(expected)
     assert got == expected  # ids, render sizes, steps, adapter sets, tasks and their order
-    assert all(batches.keys(t.sku_id, t.variant) == (f"c{t.seed}", f"k{t.seed}") for b in got for t in b.tasks)
+    keyed_as = [batches.keys((t.sku_id, t.variant, t.placement)) for b in got for t in b.tasks]
+    assert keyed_as == [(f"c{t.seed}", f"k{t.seed}") for b in got for t in b.tasks]
     assert not batches.inflight  # every handed-out key was asked for once
     promoted = [t for b in got for t in b.tasks if (t.width, t.height) != (b.width, b.height)]
     assert bool(promoted) == (padding == "size")  # this plan has remainders worth promoting

@@ -31,6 +31,7 @@ import numpy as np
 
 from factory.config import FactoryConfig
 from factory.inputs.bucketing import Batch, Task, make_batches
+from factory.job.night_plan import batch_buckets
 
 
 def rss_mb() -> float:
@@ -129,7 +130,7 @@ def _setup(cfg: FactoryConfig, tmp: Path, n_skus: int, result: dict[str, Any]) -
     result["images"] = len(tasks)
     result["buckets"] = {b.name: sum(t.bucket == b.name for t in tasks) for b in cfg.planner.buckets}
     worker = local_worker(_with(cfg, repair={"mode": "off"}), str(tmp / "out"))
-    buckets = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
+    buckets = make_batches(tasks, cfg.run.batch_size, batch_buckets(cfg), worker.runtime.padding)
     return _Setup(cfg, tmp, day, skus, tasks, worker, buckets, padded_to_largest(tasks, cfg.run.batch_size))
 
 

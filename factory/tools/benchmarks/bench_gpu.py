@@ -26,6 +26,7 @@ from typing import Any
 
 from factory.config import FactoryConfig, load_config
 from factory.inputs.bucketing import make_batches
+from factory.job.night_plan import batch_buckets
 
 
 def build_models(root: Path, clip_model: str) -> dict[str, float]:
@@ -250,7 +251,7 @@ def _machine(torch: Any) -> dict[str, Any]:
 
 
 def _generation(worker: Any, tasks: list, cfg: FactoryConfig) -> dict[str, Any]:
-    batches = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
+    batches = make_batches(tasks, cfg.run.batch_size, batch_buckets(cfg), worker.runtime.padding)
     worker.generate(batches[0])  # untimed: the last lazy allocations after warm-up
     _mem()
     seconds, _ = _timed(lambda: [worker.generate(b) for b in batches])

@@ -42,7 +42,7 @@ def provenance_costs(size: int = 256, n: int = 50) -> dict[str, float]:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     task = SimpleNamespace(
         sku_id="SKU-1", variant=0, prompt="product photo of red sneakers, HD", negative_prompt="blurry", steps=4,
-        seed=1, width=size, height=size, image_path="images/shoes/SKU-1-v0.png",
+        seed=1, width=size, height=size, image_path="images/shoes/SKU-1-v0.png", placement="",
     )  # fmt: skip
     from factory.tools.builders.signing_chain import make_signing_chain
 

@@ -29,6 +29,7 @@ import numpy as np
 from factory.config import FactoryConfig, load_config
 from factory.generation.worker import Worker
 from factory.inputs.bucketing import make_batches
+from factory.job.night_plan import batch_buckets
 
 H200_IMAGES_PER_S = 39.64  # generator alone (C), batch 16, 512², 4 steps (docs/bench-gpu-h200.json)
 SIM_SIZE, SIM_STEPS, SIM_BATCH = 512, 4, 16
@@ -121,7 +122,7 @@ def simulated_night(cfg: FactoryConfig, n_skus: int, tmp: Path, images_per_s: fl
     tasks = plan(cfg, day, skus).tasks
     worker = local_worker(cfg, str(tmp / "sim-c"), cls=SimulatedDeviceWorker)
     worker.pipe.images_per_s = images_per_s
-    batches = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
+    batches = make_batches(tasks, cfg.run.batch_size, batch_buckets(cfg), worker.runtime.padding)
     t0 = time.perf_counter()
     for b in batches:
         worker.generate(b)

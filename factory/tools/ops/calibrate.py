@@ -26,7 +26,7 @@ from factory.errors import InputError
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.bucketing import Batch, Task, make_batches
 from factory.io.storage import open_store
-from factory.job.night_plan import plan
+from factory.job.night_plan import batch_buckets, plan
 
 # metric -> (threshold key in [quality], "min" if the threshold is a lower bound else "max")
 METRICS = {
@@ -124,7 +124,8 @@ def _score(cfg: FactoryConfig, tasks: list[Task]) -> dict[str, dict[str, list[fl
     with tempfile.TemporaryDirectory() as scratch:  # the worker writes nothing here: we only generate and score
         no_repair = dataclasses.replace(cfg, repair=dataclasses.replace(cfg.repair, mode="off"))
         worker = local_worker(no_repair, scratch)
-        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, cfg.planner.buckets, worker.runtime.padding)
+        # placements' generation buckets too: their images are scored as delivered, as a night scores them
+        batches: list[Batch] = make_batches(tasks, cfg.run.batch_size, batch_buckets(cfg), worker.runtime.padding)
         for batch in batches:
             images = worker.generate(batch)
             for t, a in zip(
