@@ -79,13 +79,10 @@ def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dic
     integers: one correctly rounded division each)."""
     import torch
 
-    if gray is None:  # PIL's "L" formula; every partial sum is an integer below 2**24, so float32 is exact
-        weights = torch.tensor([19595.0, 38470.0, 7471.0], device=rgb.device)
-        gray = ((rgb.float() @ weights + 32768.0) / 65536.0).floor()
-    gray = gray.to(torch.int32)
+    gray = luma(rgb) if gray is None else gray.to(torch.int32)
     r, g, b = rgb.unbind(-1)
     hi, lo = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
-    sums = [*_sums(gray), (gray >= 250).sum((1, 2)), (gray <= 5).sum((1, 2)), _saturation_sums(hi, lo)]
+    sums = [*_gray_sums(gray), _saturation_sums(hi, lo)]
     h, w = gray.shape[1:]
     edges = min(h, w) > 2
     if edges:
@@ -103,6 +100,33 @@ def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dic
         }
         for g1, g2, over, under, sat, *lap_sums in rows
     ]
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """PIL's "L" conversion of a (N, H, W, 3) uint8 tensor as int32, bit for bit (ImagingConvert's L24 fixed point:
+    (19595 R + 38470 G + 7471 B + 0x8000) >> 16)."""
+    import torch
+
+    r, g, b = (c.to(torch.int32) for c in rgb.unbind(-1))
+    return (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
+
+
+_LEVELS: dict[str, torch.Tensor] = {}
+
+
+def _gray_sums(gray: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample, from one 256-bin histogram of the luma (cheaper than four passes over the pixels): the sum, the
+    sum of squares, the count >= 250 and the count <= 5."""
+    import torch
+
+    key = str(gray.device)
+    if key not in _LEVELS:
+        v = torch.arange(256, dtype=torch.int64)
+        _LEVELS[key] = torch.stack([v, v * v, (v >= 250).to(torch.int64), (v <= 5).to(torch.int64)], 1).to(gray.device)
+    n = gray.shape[0]
+    flat = (gray.reshape(n, -1) + torch.arange(n, dtype=torch.int32, device=gray.device)[:, None] * 256).reshape(-1)
+    hist = torch.bincount(flat, minlength=n * 256).reshape(n, 256)
+    return list((hist @ _LEVELS[key]).unbind(1))
 
 
 _SATURATION: dict[str, torch.Tensor] = {}
