@@ -32,6 +32,7 @@ from factory.modes import (
     MIN_LABEL_SIZE,
     NULL_PIPELINE,
     PADDING_MODES,
+    PREPROCESS_MODES,
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
@@ -147,6 +148,7 @@ class QualityConfig:
     near_duplicate: float = 0.94  # CLIP image cosine to an earlier SKU of the night's category >= this -> review
     reference_threshold: float = 0.94  # CLIP image cosine to an image of reference_dir >= this -> review (>1: off)
     reference_dir: str = ""  # images the night must not resemble (competitor logos, protected artwork); "" = none
+    preprocess: str = "torch"  # torch | pil: CLIP's resize/crop/normalise as batched torch ops, or open_clip's PIL
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
@@ -389,9 +391,11 @@ def _validate_model(model: ModelConfig) -> None:
 
 def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> None:
     _check_gate(quality, "quality")
+    _one_of("quality.preprocess", quality.preprocess, PREPROCESS_MODES)
     for category, overrides in quality.categories.items():
-        if "reference_dir" in overrides:
-            raise ConfigError(f"[quality.categories.{category}]: reference_dir is global; set it in [quality]")
+        for name in ("reference_dir", "preprocess"):
+            if name in overrides:
+                raise ConfigError(f"[quality.categories.{category}]: {name} is global; set it in [quality]")
         _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
     _one_of("repair.mode", repair.mode, REPAIR_MODES)
     if not 0 < repair.strength <= 1:

@@ -24,6 +24,7 @@ from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
 from factory.generation.adoption import adopt_or_generate
+from factory.generation.frames import Frames
 from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
 from factory.generation.stages import StageLocks
@@ -83,7 +84,7 @@ class Worker:
         self.accel = accelerate(self.pipe, runtime, cfg, self.batch_size)
         self.startup["model_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.clip = load_clip(cfg.model, runtime.device)
+        self.clip = load_clip(cfg.model, runtime.device, cfg.quality.preprocess)
         self.startup["clip_load_s"] = time.perf_counter() - t0
 
     def _build_gate(self, thresholds: dict[str, QualityConfig]) -> None:
@@ -124,9 +125,13 @@ class Worker:
         return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
 
     def generate(self, batch: Batch, pad_to: int | None = None) -> list[Any]:
-        """PIL images for the batch's tasks. A CUDA out-of-memory error halves the batch and retries each half
-        (adaptive micro-batching), padding the halves to half the size so the call really shrinks; per-sample
-        seeds make the halves produce the same images."""
+        """PIL images for the batch's tasks (`generate_frames`' host images)."""
+        return self.generate_frames(batch, pad_to).images
+
+    def generate_frames(self, batch: Batch, pad_to: int | None = None) -> Frames:
+        """The batch's images on the device and on the host. A CUDA out-of-memory error halves the batch and
+        retries each half (adaptive micro-batching), padding the halves to half the size so the call really
+        shrinks; per-sample seeds make the halves produce the same images."""
         import torch
 
         pad_to = self.batch_size if pad_to is None else pad_to
@@ -141,10 +146,11 @@ class Worker:
             log.warning("CUDA out of memory on %s (%d images): halving", batch.batch_id, len(batch.tasks))
             first, second = batch.split(len(batch.tasks) // 2)
             half = max(len(first.tasks), len(second.tasks), (pad_to + 1) // 2)
-            return self.generate(first, half) + self.generate(second, half)
+            return self.generate_frames(first, half) + self.generate_frames(second, half)
 
-    def _generate(self, batch: Batch, pad_to: int) -> list[Any]:
-        """One pipeline call; one seeded CPU generator per sample, so the noise is per-SKU."""
+    def _generate(self, batch: Batch, pad_to: int) -> Frames:
+        """One pipeline call; one seeded CPU generator per sample, so the noise is per-SKU. The images stay a
+        tensor on the device (the gate scores them there) and reach the host as uint8 once."""
         import torch
 
         tasks = batch.tasks
@@ -161,28 +167,32 @@ class Worker:
                 num_inference_steps=batch.steps,
                 guidance_scale=self.cfg.model.guidance_scale,
                 generator=generators,
-                output_type="pil",
+                output_type="pt",
             )
+            frames = Frames.from_output(out.images[: len(tasks)])
         self.pixels_computed += len(seeds) * batch.width * batch.height
-        images = out.images[: len(tasks)]
+        if all(im.size == (t.width, t.height) for im, t in zip(frames.images, tasks)):
+            return frames
         # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size.
-        return [
-            im if im.size == (t.width, t.height) else im.resize((t.width, t.height), Image.Resampling.LANCZOS)
-            for im, t in zip(images, tasks)
-        ]
+        return Frames(
+            [
+                im if im.size == (t.width, t.height) else im.resize((t.width, t.height), Image.Resampling.LANCZOS)
+                for im, t in zip(frames.images, tasks)
+            ]
+        )
 
     def process(self, batch: Batch) -> BatchResult:
         """Generate (the device stage), then score, repair and write (the host stage). With two callers the next
         batch generates while this one is finished (factory.generation.stages); the result is the same."""
         with self.stages.device:
-            images, timings = self._generate_timed(batch)
+            frames, timings = self._generate_timed(batch)
         with self.stages.host:
-            return self._finish(batch, images, timings)
+            return self._finish(batch, frames, timings)
 
-    def _generate_timed(self, batch: Batch) -> tuple[list[Any], dict[str, float]]:
+    def _generate_timed(self, batch: Batch) -> tuple[Frames, dict[str, float]]:
         t0 = time.perf_counter()
         computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
-        images, adopted = adopt_or_generate(batch, self.store, self.date, self.generate)
+        frames, adopted = adopt_or_generate(batch, self.store, self.date, self.generate_frames)
         timings = {
             "generate_s": time.perf_counter() - t0,
             "images_adopted": adopted,
@@ -190,13 +200,14 @@ class Worker:
         }
         timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.width * t.height for t in batch.tasks)
-        return images, timings
+        return frames, timings
 
-    def _finish(self, batch: Batch, images: list[Any], timings: dict[str, float]) -> BatchResult:
-        tasks = batch.tasks
-        # 1. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
+    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float]) -> BatchResult:
+        tasks, images = batch.tasks, frames.images
+        # 1. score every check on the device tensor (one CLIP image forward per batch, or per image in
+        # batch-invariant mode)
         t0 = time.perf_counter()
-        assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks])
+        assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks], frames.pixels)
         timings["score_s"] = time.perf_counter() - t0
 
         # 2. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that

@@ -3,9 +3,9 @@ oversaturated.
 
 `pixel_metrics` (numpy, float64, one image) is the reference definition. `pixel_metrics_batch` is what the gate
 runs: the same statistics for a whole batch as torch integer ops on a (N, H, W, 3) uint8 tensor (on whatever device
-holds it), with PIL's own integer luma and saturation formulas, so every count and sum is exact and only the final
-division rounds: equal to the reference within 1e-12 relative (tests/quality/test_pixels_torch.py), the same
-reasons, no per-image Python loop.
+holds it: the worker passes its device tensor), with PIL's own integer luma and saturation formulas, so every count
+and sum is exact and only the final division rounds: equal to the reference within 1e-12 relative
+(tests/quality/test_pixels_torch.py), the same reasons, no per-image Python loop.
 """
 
 from __future__ import annotations
@@ -56,21 +56,33 @@ def pixel_metrics(image: Image.Image) -> dict[str, float]:
     }
 
 
-def pixel_metrics_batch(images: Sequence[Image.Image]) -> list[dict[str, float]]:
+def pixel_metrics_batch(images: Sequence[Image.Image], pixels: torch.Tensor | None = None) -> list[dict[str, float]]:
     """`pixel_metrics` of each image, one batched torch computation per image size (a batch holds one size, bar
-    tasks resized down from a larger bucket)."""
+    tasks resized down from a larger bucket). `pixels`: the same images as one (N, H, W, 3) uint8 tensor, where they
+    already are (the worker's device tensor)."""
+    out: list[dict[str, float]] = [{} for _ in images]
+    for idx, rgb in size_groups(images, pixels):
+        for i, m in zip(idx, rgb_metrics(rgb)):
+            out[i] = m
+    return out
+
+
+def size_groups(
+    images: Sequence[Image.Image], pixels: torch.Tensor | None = None
+) -> list[tuple[list[int], torch.Tensor]]:
+    """The images as uint8 (n, H, W, 3) tensors, one per size, with the indices each holds: `pixels` itself when
+    given (one size), else one host copy per size group of the PIL images."""
     import torch
 
-    out: list[dict[str, float]] = [{} for _ in images]
+    if pixels is not None:
+        return [(list(range(len(images))), pixels)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(im.size, []).append(i)
-    for idx in groups.values():
-        rgb = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx]))
-        gray = torch.from_numpy(np.stack([np.asarray(images[i].convert("L")) for i in idx]))  # PIL's C: cheapest
-        for i, m in zip(idx, rgb_metrics(rgb, gray)):
-            out[i] = m
-    return out
+    return [
+        (idx, torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx])))
+        for idx in groups.values()
+    ]
 
 
 def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dict[str, float]]:
