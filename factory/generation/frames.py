@@ -23,7 +23,8 @@ class Frames:
         (`numpy_to_pil`: float32 x 255, round half to even), so the pixels are those of `output_type="pil"`."""
         import torch
 
-        pixels = images.permute(0, 2, 3, 1).float().mul(255).round().to(torch.uint8)
+        # rounded in the pipeline's (N, 3, H, W) layout, then laid out (N, H, W, 3) as uint8: the cheap order
+        pixels = images.float().mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         host = pixels.cpu().numpy()  # the one copy to the host per batch
         return cls([Image.fromarray(a) for a in host], pixels)
 

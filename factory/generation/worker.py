@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ class Worker:
                 generator=generators,
                 output_type="pt",
             )
-            frames = Frames.from_output(out.images[: len(tasks)])
+            frames = self._frames(out.images[: len(tasks)])
         self.pixels_computed += len(seeds) * batch.width * batch.height
         if all(im.size == (t.width, t.height) for im, t in zip(frames.images, tasks)):
             return frames
@@ -181,13 +181,19 @@ class Worker:
             ]
         )
 
+    def _frames(self, images: Any) -> Frames:
+        """The pipeline's `output_type="pt"` images as Frames (on the device: uint8 there, one copy to the host)."""
+        return Frames.from_output(images)
+
     def process(self, batch: Batch) -> BatchResult:
-        """Generate (the device stage), then score, repair and write (the host stage). With two callers the next
-        batch generates while this one is finished (factory.generation.stages); the result is the same."""
+        """Generate (the device stage), then score, repair and start the writes (the host stage), then wait for the
+        writes outside both stages. With two callers the next batch generates while this one is scored, and is
+        scored while this one's PNGs are still encoding (factory.generation.stages); the result is the same."""
         with self.stages.device:
             frames, timings = self._generate_timed(batch)
         with self.stages.host:
-            return self._finish(batch, frames, timings)
+            pending = self._finish(batch, frames, timings)
+        return pending.result()  # the records only after this batch's own writes
 
     def _generate_timed(self, batch: Batch) -> tuple[Frames, dict[str, float]]:
         t0 = time.perf_counter()
@@ -202,7 +208,7 @@ class Worker:
         timings["pixels_needed"] = sum(t.width * t.height for t in batch.tasks)
         return frames, timings
 
-    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float]) -> BatchResult:
+    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float]) -> _PendingWrites:
         tasks, images = batch.tasks, frames.images
         # 1. score every check on the device tensor (one CLIP image forward per batch, or per image in
         # batch-invariant mode)
@@ -223,15 +229,12 @@ class Worker:
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
                     writes[i] = self.writer.submit(task, outcome.image, generated=outcome.image is images[i])
-            timings["repair_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        finally:
-            wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
-        # 3. the records, from what was written; the first failed write (in task order) is raised here
-        written = [writes[i].result() for i in range(len(tasks))]
-        records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
-        timings["write_s"] = time.perf_counter() - t0
-        return BatchResult(batch.batch_id, records, timings)
+        except BaseException:
+            wait(writes.values())  # drained before the batch raises: no write outlives its batch
+            raise
+        timings["repair_s"] = time.perf_counter() - t0
+        tokens = prompt_tokens(self.pipe.tokenizer, tasks)
+        return _PendingWrites(batch, outcomes, [writes[i] for i in range(len(tasks))], tokens, timings)
 
     def _needs_repair(self, a: Assessment) -> bool:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)
@@ -257,13 +260,40 @@ def _check_device(runtime: Runtime) -> None:
             raise ModelError("the run was resolved for CUDA but this worker sees no CUDA device")
 
 
+@dataclass
+class _PendingWrites:
+    """A batch between its host stage and its records: the writes are still encoding on the writer pool."""
+
+    batch: Batch
+    outcomes: list[RepairOutcome]
+    writes: list[Future]  # in task order
+    tokens: list[tuple[int, int]]  # (prompt tokens, the tokenizer's limit) per task
+    timings: dict[str, float]
+
+    def result(self) -> BatchResult:
+        """Waits for every write (none outlives its batch); the first failed one (in task order) is raised."""
+        t0 = time.perf_counter()
+        wait(self.writes)
+        written = [w.result() for w in self.writes]
+        records = image_records(self.batch.tasks, self.outcomes, written, self.tokens)
+        self.timings["write_s"] = time.perf_counter() - t0
+        return BatchResult(self.batch.batch_id, records, self.timings)
+
+
+def prompt_tokens(tokenizer: Any, tasks: tuple[Task, ...]) -> list[tuple[int, int]]:
+    """Per task: its prompt's token count with BOS/EOS under the pipeline's tokenizer, and the tokenizer's limit, so
+    truncation is reported, not silent."""
+    counts = [len(ids) for ids in tokenizer([t.prompt for t in tasks], truncation=False).input_ids]
+    return [(n, tokenizer.model_max_length) for n in counts]
+
+
 def image_records(
-    tokenizer: Any, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]
+    tasks: tuple[Task, ...],
+    outcomes: list[RepairOutcome],
+    written: list[tuple[str, Any]],
+    tokens: list[tuple[int, int]],
 ) -> list[ImageRecord]:
     """One manifest record per task: its final assessment, repair outcome, written key and prompt token count."""
-    limit = tokenizer.model_max_length
-    # token counts with BOS/EOS under the pipeline's tokenizer, so truncation is reported, not silent
-    tokens = [len(ids) for ids in tokenizer([t.prompt for t in tasks], truncation=False).input_ids]
     return [
         ImageRecord.from_task(
             task,
@@ -274,7 +304,7 @@ def image_records(
             prompt_tokens=n_tokens,
             prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
         )
-        for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written)
+        for task, outcome, (n_tokens, limit), (key, produce_id) in zip(tasks, outcomes, tokens, written)
     ]
 
 
