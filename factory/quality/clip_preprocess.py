@@ -4,10 +4,11 @@ open_clip's eval transform (tiny CLIP and ViT-L/14 alike) is torchvision's Resiz
 antialias) → CenterCrop → ToTensor → Normalize on a PIL image. `ClipTransform.of` reads those parameters off the
 loaded transform; `preprocess_pixels` does the same arithmetic: PIL's separable resample (horizontal pass, then
 vertical, each rounded and clamped to 0..255 as PIL's 8-bit resampler stores it), torchvision's crop offsets, /255
-and the normalisation. The resample is float where PIL's is 22-bit fixed point, so a resized value can differ by one
-or two grey levels (measured: none at 512² → 32, 0.05 % of values at 512² → 224, ~1 % when 64-192 px images are
-upscaled to 224); the scores agree within 3e-4 (tests/quality/test_clip_preprocess.py; measured ≤ 1e-4 on the demo
-night). `quality.preprocess = "pil"` keeps open_clip's own transform.
+and the normalisation. On a CUDA tensor the resample is float (two rounded passes) where PIL's is 22-bit fixed point; on
+a CPU tensor it is torch's own fixed-point uint8 kernel (~7x cheaper there). Either way a resized value can differ by
+one or two grey levels (measured: ≤ 0.1 % of values at 512² → 32, 0.05-0.4 % at 512² → 224, ~1 % when 64-192 px
+images are upscaled to 224); the scores agree within 3e-4 (tests/quality/test_clip_preprocess.py; measured ≤ 1e-4
+on the demo night). `quality.preprocess = "pil"` keeps open_clip's own transform.
 """
 
 from __future__ import annotations
@@ -54,28 +55,37 @@ class ClipTransform:
         return cls(size, (ch, cw), tuple(norm.mean), tuple(norm.std), mode)
 
 
-def preprocess_pixels(pixels: torch.Tensor, t: ClipTransform) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, crop_h, crop_w) float32 CLIP input, on the tensor's device."""
-    import torch
-
-    x = pixels.permute(0, 3, 1, 2).float()
+def preprocess_pixels(pixels: torch.Tensor, t: ClipTransform, kernel: str = "") -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, crop_h, crop_w) float32 CLIP input, on the tensor's device. `kernel`: "uint8"
+    (torch's fixed-point antialiased kernel, CPU only, ~7x cheaper there), "float" (two rounded passes, any
+    device), "" = uint8 on a CPU, float elsewhere."""
+    x = pixels.permute(0, 3, 1, 2)
     h, w = x.shape[2:]
     # torchvision's Resize(int): the shorter side to `size`, the longer truncated in proportion
     nh, nw = (t.size, int(t.size * w / h)) if h <= w else (int(t.size * h / w), t.size)
-    if nw != w:
-        x = _resample(x, (h, nw), t.interpolation)
-    if nh != h:
-        x = _resample(x, (nh, nw), t.interpolation)
+    if (kernel or ("uint8" if x.device.type == "cpu" else "float")) == "uint8":
+        x = _resample(x.contiguous(), (nh, nw), t.interpolation) if (nh, nw) != (h, w) else x
+    else:
+        x = x.float()
+        if nw != w:
+            x = _resample(x, (h, nw), t.interpolation).round().clamp(0.0, 255.0)
+        if nh != h:
+            x = _resample(x, (nh, nw), t.interpolation).round().clamp(0.0, 255.0)
     ch, cw = t.crop
     top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
-    x = x[:, :, top : top + ch, left : left + cw].div(255.0)
+    return _normalize(x[:, :, top : top + ch, left : left + cw].float().div(255.0), t)
+
+
+def _normalize(x: torch.Tensor, t: ClipTransform) -> torch.Tensor:
+    import torch
+
     mean = torch.tensor(t.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(t.std, device=x.device).view(1, -1, 1, 1)
     return x.sub(mean).div(std)
 
 
 def _resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """One of PIL's separable passes: antialiased (PIL's support scaling on a reduction), stored as 8-bit."""
+    """Antialiased as PIL (its support scaling on a reduction)."""
     import torch.nn.functional as F
 
-    return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False).round().clamp(0.0, 255.0)
+    return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
