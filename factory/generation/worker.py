@@ -182,7 +182,10 @@ class Worker:
         )
 
     def _frames(self, images: Any) -> Frames:
-        """The pipeline's `output_type="pt"` images as Frames (on the device: uint8 there, one copy to the host)."""
+        """The pipeline's `output_type="pt"` images as Frames (on the device: uint8 there, one copy to the host). A
+        pipeline that returns PIL images whatever it is asked (the null pipeline) gives host images only."""
+        if isinstance(images, list):
+            return Frames(images)
         return Frames.from_output(images)
 
     def process(self, batch: Batch) -> BatchResult:
