@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
@@ -171,21 +169,10 @@ class Worker:
             )
             frames = self._frames(out.images[: len(tasks)])
         self.pixels_computed += len(seeds) * batch.width * batch.height
-        if all(im.size == (t.width, t.height) for im, t in zip(frames.images, tasks)):
-            return frames
-        # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size.
-        return Frames(
-            [
-                im if im.size == (t.width, t.height) else im.resize((t.width, t.height), Image.Resampling.LANCZOS)
-                for im, t in zip(frames.images, tasks)
-            ]
-        )
+        return frames.fit([(t.width, t.height) for t in tasks])  # tasks promoted by padding = "size" resized down
 
     def _frames(self, images: Any) -> Frames:
-        """The pipeline's `output_type="pt"` images as Frames (on the device: uint8 there, one copy to the host). A
-        pipeline that returns PIL images whatever it is asked (the null pipeline) gives host images only."""
-        if isinstance(images, list):
-            return Frames(images)
+        """The pipeline's `output_type="pt"` images as Frames (the simulated device's worker overrides it)."""
         return Frames.from_output(images)
 
     def process(self, batch: Batch) -> BatchResult:
