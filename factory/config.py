@@ -33,6 +33,7 @@ from factory.modes import (
     NULL_PIPELINE,
     PADDING_MODES,
     PLACEMENT_FITS,
+    PREPROCESS_MODES,
     QUANT_MODES,
     REPAIR_MODES,
     SEED_SCOPES,
@@ -203,6 +204,7 @@ class QualityConfig:
     near_duplicate: float = 0.94  # CLIP image cosine to an earlier SKU of the night's category >= this -> review
     reference_threshold: float = 0.94  # CLIP image cosine to an image of reference_dir >= this -> review (>1: off)
     reference_dir: str = ""  # images the night must not resemble (competitor logos, protected artwork); "" = none
+    preprocess: str = "torch"  # torch | pil: CLIP's resize/crop/normalise as batched torch ops, or open_clip's PIL
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # [quality.categories.<name>] overrides
 
     def for_category(self, category: str, template_overrides: dict[str, Any] | None = None) -> QualityConfig:
@@ -479,9 +481,11 @@ def _validate_model(model: ModelConfig) -> None:
 
 def _validate_quality_repair(quality: QualityConfig, repair: RepairConfig) -> None:
     _check_gate(quality, "quality")
+    _one_of("quality.preprocess", quality.preprocess, PREPROCESS_MODES)
     for category, overrides in quality.categories.items():
-        if "reference_dir" in overrides:
-            raise ConfigError(f"[quality.categories.{category}]: reference_dir is global; set it in [quality]")
+        for name in ("reference_dir", "preprocess"):
+            if name in overrides:
+                raise ConfigError(f"[quality.categories.{category}]: {name} is global; set it in [quality]")
         _check_gate(quality.for_category(category), f"[quality.categories.{category}]")
     _one_of("repair.mode", repair.mode, REPAIR_MODES)
     if not 0 < repair.strength <= 1:

@@ -36,6 +36,10 @@ DETERMINISM_MODES = ("batch-invariant", "fast")
 COMPILE_MODES = ("none", "regional", "full")
 QUANT_MODES = ("none", "int8-weight", "int8-dynamic", "fp8")
 
+# quality.preprocess: how CLIP's input is made from an image (factory.quality.clip_preprocess): torch = batched ops on
+# the worker's uint8 tensor where the images are; pil = open_clip's own PIL transform, image by image.
+PREPROCESS_MODES = ("torch", "pil")
+
 # repair.mode (factory.quality.repair_loop).
 REPAIR_MODES = ("inpaint", "off")
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from factory.generation.frames import Frames
 from factory.inputs.bucketing import Batch, Task
 from factory.io.layout import image_key
 from factory.io.provenance import adoptable_image
@@ -20,16 +21,17 @@ from factory.io.storage import Store
 log = logging.getLogger(__name__)
 
 
-def adopt_or_generate(
-    batch: Batch, store: Store, date: str, generate: Callable[[Batch], list[Any]]
-) -> tuple[list[Any], int]:
+def adopt_or_generate(batch: Batch, store: Store, date: str, generate: Callable[[Batch], Frames]) -> tuple[Frames, int]:
     """The batch's images in task order and how many were adopted; the rest are generated in one call (per-sample
-    seeds: the same images as in the whole batch)."""
+    seeds: the same images as in the whole batch). With nothing adopted the generated frames come back as they are
+    (device tensor included); a mix is scored from the host images."""
     found = {i: _adopt(store, date, t) for i, t in enumerate(batch.tasks) if t.image_path in batch.adopt}
     found = {i: im for i, im in found.items() if im is not None}
+    if not found:
+        return generate(replace(batch, adopt=frozenset())), 0
     rest = tuple(t for i, t in enumerate(batch.tasks) if i not in found)
-    made = iter(generate(replace(batch, tasks=rest, adopt=frozenset())) if rest else [])
-    return [found[i] if i in found else next(made) for i in range(len(batch.tasks))], len(found)
+    made = iter(generate(replace(batch, tasks=rest, adopt=frozenset())).images if rest else [])
+    return Frames([found[i] if i in found else next(made) for i in range(len(batch.tasks))]), len(found)
 
 
 def _adopt(store: Store, date: str, task: Task) -> Any:

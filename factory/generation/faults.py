@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
 
 from factory.config import FactoryConfig
+from factory.generation.frames import Frames
 from factory.generation.worker import Worker
 from factory.inputs.bucketing import Batch
 
@@ -25,7 +25,7 @@ def worker_class(cfg: FactoryConfig) -> type[Worker]:
 
 
 class FaultyWorker(Worker):
-    def _generate(self, batch: Batch, pad_to: int) -> list[Any]:
+    def _generate(self, batch: Batch, pad_to: int) -> Frames:
         kind, _, sku = self.cfg.run.fault_injection.partition(":")
         if sku in {t.sku_id for t in batch.tasks}:
             # the size of the pipeline call, padding slots included (what CUDA memory sees)

@@ -1,9 +1,12 @@
 """A worker's two stages, so that the device never waits on the host: batch N+1 generates while batch N is scored,
 repaired and encoded/written.
 
-`Worker.process(batch)` runs a batch through both stages in order, each under its own lock:
+`Worker.process(batch)` runs a batch through both stages in order, each under its own lock, then waits for its
+writes under neither:
   device  the pipeline call (and repair's inpainting, which also runs on the device and uses the batch's adapters)
-  host    CLIP scoring, pixel checks, repair's re-scoring, PNG stamping/encoding and the writes
+  host    CLIP scoring and pixel checks on the device tensor, repair's re-scoring, submitting the PNG writes
+  writes  stamping, PNG encoding and the puts on the worker's writer pool (parallel: zlib and PIL release the GIL);
+          the batch's call waits for its own, so batch N's PNGs encode while batch N+1 is scored
 Two callers (the local executor's two batch threads, or a Ray actor with `max_concurrency = 2`) therefore keep one
 batch in each stage. `run.batches_in_flight` (1 or 2) bounds the callers, which is the back-pressure: a third batch
 is not started before the oldest returned. Every guarantee of a serial worker holds per call: a batch's records come

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,12 @@ from factory.config import FactoryConfig, QualityConfig
 from factory.errors import ModelError
 from factory.generation.adapters import make_adapters
 from factory.generation.adoption import adopt_or_generate
+from factory.generation.frames import Frames
 from factory.generation.image_writer import ImageWriter
 from factory.generation.runtime import Runtime
 from factory.generation.stages import StageLocks
 from factory.inputs.bucketing import Batch, Task
-from factory.inputs.placements import fit_image, generation_buckets
+from factory.inputs.placements import generation_buckets
 from factory.io.provenance import Stamper
 from factory.io.records import ImageRecord
 from factory.io.storage import Store, open_store
@@ -82,7 +83,7 @@ class Worker:
         self.accel = accelerate(self.pipe, runtime, cfg, self.batch_size)
         self.startup["model_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.clip = load_clip(cfg.model, runtime.device)
+        self.clip = load_clip(cfg.model, runtime.device, cfg.quality.preprocess)
         self.startup["clip_load_s"] = time.perf_counter() - t0
 
     def _build_gate(self, thresholds: dict[str, QualityConfig]) -> None:
@@ -123,9 +124,13 @@ class Worker:
         return BatchInvariantMode() if self.batch_invariant else contextlib.nullcontext()
 
     def generate(self, batch: Batch, pad_to: int | None = None) -> list[Any]:
-        """PIL images for the batch's tasks. A CUDA out-of-memory error halves the batch and retries each half
-        (adaptive micro-batching), padding the halves to half the size so the call really shrinks; per-sample
-        seeds make the halves produce the same images."""
+        """PIL images for the batch's tasks (`generate_frames`' host images)."""
+        return self.generate_frames(batch, pad_to).images
+
+    def generate_frames(self, batch: Batch, pad_to: int | None = None) -> Frames:
+        """The batch's images on the device and on the host. A CUDA out-of-memory error halves the batch and
+        retries each half (adaptive micro-batching), padding the halves to half the size so the call really
+        shrinks; per-sample seeds make the halves produce the same images."""
         import torch
 
         pad_to = self.batch_size if pad_to is None else pad_to
@@ -140,10 +145,11 @@ class Worker:
             log.warning("CUDA out of memory on %s (%d images): halving", batch.batch_id, len(batch.tasks))
             first, second = batch.split(len(batch.tasks) // 2)
             half = max(len(first.tasks), len(second.tasks), (pad_to + 1) // 2)
-            return self.generate(first, half) + self.generate(second, half)
+            return self.generate_frames(first, half) + self.generate_frames(second, half)
 
-    def _generate(self, batch: Batch, pad_to: int) -> list[Any]:
-        """One pipeline call; one seeded CPU generator per sample, so the noise is per-SKU."""
+    def _generate(self, batch: Batch, pad_to: int) -> Frames:
+        """One pipeline call; one seeded CPU generator per sample, so the noise is per-SKU. The images stay a
+        tensor on the device (the gate scores them there) and reach the host as uint8 once."""
         import torch
 
         tasks = batch.tasks
@@ -160,26 +166,32 @@ class Worker:
                 num_inference_steps=batch.steps,
                 guidance_scale=self.cfg.model.guidance_scale,
                 generator=generators,
-                output_type="pil",
+                output_type="pt",
             )
+            frames = self._frames(out.images[: len(tasks)])
         self.pixels_computed += len(seeds) * batch.width * batch.height
-        images = out.images[: len(tasks)]
         # Tasks promoted to a larger bucket (padding = "size") are resized down to their target size; an ad
         # placement's image is fitted to its placement's pixels, before the gate: what is scored is what is delivered
-        return [fit_image(im, t.width, t.height, t.fit or "stretch") for im, t in zip(images, tasks)]
+        return frames.fit([(t.width, t.height, t.fit or "stretch") for t in tasks])
+
+    def _frames(self, images: Any) -> Frames:
+        """The pipeline's `output_type="pt"` images as Frames (the simulated device's worker overrides it)."""
+        return Frames.from_output(images)
 
     def process(self, batch: Batch) -> BatchResult:
-        """Generate (the device stage), then score, repair and write (the host stage). With two callers the next
-        batch generates while this one is finished (factory.generation.stages); the result is the same."""
+        """Generate (the device stage), then score, repair and start the writes (the host stage), then wait for the
+        writes outside both stages. With two callers the next batch generates while this one is scored, and is
+        scored while this one's PNGs are still encoding (factory.generation.stages); the result is the same."""
         with self.stages.device:
-            images, timings = self._generate_timed(batch)
+            frames, timings = self._generate_timed(batch)
         with self.stages.host:
-            return self._finish(batch, images, timings)
+            pending = self._finish(batch, frames, timings)
+        return pending.result()  # the records only after this batch's own writes
 
-    def _generate_timed(self, batch: Batch) -> tuple[list[Any], dict[str, float]]:
+    def _generate_timed(self, batch: Batch) -> tuple[Frames, dict[str, float]]:
         t0 = time.perf_counter()
         computed_before, adapters_before = self.pixels_computed, self.adapters.stats()
-        images, adopted = adopt_or_generate(batch, self.store, self.date, self.generate)
+        frames, adopted = adopt_or_generate(batch, self.store, self.date, self.generate_frames)
         timings = {
             "generate_s": time.perf_counter() - t0,
             "images_adopted": adopted,
@@ -187,13 +199,14 @@ class Worker:
         }
         timings.update({k: v - adapters_before[k] for k, v in self.adapters.stats().items()})
         timings["pixels_needed"] = sum(t.render_pixels for t in batch.tasks)
-        return images, timings
+        return frames, timings
 
-    def _finish(self, batch: Batch, images: list[Any], timings: dict[str, float]) -> BatchResult:
-        tasks = batch.tasks
-        # 1. score every check (one CLIP image forward per batch, or per image in batch-invariant mode)
+    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float]) -> _PendingWrites:
+        tasks, images = batch.tasks, frames.images
+        # 1. score every check on the device tensor (one CLIP image forward per batch, or per image in
+        # batch-invariant mode)
         t0 = time.perf_counter()
-        assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks])
+        assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks], frames.pixels)
         timings["score_s"] = time.perf_counter() - t0
 
         # 2. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
@@ -209,15 +222,12 @@ class Worker:
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
                     writes[i] = self.writer.submit(task, outcome.image, generated=outcome.image is images[i])
-            timings["repair_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        finally:
-            wait(writes.values())  # drained before the batch returns or raises: no write outlives its batch
-        # 3. the records, from what was written; the first failed write (in task order) is raised here
-        written = [writes[i].result() for i in range(len(tasks))]
-        records = image_records(self.pipe.tokenizer, tasks, outcomes, written)
-        timings["write_s"] = time.perf_counter() - t0
-        return BatchResult(batch.batch_id, records, timings)
+        except BaseException:
+            wait(writes.values())  # drained before the batch raises: no write outlives its batch
+            raise
+        timings["repair_s"] = time.perf_counter() - t0
+        tokens = prompt_tokens(self.pipe.tokenizer, tasks)
+        return _PendingWrites(batch, outcomes, [writes[i] for i in range(len(tasks))], tokens, timings)
 
     def _needs_repair(self, a: Assessment) -> bool:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)
@@ -243,13 +253,40 @@ def _check_device(runtime: Runtime) -> None:
             raise ModelError("the run was resolved for CUDA but this worker sees no CUDA device")
 
 
+@dataclass
+class _PendingWrites:
+    """A batch between its host stage and its records: the writes are still encoding on the writer pool."""
+
+    batch: Batch
+    outcomes: list[RepairOutcome]
+    writes: list[Future]  # in task order
+    tokens: list[tuple[int, int]]  # (prompt tokens, the tokenizer's limit) per task
+    timings: dict[str, float]
+
+    def result(self) -> BatchResult:
+        """Waits for every write (none outlives its batch); the first failed one (in task order) is raised."""
+        t0 = time.perf_counter()
+        wait(self.writes)
+        written = [w.result() for w in self.writes]
+        records = image_records(self.batch.tasks, self.outcomes, written, self.tokens)
+        self.timings["write_s"] = time.perf_counter() - t0
+        return BatchResult(self.batch.batch_id, records, self.timings)
+
+
+def prompt_tokens(tokenizer: Any, tasks: tuple[Task, ...]) -> list[tuple[int, int]]:
+    """Per task: its prompt's token count with BOS/EOS under the pipeline's tokenizer, and the tokenizer's limit, so
+    truncation is reported, not silent."""
+    counts = [len(ids) for ids in tokenizer([t.prompt for t in tasks], truncation=False).input_ids]
+    return [(n, tokenizer.model_max_length) for n in counts]
+
+
 def image_records(
-    tokenizer: Any, tasks: tuple[Task, ...], outcomes: list[RepairOutcome], written: list[tuple[str, Any]]
+    tasks: tuple[Task, ...],
+    outcomes: list[RepairOutcome],
+    written: list[tuple[str, Any]],
+    tokens: list[tuple[int, int]],
 ) -> list[ImageRecord]:
     """One manifest record per task: its final assessment, repair outcome, written key and prompt token count."""
-    limit = tokenizer.model_max_length
-    # token counts with BOS/EOS under the pipeline's tokenizer, so truncation is reported, not silent
-    tokens = [len(ids) for ids in tokenizer([t.prompt for t in tasks], truncation=False).input_ids]
     return [
         ImageRecord.from_task(
             task,
@@ -260,7 +297,7 @@ def image_records(
             prompt_tokens=n_tokens,
             prompt_truncated=n_tokens > limit,  # CLIP text encoders see the first 77 tokens only
         )
-        for task, outcome, n_tokens, (key, produce_id) in zip(tasks, outcomes, tokens, written)
+        for task, outcome, (n_tokens, limit), (key, produce_id) in zip(tasks, outcomes, tokens, written)
     ]
 
 

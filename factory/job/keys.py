@@ -98,12 +98,13 @@ def task_key(cache: str, decision: str) -> str:
 
 
 def clip_key(cfg: FactoryConfig) -> str:
-    """The CLIP image encoder's identity (model name + checkpoint size and first MiB): reference-set embeddings
-    are cached per this key, so a new CLIP model never reuses another model's vectors."""
+    """The CLIP image encoder's identity (model name, checkpoint size and first MiB, preprocessing mode):
+    reference-set embeddings are cached per this key, so a new CLIP model never reuses another model's vectors."""
     from factory.config import resolve_path
 
     m = cfg.model
-    h = hashlib.sha256(f"{m.clip_model}|{m.clip_pretrained and Path(m.clip_pretrained).name}".encode())
+    name = m.clip_pretrained and Path(m.clip_pretrained).name
+    h = hashlib.sha256(f"{m.clip_model}|{name}|{cfg.quality.preprocess}".encode())
     ckpt = resolve_path(m.clip_pretrained) if m.clip_pretrained else None
     if ckpt is not None and ckpt.is_file():
         h.update(str(ckpt.stat().st_size).encode())

@@ -226,7 +226,9 @@ def _references(cfg: FactoryConfig, store: Store) -> References | None:
         return None
     cache_root = Path(store.root) if store.kind == "local" else Path(tempfile.gettempdir()) / "adfactory"
     cache_file = cache_root / "_reference_cache" / f"{keys.clip_key(cfg)}.parquet"
-    refs, encoded = load_references(Path(cfg.quality.reference_dir), cache_file, clip_encoder(cfg.model))
+    refs, encoded = load_references(
+        Path(cfg.quality.reference_dir), cache_file, clip_encoder(cfg.model, cfg.quality.preprocess)
+    )
     log.info("reference set: %d images (%d newly encoded)", len(refs.names), encoded)
     return refs
 

@@ -12,18 +12,21 @@ from typing import Any
 from factory.config import ModelConfig, resolve_path
 from factory.errors import ModelError
 from factory.modes import NULL_PIPELINE
+from factory.quality.clip_preprocess import ClipTransform
 
 
 @dataclass
 class Clip:
     model: Any
-    preprocess: Any  # PIL image -> tensor
+    preprocess: Any  # PIL image -> tensor (open_clip's transform)
     tokenizer: Any
     device: str
+    transform: ClipTransform | None = None  # the same as batched torch ops (quality.preprocess = "torch"); None: PIL
 
 
-def load_clip(cfg: ModelConfig, device: str) -> Clip | None:
-    """Load an open_clip model from a local checkpoint (never from a hub); None for the null pipeline."""
+def load_clip(cfg: ModelConfig, device: str, mode: str = "torch") -> Clip | None:
+    """Load an open_clip model from a local checkpoint (never from a hub); None for the null pipeline.
+    `mode` (quality.preprocess): "torch" scores tensors with `ClipTransform`, "pil" with open_clip's own."""
     if cfg.pipeline == NULL_PIPELINE:
         return None
     import open_clip
@@ -43,4 +46,5 @@ def load_clip(cfg: ModelConfig, device: str) -> Clip | None:
     except Exception as exc:
         raise ModelError(f"{checkpoint}: cannot load open_clip model {cfg.clip_model!r} ({exc})") from exc
     model.eval()
-    return Clip(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(cfg.clip_model), device=device)
+    transform = ClipTransform.of(preprocess) if mode == "torch" else None
+    return Clip(model, preprocess, open_clip.get_tokenizer(cfg.clip_model), device, transform)

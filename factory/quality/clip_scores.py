@@ -34,18 +34,38 @@ class ClipThresholds:
         return cls(q.clip_threshold, q.iqa_threshold, q.unsafe_threshold)
 
 
-def encode_images(clip: Any, images: Sequence[Image.Image]) -> torch.Tensor:
+def encode_images(clip: Any, images: Sequence[Image.Image], pixels: torch.Tensor | None = None) -> torch.Tensor:
     """L2-normalised float32 image features (N, D) with ONE `clip.model.encode_image` call for the whole list.
 
-    `clip` is a `quality.clip_model.Clip`. All image scores (alignment, IQA, safety) reuse these features. Note that
+    `clip` is a `quality.clip_model.Clip`; `pixels`, when given, the same images as one (N, H, W, 3) uint8 tensor
+    (the worker's, on its device). All image scores (alignment, IQA, safety) reuse these features. Note that
     the result rows may differ in the last float bits with the batch size (fused attention kernels); a caller
     that needs batch-invariant scores calls this once per image.
     """
     import torch
 
     with torch.inference_mode():
-        pixels = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
-        return torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
+        batch = clip_input(clip, images, pixels)
+        return torch.nn.functional.normalize(clip.model.encode_image(batch).float(), dim=-1)
+
+
+def clip_input(clip: Any, images: Sequence[Image.Image], pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """The (N, 3, h, w) CLIP input on `clip.device`: batched torch ops per image size (`clip.transform`), or
+    open_clip's PIL transform image by image (quality.preprocess = "pil")."""
+    import torch
+
+    if clip.transform is None:
+        return torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
+    from factory.quality.clip_preprocess import preprocess_pixels
+    from factory.quality.pixels import size_groups
+
+    groups = [(idx, preprocess_pixels(rgb.to(clip.device), clip.transform)) for idx, rgb in size_groups(images, pixels)]
+    if len(groups) == 1:
+        return groups[0][1]
+    out = torch.empty((len(images), *groups[0][1].shape[1:]), device=clip.device)
+    for idx, x in groups:
+        out[torch.tensor(idx, device=clip.device)] = x
+    return out
 
 
 def encode_texts(clip: Any, texts: Sequence[str]) -> torch.Tensor:

@@ -154,16 +154,17 @@ def load_references(
     return References(names, matrix), len(missing)
 
 
-def clip_encoder(model_cfg: object) -> Callable[[list[Path]], np.ndarray]:
-    """Encode image files with the configured CLIP model on this process's CPU, one image per forward (the same
-    batch-invariant features the workers compute). Loads the model on first use only."""
+def clip_encoder(model_cfg: object, preprocess: str = "torch") -> Callable[[list[Path]], np.ndarray]:
+    """Encode image files with the configured CLIP model and preprocessing (`quality.preprocess`) on this
+    process's CPU, one image per forward (the same batch-invariant features the workers compute). Loads the model
+    on first use only."""
     from PIL import Image
 
     from factory.quality.clip_model import load_clip
     from factory.quality.clip_scores import encode_images
 
     def encode(files: list[Path]) -> np.ndarray:
-        clip = load_clip(model_cfg, "cpu")
+        clip = load_clip(model_cfg, "cpu", preprocess)
         out = []
         for f in files:
             try:

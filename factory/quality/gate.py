@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from factory.config import QualityConfig
-from factory.quality import clip_scores, pixels
+from factory.quality import clip_scores
+from factory.quality import pixels as pixel_checks
 from factory.quality import reasons as codes
 from factory.quality.clip_model import Clip
 
@@ -56,7 +57,7 @@ class Assessment:
 def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
     """Reason codes of the checks that `scores` (pixel metrics + clip_score, iqa_mean, unsafe_score) fail under
     `q`. Used on fresh images and on a cached image's stored scores alike."""
-    found = pixels.pixel_reasons(scores, pixels.PixelThresholds.of(q)) + clip_scores.clip_reasons(
+    found = pixel_checks.pixel_reasons(scores, pixel_checks.PixelThresholds.of(q)) + clip_scores.clip_reasons(
         scores["clip_score"], scores["iqa_mean"], scores["unsafe_score"], clip_scores.ClipThresholds.of(q)
     )
     return codes.sort_reasons(found)
@@ -65,7 +66,9 @@ def failing_checks(scores: dict[str, Any], q: QualityConfig) -> list[str]:
 class PassingGate:
     """`model.pipeline = "null"` (no model, no CLIP): every image passes, unscored. For orchestration benchmarks."""
 
-    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+    def assess(
+        self, images: list[Any], prompts: list[str], categories: list[str], pixels: Any = None
+    ) -> list[Assessment]:
         return [Assessment(None, None, None, None, None, {}) for _ in images]  # type: ignore[arg-type]
 
 
@@ -81,16 +84,21 @@ class Gate:
     def config(self, category: str) -> QualityConfig:
         return self.thresholds[category]
 
-    def assess(self, images: list[Any], prompts: list[str], categories: list[str]) -> list[Assessment]:
+    def assess(
+        self, images: list[Any], prompts: list[str], categories: list[str], pixels: Any = None
+    ) -> list[Assessment]:
+        """`pixels`: the same images as one (N, H, W, 3) uint8 tensor where they are (the worker's device tensor);
+        without it the images are scored from the PIL images (one host tensor per size)."""
         if self.per_image and len(images) > 1:
+            one = (lambda i: None) if pixels is None else (lambda i: pixels[i : i + 1])
             return [
                 a
                 for i in range(len(images))
-                for a in self.assess(images[i : i + 1], prompts[i : i + 1], categories[i : i + 1])
+                for a in self.assess(images[i : i + 1], prompts[i : i + 1], categories[i : i + 1], one(i))
             ]
-        feats = clip_scores.encode_images(self.clip, images)  # one image forward for every CLIP check
+        feats = clip_scores.encode_images(self.clip, images, pixels)  # one image forward for every CLIP check
         aligned = clip_scores.alignment(feats, clip_scores.encode_texts(self.clip, prompts))
-        all_metrics = pixels.pixel_metrics_batch(images)  # batched torch, equal to pixels.pixel_metrics
+        all_metrics = pixel_checks.pixel_metrics_batch(images, pixels)  # batched torch, equal to pixel_metrics
         out = []
         for i, category in enumerate(categories):
             q = self.config(category)

@@ -3,9 +3,9 @@ oversaturated.
 
 `pixel_metrics` (numpy, float64, one image) is the reference definition. `pixel_metrics_batch` is what the gate
 runs: the same statistics for a whole batch as torch integer ops on a (N, H, W, 3) uint8 tensor (on whatever device
-holds it), with PIL's own integer luma and saturation formulas, so every count and sum is exact and only the final
-division rounds: equal to the reference within 1e-12 relative (tests/quality/test_pixels_torch.py), the same
-reasons, no per-image Python loop.
+holds it: the worker passes its device tensor), with PIL's own integer luma and saturation formulas, so every count
+and sum is exact and only the final division rounds: equal to the reference within 1e-12 relative
+(tests/quality/test_pixels_torch.py), the same reasons, no per-image Python loop.
 """
 
 from __future__ import annotations
@@ -56,21 +56,38 @@ def pixel_metrics(image: Image.Image) -> dict[str, float]:
     }
 
 
-def pixel_metrics_batch(images: Sequence[Image.Image]) -> list[dict[str, float]]:
+def pixel_metrics_batch(images: Sequence[Image.Image], pixels: torch.Tensor | None = None) -> list[dict[str, float]]:
     """`pixel_metrics` of each image, one batched torch computation per image size (a batch holds one size, bar
-    tasks resized down from a larger bucket)."""
+    tasks resized down from a larger bucket). `pixels`: the same images as one (N, H, W, 3) uint8 tensor, where they
+    already are (the worker's device tensor)."""
     import torch
 
     out: list[dict[str, float]] = [{} for _ in images]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault(im.size, []).append(i)
-    for idx in groups.values():
-        rgb = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx]))
-        gray = torch.from_numpy(np.stack([np.asarray(images[i].convert("L")) for i in idx]))  # PIL's C: cheapest
+    for idx, rgb in size_groups(images, pixels):
+        gray = None
+        if rgb.device.type == "cpu":  # PIL's SIMD "L" is ~30x cheaper than torch's int ops on a CPU; same bytes
+            gray = torch.from_numpy(np.stack([np.asarray(images[i].convert("L")) for i in idx]))
         for i, m in zip(idx, rgb_metrics(rgb, gray)):
             out[i] = m
     return out
+
+
+def size_groups(
+    images: Sequence[Image.Image], pixels: torch.Tensor | None = None
+) -> list[tuple[list[int], torch.Tensor]]:
+    """The images as uint8 (n, H, W, 3) tensors, one per size, with the indices each holds: `pixels` itself when
+    given (one size), else one host copy per size group of the PIL images."""
+    import torch
+
+    if pixels is not None:
+        return [(list(range(len(images))), pixels)]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.size, []).append(i)
+    return [
+        (idx, torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in idx])))
+        for idx in groups.values()
+    ]
 
 
 def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dict[str, float]]:
@@ -79,13 +96,10 @@ def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dic
     integers: one correctly rounded division each)."""
     import torch
 
-    if gray is None:  # PIL's "L" formula; every partial sum is an integer below 2**24, so float32 is exact
-        weights = torch.tensor([19595.0, 38470.0, 7471.0], device=rgb.device)
-        gray = ((rgb.float() @ weights + 32768.0) / 65536.0).floor()
-    gray = gray.to(torch.int32)
+    gray = luma(rgb) if gray is None else gray.to(torch.int32)
     r, g, b = rgb.unbind(-1)
     hi, lo = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
-    sums = [*_sums(gray), (gray >= 250).sum((1, 2)), (gray <= 5).sum((1, 2)), _saturation_sums(hi, lo)]
+    sums = [*_gray_sums(gray), _saturation_sums(hi, lo)]
     h, w = gray.shape[1:]
     edges = min(h, w) > 2
     if edges:
@@ -103,6 +117,33 @@ def rgb_metrics(rgb: torch.Tensor, gray: torch.Tensor | None = None) -> list[dic
         }
         for g1, g2, over, under, sat, *lap_sums in rows
     ]
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """PIL's "L" conversion of a (N, H, W, 3) uint8 tensor as int32, bit for bit (ImagingConvert's L24 fixed point:
+    (19595 R + 38470 G + 7471 B + 0x8000) >> 16)."""
+    import torch
+
+    r, g, b = (c.to(torch.int32) for c in rgb.unbind(-1))
+    return (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
+
+
+_LEVELS: dict[str, torch.Tensor] = {}
+
+
+def _gray_sums(gray: torch.Tensor) -> list[torch.Tensor]:
+    """Per sample, from one 256-bin histogram of the luma (cheaper than four passes over the pixels): the sum, the
+    sum of squares, the count >= 250 and the count <= 5."""
+    import torch
+
+    key = str(gray.device)
+    if key not in _LEVELS:
+        v = torch.arange(256, dtype=torch.int64)
+        _LEVELS[key] = torch.stack([v, v * v, (v >= 250).to(torch.int64), (v <= 5).to(torch.int64)], 1).to(gray.device)
+    n = gray.shape[0]
+    flat = (gray.reshape(n, -1) + torch.arange(n, dtype=torch.int32, device=gray.device)[:, None] * 256).reshape(-1)
+    hist = torch.bincount(flat, minlength=n * 256).reshape(n, 256)
+    return list((hist @ _LEVELS[key]).unbind(1))
 
 
 _SATURATION: dict[str, torch.Tensor] = {}

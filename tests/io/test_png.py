@@ -72,3 +72,56 @@ def test_outputs_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
     assert lock_mode == file_mode
     for p in tmp_path.rglob("*"):
         assert stat.S_IMODE(p.stat().st_mode) == (dir_mode if p.is_dir() else file_mode), p
+
+
+def _pil_png(image, text=()):
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for t in text:
+        (info.add_itxt if t.international else info.add_text)(t.key, t.value)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=3, pnginfo=info)
+    return buf.getvalue()
+
+
+def test_the_numpy_encoder_writes_pil_s_bytes():
+    """Every filter PIL picks, odd and tiny sizes, several IDAT blocks (incl. a row wider than PIL's 64 KiB block),
+    tEXt and iTXt (Latin-1 and not)."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.io import png
+    from factory.tools.benchmarks.sim_device import pseudo_image
+
+    assert png._fast_matches_pil()  # this machine's zlib is PIL's: the fast path is the one in use
+    rng = np.random.default_rng(11)
+    arrays = [pseudo_image(s, 512, 512) for s in range(2)] + [
+        rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(1, 1, 3), (2, 5, 3), (37, 53, 3), (3, 16500, 3)]
+    ]
+    arrays.append(np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None] * 4, (64, 70, 3)).copy())  # Up rows
+    arrays.append(np.zeros((33, 65, 3), np.uint8))  # blank: every row cost 0
+    text = [
+        png.PngText("XML:com.adobe.xmp", "<x>é</x>", True),
+        png.PngText("parameters", "a\nb"),
+        png.PngText("k", "鞋"),
+    ]
+    for a in arrays:
+        image = Image.fromarray(a)
+        assert png.png_bytes(image, text) == _pil_png(image, text), a.shape
+        assert png.png_bytes(image) == _pil_png(image), a.shape
+
+
+def test_other_images_go_through_pil():
+    from PIL import Image
+
+    from factory.io import png
+
+    gray, rgba = Image.new("L", (9, 7), 40), Image.new("RGBA", (9, 7), (1, 2, 3, 4))
+    with_icc = Image.new("RGB", (9, 7), (5, 6, 7))
+    with_icc.info["icc_profile"] = b"not a real profile"
+    assert not any(png._fast_path(im) for im in (gray, rgba, with_icc))
+    for im in (gray, rgba):
+        assert png.png_bytes(im) == _pil_png(im)

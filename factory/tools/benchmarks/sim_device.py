@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from factory.config import FactoryConfig, load_config
+from factory.generation.frames import Frames
 from factory.generation.worker import Worker
 from factory.inputs.bucketing import make_batches
 from factory.job.night_plan import batch_buckets
@@ -52,24 +54,30 @@ class SimulatedPipeline:
         self._lock = threading.Lock()
 
     def __call__(self, *, prompt: list[str], width: int, height: int, generator: list[Any], **kw: Any) -> _Output:
+        t0 = time.perf_counter()
         seconds = len(prompt) / self.images_per_s
-        images = [pseudo_image(g.initial_seed(), width, height) for g in generator]
-        time.sleep(seconds)  # the host waits on the device, GIL released
+        seeds = [g.initial_seed() for g in generator]
+        images = _as_output(seeds, width, height, kw.get("output_type", "pil"))
+        # the call lasts the device time, making the output included (on a GPU that is device work, not host work)
+        time.sleep(max(seconds - (time.perf_counter() - t0), 0.0))  # the host waits on the device, GIL released
         with self._lock:
             self.busy_s += seconds
             self.calls += 1
-        return _Output(_as_output(images, kw.get("output_type", "pil")))
+        return _Output(images)
 
 
-def _as_output(images: list[np.ndarray], output_type: str) -> list[Any]:
-    """What diffusers returns for `output_type`: PIL images, or a float (N, 3, H, W) tensor in 0..1."""
+def _as_output(seeds: list[int], width: int, height: int, output_type: str) -> Any:
+    """PIL images, or for `output_type="pt"` the pixels as the device holds them after the worker's uint8
+    conversion: a (N, H, W, 3) uint8 tensor (`SimulatedDeviceWorker._frames` takes it from there; on a GPU that
+    conversion is device work, so the simulation does not charge it to the host)."""
+    arrays = [pseudo_image(s, width, height) for s in seeds]
     if output_type == "pt":
         import torch
 
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0)
+        return torch.from_numpy(np.stack(arrays))
     from PIL import Image
 
-    return [Image.fromarray(a) for a in images]
+    return [Image.fromarray(a) for a in arrays]
 
 
 _POOL: dict[tuple[int, int], np.ndarray] = {}
@@ -96,6 +104,11 @@ class SimulatedDeviceWorker(Worker):
     def _load_models(self) -> None:
         super()._load_models()  # the real tiny pipeline's tokenizer and CLIP; the pipeline itself is replaced
         self.pipe = SimulatedPipeline(self.pipe.tokenizer)
+
+    def _frames(self, images: Any) -> Frames:
+        """From the simulated device's uint8 pixels: the host images made from them (real host work) and the
+        tensor the gate scores."""
+        return Frames([Image.fromarray(a) for a in images.numpy()], images)
 
 
 def sim_config(cfg: FactoryConfig) -> FactoryConfig:
