@@ -30,11 +30,11 @@ THREE = ("feed", "story", "link")
 DEMO_SIZES = {"feed": (270, 270), "story": (270, 480), "link": (300, 157)}  # data/demo.toml [placements.sizes]
 # The no-placement demo night of `sample_rows()` (batch size 4): the PNGs (path + bytes) and the manifests without
 # run_id / source_file (a tmp path) / placement. Computed before placements existed and recomputed (`digest`) only
-# when a deliberate change moved bytes or scores (last: CPU weights loaded into their own memory).
+# when a deliberate change moved bytes or scores (last: CPU weights in their own memory moved pixels; scores from the device tensor, quality.preprocess = "torch", moved scores).
 GOLDEN = {
     "images": "f163be258327e0b60b10f29146433a6926b23423288dbf40750fdf1fb59a085b",
-    "approved": "49d4e23b7c7e2d364e71c360fec0f59ca798bea5572eba7dc6e53964f12d836b",
-    "review": "dc5ff620ee2c217164a1b4fa7959b8a6ef97d9daba96ddb80f932b796f5bdddc",
+    "approved": "7e34cc1500dd560928024f25b8e4a4c8a2d99a18fd4ab04ed7c42fcc88dfc411",
+    "review": "94ee2393f82154d71fd17f09bce5d0a8728af86ac1cdf75e9f123472e73ab0de",
     "rejected": "0a2dec06288635701f69bf7b05762d024d2b4e604df1151b86691eb23d80df0d",
 }
 
