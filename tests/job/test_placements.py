@@ -30,7 +30,8 @@ THREE = ("feed", "story", "link")
 DEMO_SIZES = {"feed": (270, 270), "story": (270, 480), "link": (300, 157)}  # data/demo.toml [placements.sizes]
 # The no-placement demo night of `sample_rows()` (batch size 4): the PNGs (path + bytes) and the manifests without
 # run_id / source_file (a tmp path) / placement. Computed before placements existed and recomputed (`digest`) only
-# when a deliberate change moved bytes or scores (last: CPU weights in their own memory moved pixels; scores from the device tensor, quality.preprocess = "torch", moved scores).
+# when a deliberate change moved bytes or scores (last: CPU weights in their own memory moved pixels; the gate on
+# the device tensor, quality.preprocess = "torch", moved scores).
 GOLDEN = {
     "images": "f163be258327e0b60b10f29146433a6926b23423288dbf40750fdf1fb59a085b",
     "approved": "7e34cc1500dd560928024f25b8e4a4c8a2d99a18fd4ab04ed7c42fcc88dfc411",
