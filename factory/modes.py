@@ -14,6 +14,9 @@ FAULT_KINDS = ("die_once", "raise", "oom")
 # worker drops their images); size = also promote a bucket's remainder to the next larger bucket when that wastes
 # fewer pixels; none.
 PADDING_MODES = ("count", "size", "none")
+# run.batch_size_mode (factory.generation.batch_memory): fixed = run.batch_size; auto = the largest batch the
+# workers' free device memory holds, capped where the GPU bench measured no gain (CPU: run.batch_size, said so).
+BATCH_SIZE_MODES = ("fixed", "auto")
 # planner.seed_scope: what a seed is derived from besides the SKU and variant: the date, or nothing.
 SEED_SCOPES = ("date", "sku")
 
