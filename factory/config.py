@@ -20,6 +20,7 @@ from typing import Any
 from factory.errors import ConfigError
 from factory.io.paths import looks_like_uri
 from factory.modes import (
+    BATCH_SIZE_MODES,
     C2PA_ALGS,
     COMPILE_MODES,
     CORNERS,
@@ -268,6 +269,7 @@ class RunConfig:
     executor: str = "ray"  # ray | local
     workers: int = 2  # pipeline replicas (Ray actors); one GPU each when CUDA is present
     batch_size: int = 4  # images per pipeline call; batches never mix resolutions
+    batch_size_mode: str = "fixed"  # fixed (batch_size) | auto (from the workers' free GPU memory; CPU: batch_size)
     padding: str = "auto"  # partial batches: auto (count on cuda, none on cpu) | count | size | none
     ray_address: str = ""  # join this cluster; "" = $RAY_ADDRESS if set, else start a local one
     cpus_per_worker: int = 1  # CPUs reserved per actor (and its torch threads); leave some for the driver
@@ -405,6 +407,7 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _validate_run(run: RunConfig) -> None:
     _one_of("run.padding", run.padding, ("auto", *PADDING_MODES))
     _one_of("run.executor", run.executor, tuple(EXECUTORS))
+    _one_of("run.batch_size_mode", run.batch_size_mode, BATCH_SIZE_MODES)
     for name in ("workers", "batch_size", "cpus_per_worker"):
         _at_least(f"run.{name}", getattr(run, name), 1)
     _at_least("run.max_restarts", run.max_restarts, 0)

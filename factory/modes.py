@@ -17,6 +17,9 @@ PADDING_MODES = ("count", "size", "none")
 # placements.fit: how a generated image becomes a placement's exact pixels (factory.inputs.placements): crop =
 # resize to cover, then centre crop (no distortion); stretch = resize to the exact size (distorts the aspect ratio).
 PLACEMENT_FITS = ("crop", "stretch")
+# run.batch_size_mode (factory.generation.batch_memory): fixed = run.batch_size; auto = the largest batch the
+# workers' free device memory holds, capped where the GPU bench measured no gain (CPU: run.batch_size, said so).
+BATCH_SIZE_MODES = ("fixed", "auto")
 # planner.seed_scope: what a seed is derived from besides the SKU and variant: the date, or nothing.
 SEED_SCOPES = ("date", "sku")
 

@@ -92,6 +92,10 @@ class LocalExecutor:
 
         return local_device(self.cfg)
 
+    def free_memory(self) -> int | None:
+        """Bytes free on this process's CUDA device (run.batch_size_mode "auto"); None without one."""
+        return _free_memory() if self.cfg.model.device != "cpu" and _has_cuda() else None
+
     def run(
         self, batches: Iterable[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult
     ) -> dict[str, Any]:
@@ -120,6 +124,18 @@ class LocalExecutor:
         # two batch threads: one generating, one being scored and written (factory.generation.stages)
         pipelined(queue, worker.process, self.cfg.run.batches_in_flight, done, pending)
         return {"executor": "local", "workers": 1, "ready_at": ready_at, "worker_startup": worker.startup}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _free_memory() -> int:
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
 
 
 def _cuda_capability() -> tuple[int, int]:
@@ -160,6 +176,14 @@ class RayExecutor:
         if self.cfg.model.device == "cpu" or not has_gpus:
             return "cpu", None
         return "cuda", ray.get(ray.remote(num_gpus=1)(_cuda_capability).remote())
+
+    def free_memory(self) -> int | None:
+        """Bytes free on a GPU of the cluster, read there before the actors start (None without GPUs)."""
+        import ray
+
+        if self.cfg.model.device == "cpu" or ray.cluster_resources().get("GPU", 0) < 1:
+            return None
+        return ray.get(ray.remote(num_gpus=1)(_free_memory).remote())
 
     def run(
         self, batches: Iterable[Batch], runtime: Runtime, thresholds: Thresholds, date: str, on_result: OnResult

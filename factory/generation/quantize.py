@@ -15,8 +15,14 @@ What is quantized and why:
     convolutions stay float: torchao's int8/fp8 configs target Linear layers. The VAE and the text encoder(s) are
     never touched: an int8 VAE visibly shifts colours (brand colours must be exact) and the text encoders run once
     per batch, so quantizing them would save nothing measurable.
-  - `DEFAULT_SKIP` keeps the cross-attention query/key/value projections (`attn2.to_q/k/v`) in float: quantizing
-    them breaks the rendering of text (logos, labels) in product images.
+  - `DEFAULT_SKIP` keeps the whole cross-attention (`attn2`: its query/key/value and output projections) in float:
+    quantizing it breaks the rendering of text (logos, labels) in product images.
+  - fp8 uses rowwise (per output channel) scales, which torchao implements for bfloat16 weights only, so "fp8"
+    runs the pipeline in bfloat16 (`model.dtype = "auto"` resolves to it; an explicit float16 is refused):
+    the VAE then decodes in bfloat16 too, never in fp8.
+
+`"auto"` (`auto_quantization`) picks a mode only where `MEASURED` has it faster than "none" on the same device
+class and compile mode, in the same run; run.json `runtime.why.quantization` names the figures it decided on.
 
 LoRA: `generation.models.load_pipeline` loads an LCM-LoRA, fuses it into the base weights (`pipe.fuse_lora()`) and
 unloads the adapter *before* this module runs, so `quantize_unet` sees plain Linear layers with the LoRA already
@@ -39,6 +45,7 @@ the factory never does (it quantizes in process). So torchao stays hidden from d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +56,7 @@ from factory.modes import QUANT_MODES
 if TYPE_CHECKING:  # torch is imported where it is used: the driver resolves modes here without it
     import torch
 
-DEFAULT_SKIP = ("attn2.to_q", "attn2.to_k", "attn2.to_v")
+DEFAULT_SKIP = ("attn2.",)  # the whole cross-attention: to_q, to_k, to_v, to_out.0
 FP8_MIN_CAPABILITY = (8, 9)  # Ada (sm_89) / Hopper (sm_90): the first GPUs with float8 tensor cores
 
 
@@ -93,8 +100,8 @@ def _config(mode: str, weight_dtype: torch.dtype) -> Any:
         return Int8WeightOnlyConfig()  # per-row (per output channel) scales
     if mode == "int8-dynamic":
         return Int8DynamicActivationInt8WeightConfig()  # per-token activations, per-row weights
-    # fp8: per-row scales are more accurate, but torchao implements them for bfloat16 weights only; the fp16
-    # default pipeline gets per-tensor scales.
+    # fp8: rowwise scales (torchao: bfloat16 weights only; runtime.resolve makes an fp8 pipeline bfloat16). A
+    # float16 UNet here (a direct caller) gets per-tensor scales rather than torchao's error.
     granularity = PerRow() if weight_dtype == torch.bfloat16 else PerTensor()
     return Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
 
@@ -162,17 +169,64 @@ def quantize_unet(unet: torch.nn.Module, mode: str, skip: tuple[str, ...] = DEFA
         "weight_bytes_after": linear_weight_bytes(unet),
         "quantized_bytes_before": sum(target_before[n] for n in done),
         "quantized_bytes_after": sum(_stored_bytes(targets[n].weight) for n in done),
+        "saved_mib": round((before - linear_weight_bytes(unet)) / 2**20, 1),
     }
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One quantized mode against "none" in the same run, on one device class and compile mode."""
+
+    device_class: str  # device_class(): "cpu" or "cuda-sm<major><minor>"
+    compile: str  # model.compile of both runs
+    mode: str
+    speedup: float  # images/s of `mode` / images/s of "none"
+    source: str  # the measurement: command, shape, file
+
+
+_H200 = "bench_gpu quant, H200, SD1.5 512², 4 steps, fp16, batch 16, 64 images, docs/bench-gpu-h200.json"
+_CPU = "tiny-sd 128², 4 steps, fp32, batch 4, 2 cores, pipeline median of 10 rounds (docstring below)"
+MEASURED: tuple[Measured, ...] = (
+    Measured("cuda-sm90", "none", "int8-weight", round(16.42 / 18.33, 3), _H200),
+    Measured("cuda-sm90", "none", "fp8", round(13.71 / 18.33, 3), _H200),
+    Measured("cpu", "none", "int8-weight", round(106 / 112, 3), _CPU),
+    Measured("cpu", "none", "int8-dynamic", round(106 / 172, 3), _CPU),
+)
+
+
+def device_class(device: str, capability: tuple[int, int] | None) -> str:
+    """What a measurement is keyed by: "cpu", or the CUDA compute capability (H100 and H200 are both sm90)."""
+    if device == "cpu" or capability is None:
+        return "cpu"
+    return f"cuda-sm{capability[0]}{capability[1]}"
+
+
+def auto_quantization(
+    device: str, capability: tuple[int, int] | None, compile_mode: str, table: tuple[Measured, ...] = MEASURED
+) -> tuple[str, str]:
+    """The mode "auto" means here, and why: the fastest mode `table` measured faster than "none" (speedup > 1) on
+    this device class with this compile mode, among the modes the device can run; "none" otherwise."""
+    cls = device_class(device, capability)
+    rows = [m for m in table if m.device_class == cls and m.compile == compile_mode]
+    runnable = [m for m in rows if m.mode != "fp8" or (capability or (0, 0)) >= FP8_MIN_CAPABILITY]
+    if not runnable:
+        return "none", f"no quantized mode measured on {cls} with compile {compile_mode!r}: none"
+    figures = ", ".join(f"{m.mode} {m.speedup:.2f}x" for m in runnable)
+    best = max(runnable, key=lambda m: m.speedup)
+    if best.speedup <= 1.0:
+        return "none", f"measured on {cls}, compile {compile_mode!r}: {figures} of none ({best.source}): none"
+    return best.mode, f"measured on {cls}, compile {compile_mode!r}: {figures} of none ({best.source}): {best.mode}"
+
+
 def default_quantization_for(device: str) -> str:
-    """The mode "auto" means: "none" on every device, because every mode measured slower than float.
+    """The mode "auto" means uncompiled on `device` ("cpu" or "cuda" of an H200/H100): "none", because every mode
+    measured slower than float (`auto_quantization` decides with the capability and compile mode).
 
     CUDA, one H200 (full-size SD1.5 LCM UNet, 512x512, 4 steps, fp16, batch 16, no compile, torch 2.11 + torchao
     0.18; `python -m factory.tools.benchmarks.bench_gpu`, docs/bench-gpu-h200.json): none 18.3 images/s,
     int8-weight 16.4, fp8 13.7, while UNet Linear weight bytes fall 540 -> 303 MB. The UNet is convolution-bound at
-    these shapes, so the quantized GEMMs save little and the activation quantization costs more. Quantize for memory
-    (more workers or bigger batches per GPU), chosen explicitly.
+    these shapes, so the quantized GEMMs save little and the activation quantization costs more. With compile
+    (fp8 rowwise + inductor, the issue's Hopper case) nothing is measured yet: `bench_gpu --quick` measures it.
 
     CPU: int8 measured slower too. Measurement (tiny-sd, 128x128, 4 LCM steps, batch 4, fp32,
     2 cores, torch 2.15.0 + torchao 0.18.0; the 4 pipelines loaded side by side and timed round-robin, 10 rounds,
@@ -185,7 +239,7 @@ def default_quantization_for(device: str) -> str:
     Per-token activation quantization plus an int8 GEMM costs more than the fp32 GEMMs it replaces at these layer
     sizes (32-512 features), and the convolutions and the VAE, which dominate, stay float.
     """
-    return "none"
+    return auto_quantization(device, (9, 0) if device == "cuda" else None, "none")[0]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

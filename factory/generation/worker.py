@@ -62,7 +62,7 @@ class Worker:
         m = cfg.model
         self.stamper = Stamper(cfg.provenance, model_fingerprint(m), Path(m.pipeline).name, m.guidance_scale)
         self.target(cfg, date)
-        self.batch_size = cfg.run.batch_size
+        self.batch_size = runtime.batch_size  # run.batch_size, or chosen from free memory (runtime.resolve)
         self.pixels_computed = 0  # all pipeline pixels, padding slots included (waste = computed / needed)
         self.stages = StageLocks()  # generation of the next batch overlaps the host work of this one
         self._load_models()

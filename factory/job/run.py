@@ -203,7 +203,7 @@ def _run(
         watch.started(str(p.input_path))
         with open_executor(cfg, worker) as executor:
             # 3. resolve every "auto" for the device the workers run on, then the keys: the keyed plan, <date>/_plan/
-            runtime = worker.runtime if worker is not None else resolve(cfg, *executor.device())
+            runtime = worker.runtime if worker is not None else _resolve(cfg, executor)
             night = _night(cfg, p, store, run_id, (started, started_at, cpu), runtime)
             # the reference set is encoded once the workers are reachable (a bad one still stops before any image)
             night.references = _references(cfg, store)
@@ -217,6 +217,13 @@ def _run(
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
+
+
+def _resolve(cfg: FactoryConfig, executor: Any) -> Runtime:
+    """The runtime for the executor's device; its free memory is read only when the batch size is sized by it."""
+    device, capability = executor.device()
+    sized = device == "cuda" and cfg.run.batch_size_mode == "auto"
+    return resolve(cfg, device, capability, executor.free_memory() if sized else None)
 
 
 def _references(cfg: FactoryConfig, store: Store) -> References | None:
@@ -364,7 +371,7 @@ def _execute(
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
-    batches = Batches(night.store, todo, cfg.run.batch_size, batch_buckets(cfg), rt.padding, written)
+    batches = Batches(night.store, todo, rt.batch_size, batch_buckets(cfg), rt.padding, written)
     n_batches, n_todo = len(batches), sum(batches.counts)
     log.info(
         "run %s: %d input rows, %d rejected; %d images planned: %d already done, %d from cache, %d to generate "
