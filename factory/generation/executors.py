@@ -10,7 +10,9 @@ resolution-homogeneous batch: an actor loads the pipeline and CLIP once and then
 driver, `run.batches_in_flight` at a time (a threaded actor: one batch generating while the previous one is
 scored and written, factory.generation.stages), so a fast worker takes more batches. Actors are created with
 `max_restarts` and `max_task_retries`: a worker process that dies (OOM, kill) is restarted and its batch re-run; the
-worker's writes are idempotent. A batch that still fails is reported as `generation_error` records, never dropped.
+worker's writes are idempotent. An actor lost for good (its node gone, its restarts used up) is dropped and, while
+the cluster has room, replaced; its batches go to the live actors (factory.generation.actor_pool). A batch that
+still fails is reported as `generation_error` records, never dropped.
 
 A failure of the environment (factory.io.faults: the output full or read-only, the object store gone) is not a
 poison SKU: it is not bisected and blames no SKU. The executor stops dispatching, lets the batches in flight finish
@@ -20,25 +22,26 @@ poison SKU: it is not bisected and blames no SKU. The executor stops dispatching
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from factory import logs
 from factory.config import FactoryConfig, QualityConfig
-from factory.errors import ConfigError, EnvironmentFault, FactoryError
+from factory.errors import ConfigError
+from factory.generation.actor_pool import ActorPool
+from factory.generation.bisection import OnResult, on_failure
 from factory.generation.stages import pipelined
 from factory.inputs.bucketing import Batch
 from factory.io.faults import environment_fault
 
 if TYPE_CHECKING:
     from factory.generation.runtime import Runtime
-    from factory.generation.worker import BatchResult, Worker
+    from factory.generation.worker import Worker
 
 log = logging.getLogger(__name__)
 
-OnResult = Callable[["BatchResult"], None]
 Thresholds = dict[str, QualityConfig]
 
 
@@ -48,31 +51,6 @@ def open_executor(cfg: FactoryConfig, worker: Worker | None = None) -> LocalExec
     if cfg.run.executor == "ray":
         return RayExecutor(cfg)
     return LocalExecutor(cfg, worker)
-
-
-def failed_batch(batch: Batch, error: str) -> BatchResult:
-    """Every task of a batch that could not be generated, as records for review."""
-    from factory.generation.worker import BatchResult
-    from factory.io.records import ImageRecord
-
-    return BatchResult(batch.batch_id, [ImageRecord.failed(t, error) for t in batch.tasks], {})
-
-
-def _on_failure(batch: Batch, error: str, queue: deque[Batch]) -> BatchResult | None:
-    """A failed batch is split in halves and both are retried, until the failing (poison) SKU is alone: that one
-    becomes a `generation_error` record and every other SKU of the batch still gets its image."""
-    if len(batch.tasks) > 1:
-        log.warning("batch %s failed (%s); splitting it to isolate the failing SKU", batch.batch_id, error)
-        queue.extendleft(reversed(batch.split(len(batch.tasks) // 2)))
-        return None
-    log.warning("sku %r failed: %s", batch.tasks[0].sku_id, error)
-    return failed_batch(batch, error)
-
-
-def _next_batch(queue: deque[Batch], pending: Iterator[Batch]) -> Batch | None:
-    """Split halves first, then the next planned batch: the plan's batches are taken as they are needed (the
-    driver builds each one from the plan file only when asked), never held as a list."""
-    return queue.popleft() if queue else next(pending, None)
 
 
 class LocalExecutor:
@@ -117,7 +95,7 @@ class LocalExecutor:
                 if fault is not None:  # stop: a batch still in flight finishes its writes first (a rerun adopts them)
                     log.error("stopping the night: %s", fault)
                     raise fault from exc
-                result = _on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
+                result = on_failure(batch, f"{type(exc).__name__}: {exc}", queue)
             if result is not None:
                 on_result(result)
 
@@ -150,7 +128,7 @@ class RayExecutor:
     def __init__(self, cfg: FactoryConfig):
         self.cfg = cfg
         self.started = False
-        self.actors: list[Any] = []
+        self.actors: list[Any] = []  # every actor the night created (the pool's replacements too): killed on exit
 
     def __enter__(self) -> RayExecutor:
         from factory.generation.cluster import connect
@@ -193,9 +171,18 @@ class RayExecutor:
         remote, gpus = self._actor_class(n, runtime)
         args = (self.cfg, runtime, thresholds, date)  # each actor opens its own Store on cfg.paths.output
         self.actors = [remote.remote(*args) for _ in range(n)]
-        depth = self.cfg.run.batches_in_flight
-        _Dispatch(self.actors, lambda: remote.remote(*args), batches, on_result, depth).drain()
-        return {"executor": "ray", "workers": n, "gpus_per_worker": gpus}
+
+        def new_actor() -> Any:
+            self.actors.append(remote.remote(*args))
+            return self.actors[-1]
+
+        run = self.cfg.run
+        room = lambda: has_room(run.cpus_per_worker, gpus)  # noqa: E731
+        pool = ActorPool(
+            list(self.actors), new_actor, batches, on_result, run.batches_in_flight, run.max_restarts * n, room
+        )
+        pool.drain()
+        return {"executor": "ray", "workers": n, "gpus_per_worker": gpus, "workers_lost": pool.lost}
 
     def _actor_class(self, n: int, runtime: Runtime) -> tuple[Any, int]:
         import ray
@@ -223,92 +210,9 @@ class RayExecutor:
         return remote, gpus
 
 
-class _Dispatch:
-    """Feeds batches to actors, `depth` at a time each; failed batches are bisected, dead actors replaced."""
+def has_room(cpus: int, gpus: int) -> bool:
+    """Whether the cluster has a free slot for one more worker now."""
+    import ray
 
-    def __init__(
-        self,
-        actors: list[Any],
-        new_actor: Callable[[], Any],
-        batches: Iterable[Batch],
-        on_result: OnResult,
-        depth: int = 1,
-    ):
-        self.actors, self.new_actor, self.on_result, self.depth = actors, new_actor, on_result, depth
-        self.queue: deque[Batch] = deque()  # split halves, ahead of the rest
-        self.pending = iter(batches)
-        self.inflight: dict[Any, tuple[Any, Batch]] = {}
-        self.replaced: dict[Any, Any] = {}  # a dead actor's replacement (its other in-flight batch fails too)
-        self.fault: EnvironmentFault | None = None  # set: no new batches; the night fails once in-flight ones end
-
-    def submit(self, actor: Any) -> None:
-        batch = _next_batch(self.queue, self.pending) if self.fault is None else None
-        if batch is not None:
-            self.inflight[actor.process.remote(batch)] = (actor, batch)
-
-    def drain(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            for _ in range(self.depth):
-                self.submit(actor)
-        while self.inflight:
-            [ref], _ = ray.wait(list(self.inflight), num_returns=1)
-            actor, batch = self.inflight.pop(ref)
-            actor, result = self._collect(ref, actor, batch)
-            if result is not None:
-                self._deliver(result)
-            busy = Counter(v[0] for v in self.inflight.values())
-            for idle in self.actors:  # split halves may have refilled the queue after other actors went idle
-                for _ in range(self.depth - busy[idle]):
-                    self.submit(idle)
-        if self.fault is not None:
-            raise self.fault
-
-    def _deliver(self, result: BatchResult) -> None:
-        try:
-            self.on_result(result)
-        except EnvironmentFault as fault:  # the driver's own write (a resume part) failed: stop the same way
-            self._stop(fault)
-
-    def _stop(self, fault: EnvironmentFault) -> None:
-        if self.fault is None:
-            log.error("stopping the night: %s (%d batches in flight finish first)", fault, len(self.inflight))
-            self.fault = fault
-
-    def _collect(self, ref: Any, actor: Any, batch: Batch) -> tuple[Any, BatchResult | None]:
-        import ray
-
-        try:
-            return actor, ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:  # the batch raised inside the worker
-            fault = environment_fault(exc)
-            if fault is not None:
-                self._stop(fault)
-                return actor, None
-            return actor, _on_failure(batch, _ray_error_line(exc), self.queue)
-        except ray.exceptions.RayActorError as exc:  # the worker died and used up its restarts
-            if _is_init_failure(exc):
-                raise FactoryError(f"a Ray worker could not start: {_ray_error_line(exc)}") from exc
-            if actor not in self.replaced:
-                log.warning("worker died on batch %s after its restarts; replacing it", batch.batch_id)
-                self.actors.remove(actor)
-                self.replaced[actor] = self.new_actor()
-                self.actors.append(self.replaced[actor])
-            actor = self.replaced[actor]
-            return actor, _on_failure(batch, f"worker died: {_ray_error_line(exc)}", self.queue)
-
-
-def _ray_error_line(exc: BaseException) -> str:
-    """The innermost exception line of a Ray error (Ray wraps the worker's traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and not isinstance(cause, type(exc)):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "Error" in ln.split(":")[0]]
-    return (errs[-1] if errs else lines[-1] if lines else type(exc).__name__)[:500]
-
-
-def _is_init_failure(exc: BaseException) -> bool:
-    text = str(exc)
-    return "__init__" in text or "creation task" in text
+    free = ray.available_resources()
+    return free.get("CPU", 0) >= cpus and free.get("GPU", 0) >= gpus

@@ -52,7 +52,11 @@ class LoopbackCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _node_ports(self) -> list[str]:
-        manager, objects, agent, agent_grpc, metrics, runtime_env, low = free_ports(7)
+        while True:  # the worker port range must not hold a port given to another component (ray start refuses)
+            manager, objects, agent, agent_grpc, metrics, runtime_env, low = free_ports(7)
+            others = (manager, objects, agent, agent_grpc, metrics, runtime_env, self.gcs_port, self.dashboard_port)
+            if not any(low <= p <= low + 200 for p in others):
+                break
         return [
             f"--node-manager-port={manager}",
             f"--object-manager-port={objects}",
