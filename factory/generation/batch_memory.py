@@ -80,8 +80,8 @@ def plan_batch_size(
     if min(fits.values()) < 1:
         worst = max(image, key=image.__getitem__)
         raise ConfigError(
-            f"run.batch_size_mode 'auto': {free_bytes / gib:.1f} GiB free on the device do not hold the models ({weights_bytes / gib:.1f} GiB), "
-            f"the reserve and one {worst!r} image"
+            f"run.batch_size_mode 'auto': {free_bytes / gib:.1f} GiB free on the device do not hold the models "
+            f"({weights_bytes / gib:.1f} GiB), the reserve and one {worst!r} image"
         )
     size = min(min(fits.values()), cap)
     limit = "the cap where bigger batches measured no gain" if size == cap else "what fits"
