@@ -122,7 +122,7 @@ class LoopbackCluster:
             _signal_group(proc, signal.SIGTERM)
         for proc in self.nodes:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)  # `ray start --block` often outlives a longer grace; killed next
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
         for proc in self.nodes:

@@ -28,19 +28,6 @@ NIGHT_TIMEOUT_S = 150  # a night that outlives this hung: the test fails instead
 
 
 @pytest.fixture
-def two_nodes():
-    """A head and a second node with one CPU each: two workers fit only while both nodes live."""
-    cluster = LoopbackCluster()
-    try:
-        cluster.start_head(num_cpus=1)
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_cpus(2)
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
 def night(tiny_models, cfg, tmp_path):
     """The chaos night's SKU file and config (a resume part per batch of 2, so progress shows mid-night)."""
     skus = write_skus(tmp_path / "skus" / f"{DATE}.parquet", many_rows(ROWS), SAMPLE_SCHEMA)

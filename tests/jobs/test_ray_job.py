@@ -91,7 +91,7 @@ def test_a_night_on_a_two_node_cluster_submitted_with_ray_job_submit(cfg, tmp_pa
         assert len(_manifest(out, "rejected")) == 4
         assert len(list(out.rglob("*.png"))) == 9  # written by workers on both nodes into the shared output
         run_json = json.loads(next(out.rglob("run.json")).read_text())
-        assert run_json["executor"] == {"executor": "ray", "workers": 3, "gpus_per_worker": 0}
+        assert run_json["executor"] == {"executor": "ray", "workers": 3, "gpus_per_worker": 0, "workers_lost": 0}
         r = cluster.submit(REPO, sys.executable, "jobs/ray_job.py", *args, "--output", "relative-out")
         assert r.returncode != 0 and "--output relative-out is relative" in r.stdout + r.stderr
     finally:
