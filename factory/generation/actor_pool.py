@@ -219,6 +219,7 @@ class ActorPool:
             if is_init_failure(exc):
                 raise FactoryError(f"a Ray worker could not start: {ray_error_line(exc)}") from exc
             self.lost += 1
+            self.wanted += 1
             log.warning("a worker was lost while starting: %s", ray_error_line(exc))
             return
         self.actors.append(actor)
