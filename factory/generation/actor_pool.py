@@ -10,11 +10,13 @@ A batch's outcome, as `ray.get` reports it:
 - the actor cannot be reached (`ActorUnavailableError`): its process is restarting, or its node is gone. Nothing
   says the batch was at fault: it goes back to the front of the queue whole, for the live actors.
 
-A lost node does not always surface as an error: when the actor's restart cannot be placed (no other node has room),
-Ray keeps its batches waiting for it, and the night would hang. So the loop also watches the nodes: every POLL_S it
-reads which are alive (`ray.nodes()`), and an actor whose node is dead is lost too. Every actor's node is asked once
-(`__ray_call__`) when it is created, and the actor takes batches only after that answer: an actor Ray restarted on
-another node on its own still counts as on the dead one (it is replaced; the cost is one model load).
+A node's death surfaces as `ActorUnavailableError` once Ray's retries are spent, while Ray keeps trying to restart
+the actor elsewhere; with no room anywhere, that restart (and any new actor) is never placed, and calls sent to an
+actor that had not started yet wait for it with no error (a hung night). So an actor that has not started never
+holds a batch: every actor is asked its node once (`__ray_call__`) and takes batches only
+after that answer. As a second guard, every POLL_S the loop reads which nodes are alive (`ray.nodes()`), and an
+actor whose node is dead is lost too (one Ray restarted on another node on its own still counts as on the dead
+one: it is replaced, at the cost of one model load).
 
 A lost actor is dropped: `ray.kill(no_restart=True)`, so a restart Ray would place later can neither take the
 cluster's resources nor hold batches, and its other batches in flight go back to the queue whole (a batch that
@@ -219,6 +221,7 @@ class ActorPool:
             if is_init_failure(exc):
                 raise FactoryError(f"a Ray worker could not start: {ray_error_line(exc)}") from exc
             self.lost += 1
+            self.wanted += 1
             log.warning("a worker was lost while starting: %s", ray_error_line(exc))
             return
         self.actors.append(actor)
