@@ -21,6 +21,7 @@ expect); `read_manifest` adds it back as a date32 column.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from typing import Any
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.io.records import ADDED_COLUMNS, MANIFEST_SCHEMAS, ImageRecord, RejectedRow
+from factory.io.records import ADDED_COLUMNS, EMBEDDING_SCHEMA, MANIFEST_SCHEMAS, ImageRecord, RejectedRow
 from factory.io.storage import Store
 
 MANIFEST_KINDS = ("approved", "review", "rejected")
@@ -84,15 +85,64 @@ def file_schema(kind: str) -> pa.Schema:
 def write_manifest(store: Store, kind: str, date: str, rows: list[dict[str, Any]] | pa.Table) -> None:
     """Replace the `kind` partition of `date` with `rows` (dicts, or a table, with the manifest's columns; a column
     they lack is null), atomically."""
+    with store.open_output_stream(partition_path(kind, date)) as f:
+        pq.write_table(file_table(kind, rows), f, compression="zstd")
+
+
+def file_table(kind: str, rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
+    """`rows` as a partition file's table (a column they lack is null)."""
     schema = file_schema(kind)
     if isinstance(rows, pa.Table):
         have = set(rows.column_names)
         columns = [rows[f.name] if f.name in have else pa.nulls(rows.num_rows, f.type) for f in schema]
-        table = pa.Table.from_arrays(columns, names=schema.names).cast(schema).combine_chunks()
-    else:
-        table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-    with store.open_output_stream(partition_path(kind, date)) as f:
-        pq.write_table(table, f, compression="zstd")
+        return pa.Table.from_arrays(columns, names=schema.names).cast(schema).combine_chunks()
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
+EMBEDDINGS_FILE = "embeddings.parquet"  # <date>/: what the next nights' cache hits carry into their checks
+
+
+class ManifestWriters:
+    """The night's approved and review partitions and `<date>/embeddings.parquet`, written a row group at a time
+    (rows in manifest order) as finalize goes, each file appearing whole when the block exits normally and not at
+    all when it raises; `write_rejected` replaces the rejected partition."""
+
+    def __init__(self, store: Store, date: str):
+        self.store, self.date = store, date
+        self._stack = contextlib.ExitStack()
+        self._writers: dict[str, pq.ParquetWriter] = {}
+
+    def __enter__(self) -> ManifestWriters:
+        targets = {
+            "approved": (partition_path("approved", self.date), file_schema("approved")),
+            "review": (partition_path("review", self.date), file_schema("review")),
+            "embeddings": (f"{self.date}/{EMBEDDINGS_FILE}", EMBEDDING_SCHEMA),
+        }
+        with self._stack:  # on a failed open, whatever was opened is discarded
+            for name, (path, schema) in targets.items():
+                sink = self._stack.enter_context(self.store.open_output_stream(path))
+                self._writers[name] = pq.ParquetWriter(sink, schema, compression="zstd")
+            self._stack = self._stack.pop_all()
+        return self
+
+    def write(self, approved: pa.Table, review: pa.Table, embeddings: pa.Table) -> None:
+        for name, table in (("approved", file_table("approved", approved)), ("review", file_table("review", review))):
+            if table.num_rows:
+                self._writers[name].write_table(table)
+        if embeddings.num_rows:
+            self._writers["embeddings"].write_table(embeddings.cast(EMBEDDING_SCHEMA).combine_chunks())
+
+    def write_rejected(self, rejected: list[RejectedRow]) -> None:
+        write_manifest(self.store, "rejected", self.date, [r.to_row() for r in rejected])
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            for w in self._writers.values():
+                w.close()  # the parquet footer, before each stream completes (or is discarded, on an error)
+        except BaseException as close_exc:  # e.g. a full disk: no file may appear half written
+            self._stack.__exit__(type(close_exc), close_exc, close_exc.__traceback__)
+            raise
+        self._stack.__exit__(exc_type, exc, tb)
 
 
 def with_added_columns(table: pa.Table, added: dict[str, Any]) -> pa.Table:

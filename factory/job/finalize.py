@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
+import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,14 +16,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
-from factory.io import layout
-from factory.io.records import ADDED_COLUMNS, EMBEDDING_SCHEMA, IMAGE_KEY, SIBLING_IN_REVIEW, ImageRecord
+from factory.io import layout, records
+from factory.io.records import (
+    ADDED_COLUMNS,
+    EMBEDDING_SCHEMA,
+    IMAGE_KEY,
+    SIBLING_IN_REVIEW,
+    ImageRecord,
+    RejectedRow,
+)
 from factory.io.storage import Store
 from factory.job import parts
+from factory.job.night_sort import RANK, SortedRows, sku_codes, sort_night
 from factory.quality import duplicates
 from factory.quality.reasons import NEAR_DUPLICATE, REFERENCE_MATCH, sort_reasons
 
-EMBEDDINGS_FILE = "embeddings.parquet"  # <date>/: what the next nights' cache hits carry into their checks
+EMBEDDINGS_FILE = layout.EMBEDDINGS_FILE
 
 
 def sort_rows(table: pa.Table) -> pa.Table:
@@ -45,19 +57,26 @@ def flag_similar_table(
     refs: duplicates.References | None,
     method: str | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Add near_duplicate / reference_match to the night's rows (part schema; quality/duplicates.py), per category,
-    in (sku_id, variant, placement) order. Rows without an embedding (errors, images from before embeddings were
-    kept) are left as they are and counted. `method` (SEARCH_METHODS) overrides the choice by size (benchmarks,
-    tests)."""
+    """Add near_duplicate / reference_match to rows held in memory (part schema; quality/duplicates.py), per
+    category, in (sku_id, variant, placement) order: what `finalize_night` does range by range, for tools and
+    tests. `method` (SEARCH_METHODS) overrides the choice by size."""
     table = sort_rows(table)
-    no_error = _no_error(table)
-    has_emb = pc.is_valid(table["clip_embedding"]).to_numpy(zero_copy_only=False)
-    usable = has_emb & no_error
+    usable, missing = usable_rows(table)
+    ranks = np.arange(table.num_rows)
+    cats = table["category"].to_numpy(zero_copy_only=False)
     emb = embedding_matrix(table["clip_embedding"].filter(pa.array(usable)))
-    skus, cats = (table[c].to_numpy(zero_copy_only=False) for c in ("sku_id", "category"))
-    dups, refm, info = _search(skus, cats, usable, emb, thresholds, refs, method)
-    info["missing_embeddings"] = int((~has_emb & no_error).sum())
-    return _apply_matches(table, usable, dups, refm), info
+    by_cat = {c: (ranks[usable][cats[usable] == c], emb[cats[usable] == c]) for c in sorted(set(cats[usable]))}
+    matches, info = search(by_cat, sku_codes(table["sku_id"]), table.num_rows, thresholds, refs, method)
+    info["missing_embeddings"] = missing
+    return apply_matches(table, ranks, usable, matches, table["sku_id"], refs), info
+
+
+def usable_rows(table: pa.Table) -> tuple[np.ndarray, int]:
+    """Rows that take part in the similarity search (an embedding, no generation error), and how many rows without
+    an error have no embedding (images from before embeddings were kept)."""
+    no_error = pc.invert(has_error(table)).to_numpy(zero_copy_only=False)
+    has_emb = pc.is_valid(table["clip_embedding"]).to_numpy(zero_copy_only=False)
+    return has_emb & no_error, int((~has_emb & no_error).sum())
 
 
 def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -67,67 +86,90 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
 
 
-def has_error(table: pa.Table) -> pa.ChunkedArray:
-    """Rows with a (non-empty) generation error."""
-    return pc.fill_null(pc.not_equal(table["error"], ""), False)
+has_error = parts.has_error
 
 
-def _no_error(table: pa.Table) -> np.ndarray:
-    return pc.invert(has_error(table)).to_numpy(zero_copy_only=False)
+@dataclass
+class Matches:
+    """Per row of the night (its rank in (sku_id, variant, placement) order): the near-duplicate partner's rank and
+    cosine, the closest reference's index and cosine; -1 where there is no match."""
+
+    dup: np.ndarray
+    dup_score: np.ndarray
+    ref: np.ndarray
+    ref_score: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> Matches:
+        return cls(np.full(n, -1, np.int64), np.zeros(n, np.float32), np.full(n, -1, np.int64), np.zeros(n, np.float32))
 
 
-Matches = dict[int, duplicates.Match]
+CategoryRows = dict[str, tuple[np.ndarray, duplicates.Embeddings]]  # category -> (ranks, their embeddings)
 
 
-def _search(
-    skus: np.ndarray,
-    cats: np.ndarray,
-    usable: np.ndarray,
-    emb: np.ndarray,
+def search(
+    by_cat: CategoryRows,
+    codes: np.ndarray,
+    n: int,
     thresholds: dict[str, QualityConfig],
     refs: duplicates.References | None,
     method: str | None,
-) -> tuple[Matches, Matches, dict[str, Any]]:
-    """The per-category searches over the usable rows (`emb`: their embeddings, in row order); matches by row."""
+) -> tuple[Matches | None, dict[str, Any]]:
+    """The per-category searches (`codes`: sku codes by rank); None when no row has an embedding."""
     info = {"method": "numpy", "images_compared": 0, "missing_embeddings": 0, "near_duplicates": 0}
     info["reference_images"], info["reference_matches"] = len(refs.names) if refs else 0, 0
-    rows_all = np.flatnonzero(usable)
-    dups: Matches = {}
-    refm: Matches = {}
-    for cat in sorted(set(cats[rows_all])):
-        sel = np.flatnonzero(cats[rows_all] == cat)
-        rows, e, q = rows_all[sel], emb[sel], thresholds[cat]
-        how = method or duplicates.similarity_method(len(rows))
-        d = duplicates.near_duplicates(skus[rows].tolist(), e, q.near_duplicate, how)
-        r = duplicates.reference_matches(e, refs, [q.reference_threshold] * len(rows), how) if refs else {}
-        info["images_compared"] += len(rows)
+    if not by_cat:
+        return None, info
+    m = Matches.empty(n)
+    for cat, (ranks, emb) in by_cat.items():
+        q, how = thresholds[cat], method or duplicates.similarity_method(len(ranks))
+        partner, score = duplicates.best_earlier(codes[ranks], emb, q.near_duplicate, how)
+        found = partner >= 0
+        m.dup[ranks[found]], m.dup_score[ranks[found]] = ranks[partner[found]], score[found]
+        if refs is not None and len(refs.names):
+            which, best = duplicates.best_reference(emb, refs, how)
+            hit = best >= q.reference_threshold
+            m.ref[ranks[hit]], m.ref_score[ranks[hit]] = which[hit], best[hit]
+            info["reference_matches"] += int(hit.sum())
+        info["images_compared"] += len(ranks)
+        info["near_duplicates"] += int(found.sum())
         if how == "faiss":
             info["method"] = "faiss"
-        dups.update({int(rows[k]): m for k, m in d.items()})
-        refm.update({int(rows[k]): m for k, m in r.items()})
-        info["near_duplicates"] += len(d)
-        info["reference_matches"] += len(r)
-    return dups, refm, info
+    return m, info
 
 
-def _apply_matches(table: pa.Table, usable: np.ndarray, dups: Matches, refm: Matches) -> pa.Table:
-    """The similarity columns of usable rows replaced by the matches (null without one); reasons of matched rows."""
-    n, mask = table.num_rows, pa.array(usable)
-    for name, matches, attr in (
-        ("duplicate_of", dups, "other"),
-        ("duplicate_score", dups, "score"),
-        ("reference_file", refm, "other"),
-        ("reference_score", refm, "score"),
-    ):
-        values = np.full(n, None, dtype=object)
-        for i, m in matches.items():
-            values[i] = getattr(m, attr)
-        column = pa.array(values, table.schema.field(name).type)
-        table = table.set_column(table.schema.get_field_index(name), name, pc.if_else(mask, column, table[name]))
-    if dups or refm:
+def apply_matches(
+    table: pa.Table,
+    ranks: np.ndarray,
+    usable: np.ndarray,
+    m: Matches | None,
+    sku_by_rank: pa.ChunkedArray | pa.Array,
+    refs: duplicates.References | None,
+) -> pa.Table:
+    """The similarity columns of usable rows replaced by their matches (null without one); reasons of matched rows.
+    `ranks`: each row's rank in the night (the index of `m` and of `sku_by_rank`)."""
+    if m is None or not usable.any():
+        return table
+    dup, ref = m.dup[ranks], m.ref[ranks]
+    no_dup, no_ref = ~usable | (dup < 0), ~usable | (ref < 0)
+    names = pa.array(refs.names if refs else [], pa.string())
+    values = {
+        "duplicate_of": sku_by_rank.take(pa.array(np.where(no_dup, 0, dup), mask=no_dup)),
+        "duplicate_score": pa.array(m.dup_score[ranks], pa.float32(), mask=no_dup),
+        "reference_file": names.take(pa.array(np.where(no_ref, 0, ref), mask=no_ref)),
+        "reference_score": pa.array(m.ref_score[ranks], pa.float32(), mask=no_ref),
+    }
+    mask = pa.array(usable)
+    for name, column in values.items():
+        field = table.schema.field(name)
+        column = pc.cast(column, field.type)
+        table = table.set_column(table.schema.get_field_index(name), field, pc.if_else(mask, column, table[name]))
+    matched = np.flatnonzero(~no_dup | ~no_ref)
+    if len(matched):
         reasons = table["reasons"].to_pylist()
-        for i in dups.keys() | refm.keys():
-            reasons[i] = sort_reasons(reasons[i] + [NEAR_DUPLICATE] * (i in dups) + [REFERENCE_MATCH] * (i in refm))
+        for i in matched.tolist():
+            extra = [NEAR_DUPLICATE] * bool(not no_dup[i]) + [REFERENCE_MATCH] * bool(not no_ref[i])
+            reasons[i] = sort_reasons(reasons[i] + extra)
         idx = table.schema.get_field_index("reasons")
         table = table.set_column(idx, "reasons", pa.array(reasons, table.schema.field("reasons").type))
     return table
@@ -142,14 +184,6 @@ def _similarity_detail(
     if ref is not None:
         notes.append(f"reference_match {ref!r} (cosine {ref_score:.3f})")
     return "; ".join(notes) or None
-
-
-def write_embeddings(store: Store, date: str, table: pa.Table) -> None:
-    """The night's CLIP image embeddings, `<date>/embeddings.parquet` (not a manifest table: a cache input)."""
-    table = sort_rows(table.filter(pc.is_valid(table["clip_embedding"])))
-    table = table.select(EMBEDDING_SCHEMA.names).cast(EMBEDDING_SCHEMA).combine_chunks()
-    with store.open_output_stream(f"{date}/{EMBEDDINGS_FILE}") as f:
-        pq.write_table(table, f, compression="zstd")
 
 
 def read_embeddings(store: Store, date: str) -> pa.Table:
@@ -184,8 +218,8 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     return approved, review
 
 
-def outcome_rates(approved: pa.Table, review: pa.Table) -> dict[str, dict[str, float]]:
-    """Image-level shares per category and overall: approved at first pass, approved after repair, review."""
+def outcome_counts(approved: pa.Table, review: pa.Table) -> dict[str, Counter[str]]:
+    """Images per category: approved at first pass, approved after repair, review (summed over ranges)."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     passed = approved.group_by(["category", "repaired"], use_threads=False).aggregate([("sku_id", "count")])
     for cat, repaired, n in zip(*(passed[c].to_pylist() for c in ("category", "repaired", "sku_id_count"))):
@@ -193,8 +227,17 @@ def outcome_rates(approved: pa.Table, review: pa.Table) -> dict[str, dict[str, f
     held = review.group_by("category", use_threads=False).aggregate([("sku_id", "count")])
     for cat, n in zip(held["category"].to_pylist(), held["sku_id_count"].to_pylist()):
         groups[cat]["review"] += n
-    for c in list(groups.values()):
-        groups["all"].update(c)
+    return groups
+
+
+def outcome_rates(groups: dict[str, Counter[str]]) -> dict[str, dict[str, float]]:
+    """Image-level shares per category and overall: approved at first pass, approved after repair, review."""
+    groups = {cat: Counter(c) for cat, c in groups.items()}
+    total: Counter[str] = Counter()
+    for c in groups.values():
+        total.update(c)
+    if groups:
+        groups["all"] = total
     kinds = ("first_pass", "repaired", "review")
     return {
         cat: {
@@ -224,3 +267,102 @@ def write_run_info(store: Store, date: str, info: dict[str, Any], success: bool,
             lock.check()
         keep = ("run_id", "run_date", "finished_at", "counts", "timings", "by_category")
         layout.write_success(store, date, {k: info[k] for k in keep})
+
+
+@dataclass
+class Outcome:
+    """What finalize found, summed over the ranges: the run's counts, by category, gate outcomes and reasons."""
+
+    approved_images: int = 0
+    review_images: int = 0
+    approved_skus: int = 0
+    review_skus: int = 0
+    generation_errors: int = 0  # review rows with an error
+    prompts_truncated: int = 0
+    by_category: dict[str, dict[str, int]] = field(default_factory=dict)
+    outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    review_reasons: Counter[str] = field(default_factory=Counter)
+    similarity: dict[str, Any] = field(default_factory=dict)
+    similarity_s: float = 0.0
+
+    def add(self, approved: pa.Table, review: pa.Table) -> None:
+        self.approved_images += approved.num_rows
+        self.review_images += review.num_rows
+        self.approved_skus += pc.count_distinct(approved["sku_id"]).as_py()  # ranges never split a SKU
+        self.review_skus += pc.count_distinct(review["sku_id"]).as_py()
+        self.generation_errors += _count_true(has_error(review))
+        self.prompts_truncated += _count_true(approved["prompt_truncated"]) + _count_true(review["prompt_truncated"])
+        for cat, fates in records.by_category(approved, review, []).items():
+            mine = self.by_category.setdefault(cat, {"approved": 0, "review": 0, "rejected": 0})
+            for fate, n in fates.items():
+                mine[fate] += n
+        for cat, c in outcome_counts(approved, review).items():
+            self.outcomes[cat].update(c)
+        for reasons in review["reasons"].to_pylist():  # an image held for a sibling counts as sibling_in_review
+            self.review_reasons.update(reasons or [SIBLING_IN_REVIEW])
+
+
+def _count_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
+
+
+def finalize_night(
+    store: Store,
+    date: str,
+    files: list[parts.RowFile],
+    thresholds: dict[str, QualityConfig],
+    refs: duplicates.References | None,
+    rejected: list[RejectedRow],
+) -> Outcome:
+    """The night's rows (`files`: part files and the rows of each that count) into the manifests and
+    `<date>/embeddings.parquet`, in bounded memory: an external range sort (night_sort), the similarity search over
+    per-category embeddings spilled to local disk, then range by range the matches applied, the approve/review
+    split, and the rows appended to the manifest files as row groups (each file atomic)."""
+    with tempfile.TemporaryDirectory(prefix="adfactory-finalize-") as tmp:
+        rows = sort_night(store, files, Path(tmp))
+        t0 = time.perf_counter()
+        by_cat, missing = _spill_embeddings(rows, Path(tmp))
+        matches, info = search(by_cat, sku_codes(rows.keys["sku_id"]), rows.rows, thresholds, refs, None)
+        info["missing_embeddings"] = missing
+        out = Outcome(similarity=info, similarity_s=time.perf_counter() - t0)
+        del by_cat
+        with layout.ManifestWriters(store, date) as writers:
+            for table in rows.ranges():
+                ranks = table[RANK].to_numpy()
+                table = apply_matches(
+                    table.drop_columns([RANK]), ranks, usable_rows(table)[0], matches, rows.keys["sku_id"], refs
+                )
+                approved, review = split_outcomes(table)
+                writers.write(approved, review, _embedding_rows(table))
+                out.add(approved, review)
+            writers.write_rejected(rejected)
+    return out
+
+
+def _spill_embeddings(rows: SortedRows, directory: Path) -> tuple[CategoryRows, int]:
+    """Each category's usable embeddings in rank order as a local EmbeddingSpill, with their ranks; and how many
+    rows without an error have no embedding."""
+    spills: dict[str, duplicates.EmbeddingSpill] = {}
+    ranks: dict[str, list[np.ndarray]] = defaultdict(list)
+    missing = 0
+    for table in rows.ranges():
+        usable, m = usable_rows(table)
+        missing += m
+        if not usable.any():
+            continue
+        table = table.filter(pa.array(usable))
+        cats, rank = table["category"].to_numpy(zero_copy_only=False), table[RANK].to_numpy()
+        emb = embedding_matrix(table["clip_embedding"])
+        for cat in sorted(set(cats)):
+            here = cats == cat
+            if cat not in spills:
+                spills[cat] = duplicates.EmbeddingSpill(directory / f"emb-{len(spills):04d}.f32")
+            spills[cat].append(emb[here])
+            ranks[cat].append(rank[here])
+    return {c: (np.concatenate(ranks[c]), spills[c].close()) for c in sorted(spills)}, missing
+
+
+def _embedding_rows(table: pa.Table) -> pa.Table:
+    """The rows of `<date>/embeddings.parquet` (what the next nights' cache hits carry into their checks)."""
+    table = table.filter(pc.is_valid(table["clip_embedding"]))
+    return table.select(EMBEDDING_SCHEMA.names).cast(EMBEDDING_SCHEMA)

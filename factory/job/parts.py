@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -38,10 +39,22 @@ def write_part(store: Store, date: str, name: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
+@dataclass
+class RowFile:
+    """Rows of one part file that belong to the night: all of them (`rows` None) or those indices (sorted)."""
+
+    path: str  # relative to the output root
+    rows: np.ndarray | None = None
+
+    def read(self, store: Store, columns: list[str] | None = None) -> pa.Table:
+        table = read_part(store, self.path, columns)
+        return table if self.rows is None else table.take(pa.array(self.rows))
+
+
 class PartRoller:
     """Buffers finished rows and writes one part per `max_images` rows or `max_seconds`, whichever comes first
-    (checked as rows arrive), and the rest on exit from its `with` block, whatever ended it. `tables` keeps every
-    written part's rows (Arrow, not per-image objects) for the night's finalize."""
+    (checked as rows arrive), and the rest on exit from its `with` block, whatever ended it. It keeps what it wrote
+    as file names and counts, never the rows: finalize reads them back (`files`)."""
 
     def __init__(
         self,
@@ -51,13 +64,17 @@ class PartRoller:
         max_images: int,
         max_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "p",
     ):
-        self.store, self.date, self.run_id = store, date, run_id
+        self.store, self.date, self.run_id, self.name = store, date, run_id, name
         self.max_images, self.max_seconds, self.clock = max_images, max_seconds, clock
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.window_start = 0.0
-        self.tables: list[pa.Table] = []  # every written part, in order
+        self.files: list[RowFile] = []  # every written part, in order
+        self.rows = 0  # rows written
+        self.errors = 0  # of them, rows with a generation error
+        self.first_error: str | None = None
         self.parts = 0
 
     def __enter__(self) -> PartRoller:
@@ -84,56 +101,105 @@ class PartRoller:
         if not self.pending:
             return
         table = pa.concat_tables(self.pending)
-        write_part(self.store, self.date, f"{self.run_id}-p{self.parts:05d}", table)
-        self.tables.append(table)
-        self.parts += 1
+        name = f"{self.run_id}-{self.name}{self.parts:05d}"
+        write_part(self.store, self.date, name, table)
+        self.files.append(RowFile(f"{layout.parts_dir(self.date)}/{name}.parquet"))
+        errors = table["error"].filter(has_error(table))
+        if len(errors) and self.first_error is None:
+            self.first_error = errors[0].as_py()
+        self.rows, self.errors, self.parts = self.rows + table.num_rows, self.errors + len(errors), self.parts + 1
         self.pending, self.pending_rows = [], 0
 
     def table(self) -> pa.Table:
-        """Every row written so far, as one table."""
-        return pa.concat_tables(self.tables) if self.tables else PART_SCHEMA.empty_table()
+        """Every row written so far, read back as one table (tools, tests)."""
+        tables = [f.read(self.store) for f in self.files]
+        return pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()
+
+
+def has_error(table: pa.Table) -> pa.ChunkedArray:
+    """Rows with a (non-empty) generation error."""
+    return pc.fill_null(pc.not_equal(table["error"], ""), False)
 
 
 def part_files(store: Store, date: str) -> list[str]:
     return [p for p in store.list(layout.parts_dir(date)) if p.endswith(".parquet")]
 
 
-def load_parts(store: Store, date: str) -> pa.Table:
-    """All part rows, one per image (sku_id, variant, placement); later files (run ids start with a UTC timestamp)
-    win."""
-    tables = []
+def read_part(store: Store, path: str, columns: list[str] | None = None) -> pa.Table:
+    """One part file in the part schema (or `columns` of it); a part from before a column was added reads with its
+    ADDED_COLUMNS value. ValueError for a part of an older schema."""
+    wanted = columns or PART_SCHEMA.names
+    with store.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        if not set(PART_SCHEMA.names) - set(ADDED_COLUMNS) <= have:
+            raise ValueError("an old part schema")
+        table = pf.read(columns=[c for c in wanted if c in have])
+    table = layout.with_added_columns(table, {k: v for k, v in ADDED_COLUMNS.items() if k in wanted})
+    return table.select(wanted).cast(pa.schema([PART_SCHEMA.field(c) for c in wanted]))
+
+
+def _readable_parts(store: Store, date: str, columns: list[str] | None = None) -> list[tuple[str, pa.Table]]:
+    out = []
     for f in part_files(store, date):  # sorted
         try:
-            table = pq.read_table(store.open_input_file(f))
+            out.append((f, read_part(store, f, columns)))
         except (pa.ArrowException, OSError) as exc:  # cannot happen with atomic writes; never fatal
             log.warning("ignoring unreadable part %s (%s)", store.url(f), exc)
-            continue
-        table = layout.with_added_columns(table, ADDED_COLUMNS)  # a part from before a column was added
-        if not set(PART_SCHEMA.names) <= set(table.column_names):
+        except ValueError:
             log.warning("ignoring part %s with an old schema", store.url(f))
-            continue
-        tables.append(table.select(PART_SCHEMA.names).cast(PART_SCHEMA))
+    return out
+
+
+def load_parts(store: Store, date: str) -> pa.Table:
+    """All part rows, one per image (sku_id, variant, placement); later files (run ids start with a UTC timestamp)
+    win. The whole table: tools and tests (a night reads `finished_index`)."""
+    tables = [t for _, t in _readable_parts(store, date)]
     if not tables:
         return PART_SCHEMA.empty_table()
     rows = pa.concat_tables(tables)
-    order = rows.append_column("_i", pa.array(np.arange(rows.num_rows)))
+    return rows.take(_last_per_image(rows))
+
+
+def _last_per_image(rows: pa.Table) -> np.ndarray:
+    order = rows.select(IMAGE_KEY).append_column("_i", pa.array(np.arange(rows.num_rows)))
     last = order.group_by(IMAGE_KEY, use_threads=False).aggregate([("_i", "max")])
-    return rows.take(np.sort(last.column("_i_max").to_numpy()))
+    return np.sort(last.column("_i_max").to_numpy())
 
 
-def finished_rows(store: Store, date: str, images: dict[str, int]) -> pa.Table:
-    """The part rows that still count on resume if their task is unchanged (see `match_plan`): no generation
-    error, and an image that exists (one listing of the date's images, not one request per image; an image lost to
-    a power cut, size 0, is regenerated) or none expected. `images`: that listing (the run makes it once)."""
-    rows = load_parts(store, date)
-    if not rows.num_rows:
-        return rows
-    paths = pa.array(list(images), pa.string())
-    sizes = pa.array(list(images.values()), pa.int64())
-    size = pc.fill_null(pc.take(sizes, pc.index_in(rows["image_path"], value_set=paths)), 0)
-    image_ok = pc.or_(pc.is_null(rows["image_path"]), pc.greater(size, 0))
-    no_error = pc.invert(pc.fill_null(pc.not_equal(rows["error"], ""), False))
-    return rows.filter(pc.and_(no_error, image_ok))
+_INDEX_COLUMNS = [*IMAGE_KEY, "task_key", "image_path", "error"]
+
+
+def finished_index(store: Store, date: str, images: pa.Table) -> tuple[pa.Table, list[str]]:
+    """The part rows that still count on resume if their task is unchanged (see `match_plan`), as a narrow table
+    (sku_id, variant, placement, task_key, image_path, _f: part file index, _r: row in it), and the part files.
+    A row counts when it is the image's last (later files win), has no generation error, and its image exists
+    (`images`: the date's listing, path and size; an image lost to a power cut, size 0, is regenerated) or none is
+    expected. Key columns only: the wide rows stay in the files until finalize reads them."""
+    files, tables = [], []
+    for f, table in _readable_parts(store, date, _INDEX_COLUMNS):
+        size = pc.fill_null(pc.take(images["size"], pc.index_in(table["image_path"], value_set=images["path"])), 0)
+        image_ok = pc.or_(pc.is_null(table["image_path"]), pc.greater(size, 0))
+        ok = pc.and_(pc.invert(has_error(table)), image_ok)
+        n = table.num_rows
+        table = table.drop_columns(["error"]).append_column("_ok", ok)
+        table = table.append_column("_f", pa.repeat(pa.scalar(len(files), pa.int32()), n))
+        tables.append(table.append_column("_r", pa.array(np.arange(n, dtype=np.int32))))
+        files.append(f)
+    if not tables:
+        return pa.table({c: [] for c in [*_INDEX_COLUMNS[:-1], "_f", "_r"]}), files
+    rows = pa.concat_tables(tables)
+    rows = rows.take(_last_per_image(rows))
+    return rows.filter(rows["_ok"]).drop_columns(["_ok"]), files
+
+
+def selected_files(index: pa.Table, files: list[str]) -> list[RowFile]:
+    """The rows of `index` (a finished_index subset) as the part files' row selections, in file order."""
+    f, r = (index[c].to_numpy() for c in ("_f", "_r"))
+    order = np.lexsort((r, f))
+    f, r = f[order], r[order]
+    starts = np.flatnonzero(np.diff(f, prepend=-1))
+    return [RowFile(files[int(f[a])], r[a:b]) for a, b in zip(starts, [*starts[1:], len(f)])]
 
 
 def match_plan(rows: pa.Table, plan: pa.Table) -> tuple[np.ndarray, np.ndarray]:

@@ -34,10 +34,10 @@ from factory.generation.runtime import Runtime, resolve
 from factory.generation.worker import BatchResult, Worker
 from factory.inputs.arguments import check_output_dir
 from factory.inputs.bucketing import Task
-from factory.io import layout, records, watermark
+from factory.io import layout, watermark
 from factory.io.lease import open_run_lock
 from factory.io.provenance import C2paSigner, label_font_path
-from factory.io.records import PART_SCHEMA, ImageRecord, RejectedRow
+from factory.io.records import ImageRecord, RejectedRow
 from factory.io.storage import Store, open_store
 from factory.job import cache, finalize, keys, parts
 from factory.job.dispatch import Batches, Todo
@@ -209,11 +209,12 @@ def _run(
             night.references = _references(cfg, store)
             # 4. resume, 5. cross-day cache (each clears the rows it finds done), 6. generate the rest
             todo = Todo.everything(p.groups)
-            images = store.sizes(f"{p.date}/{layout.IMAGES}")  # one listing: resume checks it, adoption tries it
-            finished = _resume(night, todo, images)
+            images = _listing(store, p.date)  # one listing: resume checks it, adoption tries what is left of it
+            finished, finished_paths = _resume(night, todo, images)
             cached = _cache(night, todo)
-            written, images = _written(p.date, images), None
-            generated, execution = _execute(night, executor, todo, written, (finished.num_rows, cached.num_rows))
+            written = _written(p.date, images, finished_paths)
+            del images, finished_paths
+            generated, execution = _execute(night, executor, todo, written, (finished.rows, cached.rows))
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
         return _finalize(night, Rows(finished, cached, generated), execution, lock)
@@ -287,52 +288,72 @@ def _night(
 RESUME_CHUNK = 16 * ROW_GROUP  # plan rows per join against the finished part rows
 
 
-def _resume(night: Night, todo: Todo, images: dict[str, int]) -> pa.Table:
-    """The part rows an earlier attempt finished for this plan (a join on the task keys, chunk by chunk); their
-    plan rows are cleared from `todo`. `images`: the date's image sizes (one listing)."""
-    rows = parts.finished_rows(night.store, night.plan.date, images)
-    if not rows.num_rows:
-        return rows
+@dataclass
+class Done:
+    """Rows of the night that are in part files: which files and rows, and how many (no row is held)."""
+
+    files: list[parts.RowFile] = field(default_factory=list)
+    rows: int = 0
+    errors: int = 0  # rows with a generation error
+    first_error: str | None = None
+
+    @classmethod
+    def of(cls, roller: parts.PartRoller) -> Done:
+        return cls(roller.files, roller.rows, roller.errors, roller.first_error)
+
+
+def _listing(store: Store, date: str) -> pa.Table:
+    """The date's images (path relative to the output root, size) as Arrow: one listing, no dict kept."""
+    sizes = store.sizes(f"{date}/{layout.IMAGES}")
+    return pa.table({"path": pa.array(list(sizes), pa.string()), "size": pa.array(list(sizes.values()), pa.int64())})
+
+
+def _resume(night: Night, todo: Todo, images: pa.Table) -> tuple[Done, pa.Array]:
+    """The part rows an earlier attempt finished for this plan (a join of their key columns with the plan's, chunk
+    by chunk), as part-file selections; their plan rows are cleared from `todo`. Also their image paths (what
+    adoption need not look at)."""
+    index, files = parts.finished_index(night.store, night.plan.date, images)
+    if not index.num_rows:
+        return Done(), pa.array([], pa.string())
     found = [np.zeros(0, np.int64)]
     for gi, pos, chunk in todo.chunks(night.store, KEY_COLUMNS, RESUME_CHUNK):
-        at, idx = parts.match_plan(rows, chunk)
+        at, idx = parts.match_plan(index, chunk)
         todo.clear(gi, pos[at])
         found.append(idx)
-    return rows.take(np.sort(np.concatenate(found)))
+    kept = index.take(np.sort(np.concatenate(found)))
+    return Done(parts.selected_files(kept, files), kept.num_rows), kept["image_path"].combine_chunks()
 
 
-def _cache(night: Night, todo: Todo) -> pa.Table:
-    """The cross-day cache hits among the rows still to do, stamped, as one part (written at once: they cost
+def _cache(night: Night, todo: Todo) -> Done:
+    """The cross-day cache hits among the rows still to do, stamped, as cache parts (written at once: they cost
     nothing to redo but a lookup); their plan rows are cleared from `todo`."""
     c = night.cfg.cache
     if not c.enabled:
-        return PART_SCHEMA.empty_table()
+        return Done()
     previous = cache.Previous(night.store, night.plan.date, c.lookback_days)
-    tables = [PART_SCHEMA.empty_table()]
-    for gi, pos, chunk in todo.chunks(night.store, None, RESUME_CHUNK, todo_only=True) if previous.rows else []:
-        at, hits, embeddings = previous.hits(chunk, night.plan.thresholds)
-        if not hits:
-            continue
-        table = night.stamped(hits, *(chunk[k].take(pa.array(at)).to_pylist() for k in ("cache_key", "task_key")))
-        i = table.schema.get_field_index("clip_embedding")
-        tables.append(table.set_column(i, "clip_embedding", embeddings))
-        todo.clear(gi, pos[at])
-    table = pa.concat_tables(tables)
-    if table.num_rows:
-        parts.write_part(night.store, night.plan.date, f"{night.run_id}-cache", table)
-    return table
+    roller = parts.PartRoller(night.store, night.plan.date, night.run_id, ROW_GROUP, float("inf"), name="cache-p")
+    with roller:
+        for gi, pos, chunk in todo.chunks(night.store, None, RESUME_CHUNK, todo_only=True) if previous.rows else []:
+            at, hits, embeddings = previous.hits(chunk, night.plan.thresholds)
+            if not hits:
+                continue
+            table = night.stamped(hits, *(chunk[k].take(pa.array(at)).to_pylist() for k in ("cache_key", "task_key")))
+            i = table.schema.get_field_index("clip_embedding")
+            roller.add(table.set_column(i, "clip_embedding", embeddings))
+            todo.clear(gi, pos[at])
+    return Done.of(roller)
 
 
 @dataclass
 class Rows:
-    """The night's image rows as Arrow tables of the part schema (no per-image Python objects)."""
+    """The night's image rows, as part-file selections (no per-image Python objects, no rows held)."""
 
-    resumed: pa.Table  # finished by an earlier attempt (parts.finished)
-    cached: pa.Table  # cross-day cache hits
-    generated: pa.Table  # generated by this run (generation errors included)
+    resumed: Done  # finished by an earlier attempt (parts.finished_index)
+    cached: Done  # cross-day cache hits
+    generated: Done  # generated by this run (generation errors included)
 
-    def all(self) -> pa.Table:
-        return pa.concat_tables([self.resumed, self.cached, self.generated])
+    def files(self) -> list[parts.RowFile]:
+        return [*self.resumed.files, *self.cached.files, *self.generated.files]
 
 
 @dataclass
@@ -367,7 +388,7 @@ def _startup(process_age: float | None, started: float, executor: dict[str, Any]
 
 def _execute(
     night: Night, executor: Any, todo: Todo, written: frozenset[str], done: tuple[int, int]
-) -> tuple[pa.Table, Execution]:
+) -> tuple[Done, Execution]:
     """Generate, score and decide the remaining tasks; the driver rolls part files (parts.PartRoller) and keeps
     the rows as Arrow. Whatever ends the execution, the rows that finished are written first."""
     cfg, rt = night.cfg, night.runtime
@@ -400,28 +421,27 @@ def _execute(
     with roller:
         info = executor.run(batches, rt, night.plan.thresholds, night.plan.date, on_result) if n_batches else {}
     log.debug("%d resume parts written", roller.parts)
-    return roller.table(), Execution(n_batches, stage, time.perf_counter() - t0, info)
+    return Done.of(roller), Execution(n_batches, stage, time.perf_counter() - t0, info)
 
 
-def _written(date: str, images: dict[str, int]) -> frozenset[str]:
-    """Image paths (relative to the date) an interrupted attempt already wrote: their worker adopts a file whose
-    embedded cache key matches and re-scores it instead of regenerating it. Empty on a first night."""
+def _written(date: str, images: pa.Table, finished: pa.Array) -> frozenset[str]:
+    """Image paths (relative to the date) an interrupted attempt wrote after its last part: their worker adopts a
+    file whose embedded cache key matches and re-scores it instead of regenerating it. Images of finished rows are
+    left out (a resumed night's set is the last part window's, not the night's). Empty on a first night."""
+    if not images.num_rows:
+        return frozenset()
+    keep = pc.and_(pc.greater(images["size"], 0), pc.invert(pc.is_in(images["path"], value_set=finished)))
     prefix = f"{date}/"
-    return frozenset(p.removeprefix(prefix) for p, size in images.items() if size > 0)
+    return frozenset(p.removeprefix(prefix) for p in images["path"].filter(keep).to_pylist())
 
 
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
     p, t0 = night.plan, time.perf_counter()
-    everything, similarity = finalize.flag_similar_table(rows.all(), p.thresholds, night.references)
-    similarity_s = time.perf_counter() - t0
-    approved, review = finalize.split_outcomes(everything)
     run_date = dt.date.fromisoformat(p.date)
     rejected = [RejectedRow(run_date=run_date, run_id=night.run_id, **vars(r)) for r in p.rejected]
-    layout.write_manifests(night.store, p.date, approved, review, rejected)
-    finalize.write_embeddings(night.store, p.date, everything)
-    del everything  # approved and review are copies: one copy of the night's rows from here on
+    out = finalize.finalize_night(night.store, p.date, rows.files(), p.thresholds, night.references, rejected)
     write_sheet(review_outputs.open_night(night.cfg, p.date))  # the reviewers' page, before _SUCCESS
-    counts = _counts(night, approved, review, rejected, rows, ex.batches)
+    counts = _counts(night, out, len(rejected), rows, ex.batches)
     counts["images_adopted"] = adopted = int(ex.stage["images_adopted"])  # written by an interrupted attempt
     counts["images_generated"] -= adopted
     total_s = time.perf_counter() - night.started
@@ -432,11 +452,11 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
         "score_s": ex.stage["score_s"],
         "repair_s": ex.stage["repair_s"],
         "write_images_s": ex.stage["write_s"],  # PNG encoding with provenance marks (and signing) included
-        "similarity_s": similarity_s,  # near-duplicate and reference search at finalize
-        "write_manifests_s": time.perf_counter() - t0 - similarity_s,
+        "similarity_s": out.similarity_s,  # near-duplicate and reference search at finalize
+        "write_manifests_s": time.perf_counter() - t0 - out.similarity_s,  # the range sort and the sheet included
         "total_s": total_s,
     }
-    counts.update({k: similarity[k] for k in ("near_duplicates", "reference_matches")})
+    counts.update({k: out.similarity[k] for k in ("near_duplicates", "reference_matches")})
     summary = RunSummary(
         run_id=night.run_id,
         date=p.date,
@@ -444,58 +464,60 @@ def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
         counts=counts,
         timings=timings,
         images_per_s=counts["images_generated"] / total_s if total_s > 0 else 0.0,
-        by_category=records.by_category(approved, review, rejected),
-        outcomes=finalize.outcome_rates(approved, review),
-        reasons=_reasons(rejected, review),
+        by_category=_by_category(out, rejected),
+        outcomes=finalize.outcome_rates(out.outcomes),
+        reasons=_reasons(rejected, out),
     )
-    _finish(night, summary, ex, similarity, rows.generated, lock)
+    _finish(night, summary, ex, out.similarity, rows.generated, lock)
     return summary
 
 
-def _finish(night: Night, summary: RunSummary, ex: Execution, similarity: dict, generated: pa.Table, lock: Any) -> None:
+def _finish(night: Night, summary: RunSummary, ex: Execution, similarity: dict, generated: Done, lock: Any) -> None:
     """run.json, and `_SUCCESS` unless too many images failed (then the night fails: exit 1, rerun to retry)."""
-    errors = generated["error"].filter(finalize.has_error(generated))
-    failed = generated.num_rows > 0 and len(errors) > night.cfg.run.max_error_share * generated.num_rows
+    failed = generated.rows > 0 and generated.errors > night.cfg.run.max_error_share * generated.rows
     info = {**_run_info(night, summary, ex), "similarity": similarity}
     finalize.write_run_info(night.store, night.plan.date, info, success=not failed, lock=lock)
     if failed:
         raise FactoryError(
-            f"{len(errors)} of {generated.num_rows} images failed to generate (more than run.max_error_share = "
-            f"{night.cfg.run.max_error_share:g}); first error: {errors[0].as_py()}; no _SUCCESS written, rerun to "
-            f"retry them"
+            f"{generated.errors} of {generated.rows} images failed to generate (more than run.max_error_share = "
+            f"{night.cfg.run.max_error_share:g}); first error: {generated.first_error}; no _SUCCESS written, rerun "
+            f"to retry them"
         )
 
 
-def _reasons(rejected: list[RejectedRow], review: pa.Table) -> dict[str, dict[str, int]]:
+def _by_category(out: finalize.Outcome, rejected: list[RejectedRow]) -> dict[str, dict[str, int]]:
+    """SKUs per category and fate (rejected: input rows)."""
+    by_cat = {c: dict(f) for c, f in out.by_category.items()}
+    for r in rejected:
+        cat = r.category if isinstance(r.category, str) else "<none>"
+        by_cat.setdefault(cat, {"approved": 0, "review": 0, "rejected": 0})["rejected"] += 1
+    return by_cat
+
+
+def _reasons(rejected: list[RejectedRow], out: finalize.Outcome) -> dict[str, dict[str, int]]:
     """Rejected input rows per reason code, and review images per gate reason (an image counts once per reason;
     one held only because a sibling variant failed counts as sibling_in_review)."""
-    held: Counter[str] = Counter()
-    for reasons in review["reasons"].to_pylist():
-        held.update(reasons or [records.SIBLING_IN_REVIEW])
-    return {"rejected": dict(sorted(Counter(r.reason for r in rejected).items())), "review": dict(sorted(held.items()))}
+    rejected_reasons = dict(sorted(Counter(r.reason for r in rejected).items()))
+    return {"rejected": rejected_reasons, "review": dict(sorted(out.review_reasons.items()))}
 
 
-def _count_true(mask: pa.ChunkedArray | pa.Array) -> int:
-    return int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
-
-
-def _counts(night: Night, approved: pa.Table, review: pa.Table, rejected, rows: Rows, batches: int) -> dict[str, int]:
+def _counts(night: Night, out: finalize.Outcome, rejected: int, rows: Rows, batches: int) -> dict[str, int]:
     p, gen = night.plan, rows.generated
     return {
         "input_rows": p.input_rows,
         "skus_planned": p.skus,
         "images_planned": p.images,
-        "images_generated": gen.num_rows - _count_true(finalize.has_error(gen)),  # images that exist
-        "images_resumed": rows.resumed.num_rows,
-        "cache_hits": rows.cached.num_rows,
+        "images_generated": gen.rows - gen.errors,  # images that exist
+        "images_resumed": rows.resumed.rows,
+        "cache_hits": rows.cached.rows,
         "batches": batches,
-        "approved_skus": pc.count_distinct(approved["sku_id"]).as_py(),
-        "review_skus": pc.count_distinct(review["sku_id"]).as_py(),
-        "rejected_rows": len(rejected),
-        "approved_images": approved.num_rows,
-        "review_images": review.num_rows,
-        "generation_errors": _count_true(finalize.has_error(review)),  # detail also explains similarity matches
-        "prompts_truncated": _count_true(approved["prompt_truncated"]) + _count_true(review["prompt_truncated"]),
+        "approved_skus": out.approved_skus,
+        "review_skus": out.review_skus,
+        "rejected_rows": rejected,
+        "approved_images": out.approved_images,
+        "review_images": out.review_images,
+        "generation_errors": out.generation_errors,  # detail also explains similarity matches
+        "prompts_truncated": out.prompts_truncated,
     }
 
 

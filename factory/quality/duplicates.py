@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SEARCH_METHODS = ("numpy", "faiss")  # both exact; chosen by size (similarity_method) unless a caller names one
 FAISS_MIN_IMAGES = 4096  # per category; below it numpy matrix products in blocks are as fast (docs/performance.md)
-_BLOCK = 1024  # rows per numpy block: bounds the similarity matrix to BLOCK x n floats
+_ROWS, _COLS = 2048, 8192  # query x candidate rows per block: a block's similarities are 64 MiB of float32
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -46,76 +47,147 @@ class References:
     embeddings: np.ndarray  # (m, d) float32, L2-normalised
 
 
+class Embeddings(Protocol):
+    """(n, d) float32 rows that can be sliced: a numpy array or an EmbeddingSpill."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
+
+
 def similarity_method(n: int) -> str:
     return "faiss" if n >= FAISS_MIN_IMAGES else "numpy"
 
 
 def near_duplicates(
-    skus: Sequence[str], emb: np.ndarray, threshold: float, method: str | None = None
+    skus: Sequence[str], emb: Embeddings, threshold: float, method: str | None = None
 ) -> dict[int, Match]:
     """Rows (already in (sku_id, variant, placement) order) -> the best match among earlier rows of another SKU,
     where the cosine is >= threshold. Ties go to the earliest row."""
-    best: dict[int, tuple[float, int]] = {}
-    for i, j, score in _pairs(emb, threshold, method or similarity_method(len(emb))):
-        if j >= i or skus[j] == skus[i]:
-            continue
-        current = best.get(i)
-        if current is None or (score, -j) > (current[0], -current[1]):
-            best[i] = (score, j)
-    return {i: Match(skus[j], score) for i, (score, j) in sorted(best.items())}
+    codes = np.unique(np.asarray(skus, dtype=object), return_inverse=True)[1] if len(skus) else np.zeros(0, np.int64)
+    partner, score = best_earlier(codes, emb, threshold, method or similarity_method(len(emb)))
+    return {int(i): Match(skus[partner[i]], float(score[i])) for i in np.flatnonzero(partner >= 0)}
 
 
-def _pairs(emb: np.ndarray, threshold: float, method: str) -> list[tuple[int, int, float]]:
-    """All (i, j, cosine) with j < i and cosine >= threshold, exactly."""
+def best_earlier(codes: np.ndarray, emb: Embeddings, threshold: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row i, the earlier row j (j < i, codes[j] != codes[i]: another SKU) of highest cosine >= threshold, the
+    earliest on a tie: (partner, score) arrays, partner -1 where none. Exact, in blocks of _ROWS x _COLS
+    similarities: memory does not grow with the rows (`emb` may be an EmbeddingSpill on disk)."""
     n = len(emb)
+    partner, best = np.full(n, -1, np.int64), np.full(n, -np.inf, np.float32)
     if n < 2 or threshold > 1:
-        return []
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    out: list[tuple[int, int, float]] = []
-    index = None
-    if method == "faiss":
-        import faiss
+        return partner, best
+    for a in range(0, n, _ROWS):
+        b = min(a + _ROWS, n)
+        query = np.ascontiguousarray(emb[a:b], dtype=np.float32)
+        for c in range(0, b, _COLS):  # candidates up to the block's end: half the all-pairs work
+            e = min(c + _COLS, b)
+            cand = query[c - a : e - a] if c >= a else np.ascontiguousarray(emb[c:e], dtype=np.float32)
+            j, s = _block_best(query, cand, a, c, codes, threshold, method)
+            better = s > best[a:b]  # strict: a tie keeps the earlier block's row
+            best[a:b][better], partner[a:b][better] = s[better], j[better]
+    return partner, best
 
-        index = faiss.IndexFlatIP(emb.shape[1])
-        # range_search keeps scores > radius: step just below the threshold so that >= holds
-        radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
-    for start in range(0, n, _BLOCK):  # each block against the rows up to its end: half the all-pairs work
-        stop = min(start + _BLOCK, n)
-        if index is not None:
-            index.add(emb[start:stop])
-            lims, scores, ids = index.range_search(emb[start:stop], radius)
-            for r in range(stop - start):
-                for s, j in zip(scores[lims[r] : lims[r + 1]].tolist(), ids[lims[r] : lims[r + 1]].tolist()):
-                    if j < start + r and s >= threshold:
-                        out.append((start + r, j, s))
-            continue
-        sims = emb[start:stop] @ emb[:stop].T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, j in zip(rows.tolist(), cols.tolist()):
-            if j < start + r:
-                out.append((start + r, j, float(sims[r, j])))
-    return out
+
+def _block_best(
+    query: np.ndarray, cand: np.ndarray, a: int, c: int, codes: np.ndarray, threshold: float, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """For query rows a.. against candidate rows c..: each row's best allowed candidate (index, score; -1/-inf)."""
+    r, k = len(query), len(cand)
+    rows, cols = np.arange(a, a + r)[:, None], np.arange(c, c + k)[None, :]
+    if method == "faiss":
+        return _block_best_faiss(query, cand, a, c, codes, threshold)
+    sims = query @ cand.T
+    sims[(cols >= rows) | (codes[c : c + k][None, :] == codes[a : a + r][:, None]) | (sims < threshold)] = -np.inf
+    arg = sims.argmax(axis=1)  # the first maximum: the earliest candidate on a tie
+    score = sims[np.arange(r), arg]
+    return np.where(np.isfinite(score), c + arg, -1), score
+
+
+def _block_best_faiss(
+    query: np.ndarray, cand: np.ndarray, a: int, c: int, codes: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(cand.shape[1])
+    index.add(cand)
+    # range_search keeps scores > radius: step just below the threshold so that >= holds
+    lims, scores, ids = index.range_search(query, float(np.nextafter(np.float32(threshold), np.float32(-2))))
+    row = np.repeat(np.arange(len(query)), np.diff(lims.astype(np.int64)))
+    j = c + ids.astype(np.int64)
+    ok = (j < a + row) & (codes[j] != codes[a + row]) & (scores >= threshold)
+    row, j, scores = row[ok], j[ok], scores[ok]
+    order = np.lexsort((j, -scores, row))  # per row: highest score, then earliest candidate
+    first = order[np.unique(row[order], return_index=True)[1]]
+    partner, best = np.full(len(query), -1, np.int64), np.full(len(query), -np.inf, np.float32)
+    partner[row[first]], best[row[first]] = j[first], scores[first]
+    return partner, best
 
 
 def reference_matches(
-    emb: np.ndarray, refs: References, thresholds: Sequence[float], method: str | None = None
+    emb: Embeddings, refs: References, thresholds: Sequence[float], method: str | None = None
 ) -> dict[int, Match]:
     """Rows -> the closest reference image when its cosine is >= that row's threshold."""
-    if not len(refs.names) or not len(emb):
-        return {}
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if (method or similarity_method(len(emb))) == "faiss":
+    which, best = best_reference(emb, refs, method or similarity_method(len(emb)))
+    return {i: Match(refs.names[int(which[i])], float(best[i])) for i in range(len(best)) if best[i] >= thresholds[i]}
+
+
+def best_reference(emb: Embeddings, refs: References, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the closest reference image and its cosine (arrays; empty when there are no references), in
+    blocks of _COLS rows."""
+    n = len(emb) if len(refs.names) else 0
+    which, best = np.zeros(n, np.int64), np.full(n, -np.inf, np.float32)
+    index = None
+    if n and method == "faiss":
         import faiss
 
         index = faiss.IndexFlatIP(refs.embeddings.shape[1])
         index.add(np.ascontiguousarray(refs.embeddings, dtype=np.float32))
-        scores, ids = index.search(emb, 1)
-        best, which = scores[:, 0], ids[:, 0]
-    else:
-        sims = emb @ refs.embeddings.T
-        which = sims.argmax(axis=1)
-        best = sims[np.arange(len(emb)), which]
-    return {i: Match(refs.names[int(which[i])], float(best[i])) for i in range(len(emb)) if best[i] >= thresholds[i]}
+    for a in range(0, n, _COLS):
+        b = min(a + _COLS, n)
+        query = np.ascontiguousarray(emb[a:b], dtype=np.float32)
+        if index is not None:
+            scores, ids = index.search(query, 1)
+            which[a:b], best[a:b] = ids[:, 0], scores[:, 0]
+            continue
+        sims = query @ refs.embeddings.T
+        which[a:b] = sims.argmax(axis=1)
+        best[a:b] = sims[np.arange(b - a), which[a:b]]
+    return which, best
+
+
+class EmbeddingSpill:
+    """(n, d) float32 rows appended to a local file and read back by slices: one category's embeddings for the
+    night-wide search without holding them in memory (plain reads, not a memory map: pages do not pile up in
+    the driver's resident set)."""
+
+    def __init__(self, path: Path):
+        self.path, self.n, self.d = path, 0, 0
+        self._out: BinaryIO | None = open(path, "wb")  # noqa: SIM115 (closed by close())
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if not len(rows):
+            return
+        self.d = rows.shape[1]
+        assert self._out is not None
+        self._out.write(rows.tobytes())
+        self.n += len(rows)
+
+    def close(self) -> EmbeddingSpill:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        return self
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.n)
+        count = max(stop - start, 0)
+        data = np.fromfile(self.path, np.float32, count * self.d, offset=start * self.d * 4)
+        return data.reshape(count, self.d)
 
 
 def reference_files(reference_dir: Path) -> list[Path]:
