@@ -53,8 +53,12 @@ class Worker:
 
         from factory.generation.models import import_libraries, model_fingerprint
 
-        # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process
-        import_libraries(runtime.quantization)
+        from factory.modes import NULL_PIPELINE
+
+        # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process; the null pipeline
+        # (orchestration benchmarks) needs torch's generators only
+        if cfg.model.pipeline != NULL_PIPELINE:
+            import_libraries(runtime.quantization)
         self.startup: dict[str, float] = {"imports_s": time.perf_counter() - t0}
         torch.set_num_threads(cfg.run.cpus_per_worker)
         _check_device(runtime)

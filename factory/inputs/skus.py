@@ -131,9 +131,10 @@ def iter_tables(
     for f, pf in files:
         offset = 0
         try:
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                yield f, offset, pa.Table.from_batches([batch])
-                offset += batch.num_rows
+            for group in range(pf.num_row_groups):  # one row group's column chunks buffered at a time, not the file's
+                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                    yield f, offset, pa.Table.from_batches([batch])
+                    offset += batch.num_rows
             if offset == 0 and empty_files:
                 yield f, 0, pf.schema_arrow.empty_table()
         except (pa.ArrowException, OSError) as exc:

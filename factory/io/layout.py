@@ -26,6 +26,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -159,7 +160,37 @@ def read_manifest(store: Store, kind: str, date: str) -> pa.Table:
     written before a column was added reads with that column's ADDED_COLUMNS value).
 
     FileNotFoundError if the night wrote no such partition."""
-    table = pq.read_table(store.open_input_file(partition_path(kind, date)))
+    return _as_manifest(kind, date, pq.read_table(store.open_input_file(partition_path(kind, date))))
+
+
+def read_manifest_rows(
+    store: Store, kind: str, date: str, rows: np.ndarray, columns: list[str] | None = None
+) -> pa.Table:
+    """Rows `rows` (sorted indices) of one night's partition, as `read_manifest` gives them, reading only the row
+    groups they lie in."""
+    table = read_rows(store, partition_path(kind, date), rows, columns)
+    return _as_manifest(kind, date, table) if columns is None else table
+
+
+def read_rows(store: Store, path: str, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+    """Rows `rows` (sorted indices) of a parquet file, in that order, reading only the row groups they lie in."""
+    with store.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        group = np.searchsorted(starts, rows, side="right") - 1
+        tables = []
+        for g in np.unique(group):
+            table = pf.read_row_group(int(g), columns=columns)
+            tables.append(table.take(pa.array(rows[group == g] - starts[g])))
+        return (
+            pa.concat_tables(tables)
+            if tables
+            else pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names)
+        )
+
+
+def _as_manifest(kind: str, date: str, table: pa.Table) -> pa.Table:
     day = pa.array([dt.date.fromisoformat(date)] * table.num_rows, pa.date32())
     table = with_added_columns(table.add_column(0, PARTITION_COLUMN, day), _added(kind))
     return table.select(MANIFEST_SCHEMAS[kind].names).cast(MANIFEST_SCHEMAS[kind])

@@ -22,40 +22,49 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from factory.config import QualityConfig
 from factory.errors import StorageError
 from factory.inputs.bucketing import Task
 from factory.io import layout
 from factory.io.layout import read_success
-from factory.io.records import APPROVED_SCHEMA, ImageRecord
+from factory.io.records import ADDED_COLUMNS, APPROVED_SCHEMA, IMAGE_KEY, ImageRecord
 from factory.io.storage import Store
-from factory.job.finalize import read_embeddings
 from factory.job.plan_table import table_tasks, tasks_table
 from factory.quality.gate import failing_checks
 
 log = logging.getLogger(__name__)
 
 
-def load_previous(store: Store, date: str, lookback_days: int) -> pa.Table:
-    """The approved rows of the earlier completed dates, one per cache key: the newest date's (then the first in its
-    file) wins. Arrow, never a row object per image."""
+def load_previous(store: Store, date: str, lookback_days: int) -> tuple[list[str], pa.Table]:
+    """The earlier completed dates (newest first) and a narrow index of their approved rows, one per cache key:
+    (cache_key, _d: the date's index, _r: the row in its partition); the newest date's (then the first in its
+    file) wins. Only the key column is read: the wide rows are read for hits only."""
     today = dt.date.fromisoformat(date)
-    tables = []
+    days, tables = [], []
     for back in range(1, lookback_days + 1):
         day = (today - dt.timedelta(days=back)).isoformat()
         if read_success(store, day) is None:
             continue
         try:
-            tables.append(layout.read_manifest(store, "approved", day))
+            with store.open_input_file(layout.partition_path("approved", day)) as f:
+                keys = pq.read_table(f, columns=["cache_key"])
         except (pa.ArrowException, OSError, KeyError):  # missing, unreadable, or written by another version
             continue
+        n = keys.num_rows
+        keys = keys.append_column("_d", pa.repeat(pa.scalar(len(days), pa.int16()), n))
+        tables.append(keys.append_column("_r", pa.array(np.arange(n, dtype=np.int64))))
+        days.append(day)
     if not tables:
-        return APPROVED_SCHEMA.empty_table()
-    rows = pa.concat_tables(tables, promote_options="permissive")
+        return [], _INDEX.empty_table()
+    rows = pa.concat_tables(tables).cast(_INDEX)
     order = rows.append_column("_i", pa.array(np.arange(rows.num_rows)))
     first = order.group_by("cache_key", use_threads=False).aggregate([("_i", "min")])
-    return rows.take(np.sort(first.column("_i_min").to_numpy()))
+    return days, rows.take(np.sort(first.column("_i_min").to_numpy()))
+
+
+_INDEX = pa.schema([("cache_key", pa.string()), ("_d", pa.int16()), ("_r", pa.int64())])
 
 
 _SCORES = ("clip_score", "iqa_mean", "unsafe_score", "pixel_std")
@@ -68,13 +77,13 @@ def still_passes(record: ImageRecord, q: QualityConfig) -> bool:
 
 
 class Previous:
-    """The earlier nights' approved rows by cache key, and their embeddings per date (read once, Arrow)."""
+    """The earlier nights' approved rows by cache key (a narrow index; wide rows read for hits only)."""
 
     def __init__(self, store: Store, date: str, lookback_days: int):
         self.store, self.date = store, date
-        self.rows = load_previous(store, date, lookback_days) if lookback_days > 0 else APPROVED_SCHEMA.empty_table()
-        self.days: set[str] = set()  # source dates whose embeddings are in `embedded`
-        self.embedded = pa.table({"_key": pa.array([], pa.string()), "clip_embedding": pa.array([], _EMBEDDING)})
+        self.days, self.rows = (
+            load_previous(store, date, lookback_days) if lookback_days > 0 else ([], _INDEX.empty_table())
+        )
 
     def hits(
         self, plan: pa.Table, thresholds: dict[str, QualityConfig]
@@ -82,24 +91,35 @@ class Previous:
         """(positions in `plan`, records, their CLIP embeddings) for the plan rows (factory.job.plan_table) whose
         image an earlier day already approved; each image is copied into today's images. The records carry the
         source's scores and repair history (not the embedding: a column, kept out of Python objects); the caller
-        stamps today's run fields."""
+        stamps today's run fields. Sources are read in file order, _HITS_AT_ONCE rows at a time."""
         if not self.rows.num_rows or not plan.num_rows:
             return np.zeros(0, np.int64), [], pa.chunked_array([], _EMBEDDING)
         idx = pc.index_in(plan["cache_key"], value_set=self.rows["cache_key"])
         pos = np.flatnonzero(pc.is_valid(idx).to_numpy(zero_copy_only=False))
+        found = self.rows.take(idx.take(pa.array(pos)))
+        day, row = found["_d"].to_numpy(), found["_r"].to_numpy()
+        order = np.lexsort((row, day))
+        pos, day, row = pos[order], day[order], row[order]
         hit_pos, hits, embeddings = [np.zeros(0, np.int64)], [], [pa.array([], _EMBEDDING)]
         for start in range(0, len(pos), _HITS_AT_ONCE):  # row objects for a slice of the hits at a time
-            some = pos[start : start + _HITS_AT_ONCE]
-            sources = self.rows.take(idx.take(pa.array(some)))
+            end = start + _HITS_AT_ONCE
+            sources = self._sources(day[start:end], row[start:end])
             kept = []
-            for i, (src, task) in enumerate(zip(sources.to_pylist(), table_tasks(plan.take(pa.array(some))))):
+            for i, (src, task) in enumerate(zip(sources.to_pylist(), table_tasks(plan.take(pa.array(pos[start:end]))))):
                 record = self._hit(task, src, thresholds[task.category])
                 if record is not None:
                     kept.append(i)
                     hits.append(record)
-            hit_pos.append(some[kept])
+            hit_pos.append(pos[start:end][kept])
             embeddings.append(self._embeddings(sources.take(pa.array(kept, pa.int64()))))
         return np.concatenate(hit_pos), hits, pa.chunked_array(embeddings, _EMBEDDING)
+
+    def _sources(self, day: np.ndarray, row: np.ndarray) -> pa.Table:
+        """The approved rows (day index, row), sorted by both, as one table in that order."""
+        tables = [
+            layout.read_manifest_rows(self.store, "approved", self.days[d], row[day == d]) for d in np.unique(day)
+        ]
+        return pa.concat_tables(tables) if tables else APPROVED_SCHEMA.empty_table()
 
     def _hit(self, task: Task, src: dict[str, Any], q: QualityConfig) -> ImageRecord | None:
         if not src["image_path"]:
@@ -116,20 +136,42 @@ class Previous:
         return record.carried_to(task, cached=True, cache_source_date=src["run_date"], image_path=target)
 
     def _embeddings(self, sources: pa.Table) -> pa.Array:
-        """The stored embeddings of these source rows (null where the source night kept none)."""
-        for day in pc.unique(sources["run_date"]).to_pylist():
-            if day.isoformat() not in self.days:
-                self.days.add(day.isoformat())
-                table = read_embeddings(self.store, day.isoformat())
-                table = table.append_column("_key", _emb_keys(pa.array([day] * table.num_rows, pa.date32()), table))
-                self.embedded = pa.concat_tables([self.embedded, table.select(["_key", "clip_embedding"])])
-        found = pc.index_in(_emb_keys(sources["run_date"], sources), value_set=self.embedded["_key"])
-        return self.embedded["clip_embedding"].take(found).combine_chunks()
+        """The stored embeddings of these source rows (null where the source night kept none), per source day (the
+        rows are in day order: `_sources`)."""
+        found, days = [pa.array([], _EMBEDDING)], sources["run_date"]
+        for day in pc.unique(days).to_pylist():
+            mine = sources.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            found.append(_stored_embeddings(self.store, day.isoformat(), mine))
+        return pa.concat_arrays(found)
 
 
-def _emb_keys(dates: pa.Array | pa.ChunkedArray, table: pa.Table) -> pa.Array:
-    """`date\0sku_id\0variant\0placement`: one string key per row for a hashed lookup."""
-    parts = [pc.cast(dates, pa.string()), table["sku_id"], pc.cast(table["variant"], pa.string()), table["placement"]]
+def _stored_embeddings(store: Store, day: str, rows: pa.Table) -> pa.Array:
+    """The embeddings `day` stored for `rows` (one source day's), in their order (null where none): the file's key
+    columns are read, then only the matching rows' embeddings."""
+    path = f"{day}/{layout.EMBEDDINGS_FILE}"
+    try:
+        with store.open_input_file(path) as f:
+            keys = pq.read_table(f, columns=IMAGE_KEY)
+    except (pa.ArrowException, OSError):
+        return pa.nulls(rows.num_rows, _EMBEDDING)
+    keys = layout.with_added_columns(keys, ADDED_COLUMNS)
+    idx = pc.index_in(_emb_keys(rows), value_set=_emb_keys(keys))
+    valid = pc.is_valid(idx).to_numpy(zero_copy_only=False)
+    if not valid.any():
+        return pa.nulls(rows.num_rows, _EMBEDDING)
+    where = idx.filter(pa.array(valid)).to_numpy()
+    order = np.argsort(where, kind="stable")
+    stored = layout.read_rows(store, path, where[order], ["clip_embedding"])["clip_embedding"].combine_chunks()
+    back = np.empty(len(order), np.int64)
+    back[order] = np.arange(len(order))
+    at = np.full(rows.num_rows, -1, np.int64)
+    at[np.flatnonzero(valid)] = back
+    return stored.cast(_EMBEDDING).take(pa.array(np.where(at < 0, 0, at), mask=at < 0))
+
+
+def _emb_keys(table: pa.Table) -> pa.Array:
+    """`sku_id\0variant\0placement`: one string key per row for a hashed lookup."""
+    parts = [table["sku_id"], pc.cast(table["variant"], pa.string()), table["placement"]]
     return pc.binary_join_element_wise(*parts, "\x00")
 
 

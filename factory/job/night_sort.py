@@ -59,8 +59,10 @@ def sku_codes(sku: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(changed)])
 
 
-def sort_night(store: Store, files: list[RowFile], directory: Path, range_rows: int = RANGE_ROWS) -> SortedRows:
-    """Index, sort and spill the rows of `files` (each read twice: its key columns, then whole)."""
+def sort_night(store: Store, files: list[RowFile], directory: Path, range_rows: int | None = None) -> SortedRows:
+    """Index, sort and spill the rows of `files` (each read twice: its key columns, then whole) into ranges of
+    `range_rows` (default RANGE_ROWS)."""
+    range_rows = range_rows or RANGE_ROWS
     keys, offsets = _index(store, files)
     order = pc.sort_indices(keys, [(c, "ascending") for c in IMAGE_KEY]).to_numpy()
     rank = np.empty(len(order), np.int64)

@@ -47,8 +47,9 @@ _ATTRS = [
 _BRANDS = ["Peak", "Urban", "Lumen", "Nordic", "Aster", "Kite", "Moss", "Orbit"]
 
 
-def synthetic_day(path: Path, rows: int, seed: int = 0) -> Path:
-    """Write a day of `rows` SKUs (deterministic for a seed); kept when it already exists with that many rows."""
+def synthetic_day(path: Path, rows: int, seed: int = 0, row_group_rows: int = 128 * 1024) -> Path:
+    """Write a day of `rows` SKUs (deterministic for a seed) in row groups of `row_group_rows` (a reader holds one
+    row group's column chunks); kept when it already exists with that many rows."""
     if path.is_file() and pq.ParquetFile(path).metadata.num_rows == rows:
         return path
     rng = np.random.default_rng(seed)
@@ -74,7 +75,7 @@ def synthetic_day(path: Path, rows: int, seed: int = 0) -> Path:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=128 * 1024)
+    pq.write_table(table, tmp, row_group_size=row_group_rows)
     tmp.replace(path)
     return path
 
