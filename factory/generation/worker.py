@@ -52,7 +52,6 @@ class Worker:
         import torch
 
         from factory.generation.models import import_libraries, model_fingerprint
-
         from factory.modes import NULL_PIPELINE
 
         # timed on its own: the heavy imports (torch, diffusers, open_clip) of a fresh process; the null pipeline

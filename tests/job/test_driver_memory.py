@@ -74,7 +74,10 @@ def night_peaks(rows: int, workdir: Path) -> dict[str, int]:
 
 def _in_child(rows: int, workdir: Path) -> dict[str, int]:
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system", "PYTHONPATH": str(REPO)}
-    code = f"import json, pathlib; from tests.job.test_driver_memory import night_peaks; print(json.dumps(night_peaks({rows}, pathlib.Path({str(workdir)!r}))))"
+    code = (
+        "import json, pathlib; from tests.job.test_driver_memory import night_peaks; "
+        f"print(json.dumps(night_peaks({rows}, pathlib.Path({str(workdir)!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,7 +93,8 @@ def test_the_driver_peak_does_not_grow_with_the_night(tmp_path):
     print(
         f"peaks: {small['images']} images python {small['python'] / 2**20:.1f} MiB arrow "
         f"{small['arrow'] / 2**20:.1f} MiB; {large['images']} images python {large['python'] / 2**20:.1f} MiB arrow "
-        f"{large['arrow'] / 2**20:.1f} MiB; slope python {slopes['python']:.0f} B, arrow {slopes['arrow']:.0f} B an image"
+        f"{large['arrow'] / 2**20:.1f} MiB; slope python {slopes['python']:.0f} B, arrow {slopes['arrow']:.0f} B "
+        "an image"
     )
     assert slopes["python"] < 40  # bytes an image: a byte of todo flag is fine, a Python object per image is not
     # Arrow: the narrow sort index of finalize (key columns, ranks; ~100 B an image) is the only per-image state;
