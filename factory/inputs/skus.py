@@ -333,36 +333,53 @@ def _row_adapters(value: Any, known: Collection[str]) -> tuple[str, ...]:
 
 
 class KeptIds:
-    """The sku_ids that valid rows claimed, as a mapping sku_id -> where its valid row is. The earlier tables' ids
-    are Arrow arrays and the current table's a dict: `begin` looks a new table's ids up against the earlier ones in
-    one hashed lookup, so a day of any size keeps no Python object per SKU between tables."""
+    """The sku_ids that valid rows claimed, as a mapping sku_id -> where its valid row is ("row N of FILE"). The
+    earlier tables' ids are Arrow chunks (id, file index, row: ~30 bytes a SKU, never copied as they grow) and the
+    current table's a dict: `begin` looks a new table's ids up against the earlier ones in one hashed lookup, so a
+    day of any size keeps no Python object per SKU between tables."""
 
     def __init__(self) -> None:
-        self.ids, self.where = pa.array([], pa.string()), pa.array([], pa.string())
-        self.current: dict[str, str] = {}  # claimed by the table being validated
-        self.earlier: dict[str, str] = {}  # ids of that table that an earlier table claimed
+        self.ids: list[pa.Array] = []
+        self.files: list[pa.Array] = []  # index into file_names
+        self.rows: list[pa.Array] = []
+        self.file_names: list[str] = []
+        self.current: dict[str, tuple[str, int]] = {}  # claimed by the table being validated
+        self.earlier: dict[str, tuple[str, int]] = {}  # ids of that table that an earlier table claimed
 
     def begin(self, sku_ids: list[Any]) -> None:
         """A new table: the last one's claims join the arrays; `sku_ids` (its Python values) are looked up."""
         if self.current:
-            self.ids = pa.concat_arrays([self.ids, pa.array(list(self.current), pa.string())])
-            self.where = pa.concat_arrays([self.where, pa.array(list(self.current.values()), pa.string())])
-            self.current = {}
+            self._keep_current()
         self.earlier = {}
-        if not len(self.ids):
+        if not self.ids:
             return
         ids = pa.array([v if isinstance(v, str) else None for v in sku_ids], pa.string())
-        idx = pc.index_in(ids, value_set=self.ids)
+        idx = pc.index_in(ids, value_set=pa.chunked_array(self.ids, pa.string()))
         hit = pc.is_valid(idx)
-        self.earlier = dict(zip(ids.filter(hit).to_pylist(), self.where.take(idx.filter(hit)).to_pylist()))
+        at = idx.filter(hit)
+        files = pa.chunked_array(self.files, pa.int32()).take(at).to_pylist()
+        rows = pa.chunked_array(self.rows, pa.int64()).take(at).to_pylist()
+        self.earlier = {i: (self.file_names[f], r) for i, f, r in zip(ids.filter(hit).to_pylist(), files, rows)}
+
+    def _keep_current(self) -> None:
+        names = {n: i for i, n in enumerate(self.file_names)}
+        for name, _ in self.current.values():
+            if name not in names:
+                names[name] = len(self.file_names)
+                self.file_names.append(name)
+        self.ids.append(pa.array(list(self.current), pa.string()))
+        self.files.append(pa.array([names[n] for n, _ in self.current.values()], pa.int32()))
+        self.rows.append(pa.array([r for _, r in self.current.values()], pa.int64()))
+        self.current = {}
 
     def __contains__(self, sku_id: object) -> bool:
         return sku_id in self.current or sku_id in self.earlier
 
     def __getitem__(self, sku_id: str) -> str:
-        return self.current[sku_id] if sku_id in self.current else self.earlier[sku_id]
+        name, row = self.current[sku_id] if sku_id in self.current else self.earlier[sku_id]
+        return f"row {row} of {name}"
 
-    def __setitem__(self, sku_id: str, where: str) -> None:
+    def __setitem__(self, sku_id: str, where: tuple[str, int]) -> None:
         self.current[sku_id] = where
 
 
@@ -404,7 +421,7 @@ class RowValidator:
                 rejected.append(Rejected(_plain_value(sku_id), _plain_value(category), source, row, *outcome))
             else:
                 attrs, variants, adapters, *placements = outcome
-                self.kept[sku_id] = f"row {row} of {file_name}"
+                self.kept[sku_id] = (file_name, row)
                 skus.append(Sku(sku_id, category, attrs, variants, source, row, adapters, *placements))
         return skus, rejected
 

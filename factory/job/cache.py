@@ -84,6 +84,7 @@ class Previous:
         self.days, self.rows = (
             load_previous(store, date, lookback_days) if lookback_days > 0 else ([], _INDEX.empty_table())
         )
+        self.found = 0  # plan rows whose cache key an earlier night approved (hits or not)
 
     def hits(
         self, plan: pa.Table, thresholds: dict[str, QualityConfig]
@@ -96,6 +97,7 @@ class Previous:
             return np.zeros(0, np.int64), [], pa.chunked_array([], _EMBEDDING)
         idx = pc.index_in(plan["cache_key"], value_set=self.rows["cache_key"])
         pos = np.flatnonzero(pc.is_valid(idx).to_numpy(zero_copy_only=False))
+        self.found += len(pos)
         found = self.rows.take(idx.take(pa.array(pos)))
         day, row = found["_d"].to_numpy(), found["_r"].to_numpy()
         order = np.lexsort((row, day))

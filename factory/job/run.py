@@ -341,6 +341,13 @@ def _cache(night: Night, todo: Todo) -> Done:
             i = table.schema.get_field_index("clip_embedding")
             roller.add(table.set_column(i, "clip_embedding", embeddings))
             todo.clear(gi, pos[at])
+    if previous.rows:
+        log.info(
+            "cache: %d of %d earlier approved images match a plan row; %d reused",
+            previous.found,
+            previous.rows.num_rows,
+            roller.rows,
+        )
     return Done.of(roller)
 
 

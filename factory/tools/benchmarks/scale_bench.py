@@ -3,6 +3,12 @@
   validate     a synthetic day of N rows through `adfactory validate`'s code path (read, validate, plan, count)
   null-night   a synthetic day of N rows through `factory.job.run.run()` with `model.pipeline = "null"` (no model:
                solid-colour images from the seed, a gate that passes): orchestration and storage alone
+  resume       the same night, first run by a child process SIGKILLed once its resume parts hold half the images,
+               then resumed by this process (what is measured)
+  cache-night  the same night run by a child process, then the next day's night (same SKUs, `seed_scope = "sku"`)
+               by this process with the cross-day cache on (what is measured): every plan row finds its cache key
+               and its source row is read; the null gate's images are unscored, so none passes today's thresholds
+               and every image is generated again (the lookup at full size, not the copies)
 
 The synthetic day is written once per (rows, seed) as one parquet file: ten categories, attribute columns plus a
 JSON `attrs` column, a few variants, and ~0.5 % bad rows (duplicates, unknown categories, missing attributes).
@@ -28,7 +34,7 @@ from factory.config import FactoryConfig
 from factory.errors import ConfigError
 from factory.modes import NULL_PIPELINE
 
-SCALE_MODES = ("validate", "null-night")
+SCALE_MODES = ("validate", "null-night", "resume", "cache-night")
 BENCH_DATE = "2026-01-01"
 
 # (category, JSON attrs) pairs that satisfy each shipped template's required attributes.
@@ -114,13 +120,20 @@ def scale_bench(
         raise ConfigError(f"--rows must be at least 1, got {rows}")
     skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
     output = output or str(workdir / "out")
-    if mode == "null-night":
+    if mode != "validate":
+        cfg = _null_config(cfg, output, cache=mode == "cache-night")
+        _clear_night(cfg, output, date)
+    if mode == "resume":
+        _killed_half_way(cfg, skus, date, output)
+    elif mode == "cache-night":
+        _child_night(cfg, skus, date)
+        date = _next_day(date)
         _clear_night(cfg, output, date)
     cpu0, t0 = _cpu_s(), time.perf_counter()
     if mode == "validate":
         result = _validate(cfg, skus, date)
     else:
-        result = _null_night(cfg, skus, date, output)
+        result = _null_night(cfg, skus, date, force=mode != "resume")
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     images = result["images"]
     return {
@@ -153,22 +166,98 @@ def _clear_night(cfg: FactoryConfig, output: str, date: str) -> None:
     layout.clear_outputs(open_store(output, cfg.storage), date)
 
 
-def _null_night(cfg: FactoryConfig, skus: Path, date: str, output: str) -> dict[str, Any]:
-    from factory.job.run import run
-
-    cfg = dataclasses.replace(
+def _null_config(cfg: FactoryConfig, output: str, cache: bool) -> FactoryConfig:
+    """The null pipeline writing under `output`; the cross-day cache on (with per-SKU seeds, one day back) or off."""
+    return dataclasses.replace(
         cfg,
         paths=dataclasses.replace(cfg.paths, output=output),
         model=dataclasses.replace(cfg.model, pipeline=NULL_PIPELINE, lora=""),
-        cache=dataclasses.replace(cfg.cache, enabled=False),
+        cache=dataclasses.replace(cfg.cache, enabled=cache, lookback_days=1),
+        planner=dataclasses.replace(cfg.planner, seed_scope="sku") if cache else cfg.planner,
     )
-    s = run(cfg, date, skus, force=True)
+
+
+def _next_day(date: str) -> str:
+    import datetime as dt
+
+    return (dt.date.fromisoformat(date) + dt.timedelta(days=1)).isoformat()
+
+
+def _run_night(cfg: FactoryConfig, skus: Path, date: str) -> None:
+    from factory import logs
+    from factory.job.run import run
+
+    logs.setup(False)
+    run(cfg, date, skus, force=True)
+
+
+def _child_night(cfg: FactoryConfig, skus: Path, date: str) -> multiprocessing.Process:
+    """The night run by a child process (its memory is not this driver's), to its end."""
+    proc = multiprocessing.get_context("spawn").Process(target=_run_night, args=(cfg, skus, date))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the first night in a child process failed (exit {proc.exitcode})")
+    return proc
+
+
+def _killed_half_way(cfg: FactoryConfig, skus: Path, date: str, output: str, share: float = 0.5) -> None:
+    """The night started by a child process and SIGKILLed once its resume parts hold `share` of its images."""
+    from factory.io import layout
+    from factory.io.storage import open_store
+
+    store = open_store(output, cfg.storage)
+    proc = multiprocessing.get_context("spawn").Process(target=_run_night, args=(cfg, skus, date))
+    proc.start()
+    try:
+        planned = None
+        while proc.is_alive():
+            time.sleep(0.5)
+            if planned is None:
+                with_plan = store.exists(f"{layout.plan_dir(date)}/{layout.PLAN_INFO}")
+                planned = _planned(store, date) if with_plan else None
+                continue
+            if _part_rows(store, date) >= share * planned:
+                break
+        if not proc.is_alive():
+            raise RuntimeError("the first night ended before it could be killed half way; use more --rows")
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def _planned(store: Any, date: str) -> int:
+    import json
+
+    from factory.io import layout
+
+    info = json.loads(store.get_bytes(f"{layout.plan_dir(date)}/{layout.PLAN_INFO}"))
+    return sum(g["rows"] for g in info["groups"])
+
+
+def _part_rows(store: Any, date: str) -> int:
+    from factory.job.parts import part_files
+
+    total = 0
+    for f in part_files(store, date):
+        with store.open_input_file(f) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def _null_night(cfg: FactoryConfig, skus: Path, date: str, force: bool = True) -> dict[str, Any]:
+    from factory.job.run import run
+
+    s = run(cfg, date, skus, force=force)
     c = s.counts
     return {
-        "images": c["images_generated"],
+        "images": c["images_generated"] + c["images_resumed"] + c["cache_hits"] + c.get("images_adopted", 0),
+        "images_generated": c["images_generated"],
+        "images_resumed": c["images_resumed"],
+        "images_adopted": c.get("images_adopted", 0),
         "batches": c["batches"],
         "rejected_rows": c["rejected_rows"],
-        "output": output,
+        "output": cfg.paths.output,
         "executor": cfg.run.executor,
         "workers": cfg.run.workers,
         "batch_size": cfg.run.batch_size,
@@ -180,6 +269,10 @@ def format_result(r: dict[str, Any]) -> str:
     lines = [f"scale-bench {r['mode']}: {r['rows']} rows -> {r['images']} images, {r['rejected_rows']} rejected"]
     lines.append(f"  wall {r['wall_s']} s, driver CPU {r['driver_cpu_s']} s, driver peak RSS {r['peak_rss_mb']} MB")
     lines.append(f"  driver CPU per image {r['driver_ms_per_image']} ms, wall per image {r['wall_ms_per_image']} ms")
+    if "images_generated" in r:
+        lines.append(
+            f"  {r['images_generated']} generated, {r['images_resumed']} resumed, {r['images_adopted']} adopted"
+        )
     if "timings" in r:
         lines.append(f"  {r['executor']} x{r['workers']}, batch {r['batch_size']}: {r['timings']}")
     lines.append(f"  load average {r['load_average']} on {r['cpus']} CPUs (a shared machine inflates wall times)")
