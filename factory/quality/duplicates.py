@@ -8,8 +8,10 @@ reference_match  an image whose cosine to an image of `quality.reference_dir` is
 
 Both run on the driver at finalize, where every image of the night is known: fresh ones (embedding in the worker's
 result), resumed ones (embedding in the part file) and cross-day cache hits (embedding from the source date's
-`<date>/embeddings.parquet`). Search is exact: numpy blocks for nights up to FAISS_MIN_IMAGES images per
-category, a faiss `IndexFlatIP` (exact inner product) at or above it. Reference embeddings are cached by file hash.
+`<date>/embeddings.parquet`). Search is exact and bounded: blocks of _ROWS query rows against _COLS candidate rows
+at a time, keeping each row's best partner so far (memory does not grow with the night; the embeddings may be an
+EmbeddingSpill on local disk); the block product is numpy's below FAISS_MIN_IMAGES images per category, a faiss
+`IndexFlatIP` over each candidate block at or above it. Reference embeddings are cached by file hash.
 """
 
 from __future__ import annotations

@@ -190,3 +190,36 @@ def test_similarity_config_is_validated():
         with pytest.raises(ConfigError):
             dataclasses.replace(FactoryConfig(), quality=quality).validate()
     dataclasses.replace(FactoryConfig(), quality=QualityConfig(near_duplicate=1.01)).validate()  # > 1: off
+
+
+def _brute_force(codes: np.ndarray, emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    sims = emb @ emb.T
+    partner, best = np.full(len(emb), -1), np.full(len(emb), -np.inf, np.float32)
+    for i in range(len(emb)):
+        ok = [j for j in range(i) if codes[j] != codes[i] and sims[i, j] >= threshold]
+        if ok:
+            j = max(ok, key=lambda j: (sims[i, j], -j))
+            partner[i], best[i] = j, sims[i, j]
+    return partner, best
+
+
+@pytest.mark.parametrize("method", duplicates.SEARCH_METHODS)
+def test_the_blocked_search_equals_all_pairs_from_memory_or_disk(tmp_path, monkeypatch, method):
+    monkeypatch.setattr(duplicates, "_ROWS", 64)  # many query and candidate blocks on a small set
+    monkeypatch.setattr(duplicates, "_COLS", 100)
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((25, 32)).astype(np.float32)
+    emb = centres[rng.integers(0, 25, 700)] + 0.15 * rng.standard_normal((700, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    codes = np.sort(rng.integers(0, 400, 700))  # rows in sku order: runs of one SKU
+    want, want_score = _brute_force(codes, emb, 0.9)
+    spill = duplicates.EmbeddingSpill(tmp_path / "e.f32")
+    for a in range(0, 700, 333):
+        spill.append(emb[a : a + 333])
+    for source in (emb, spill.close()):
+        got, score = duplicates.best_earlier(codes, source, 0.9, method)
+        assert (got >= 0).sum() > 50
+        assert np.array_equal(got >= 0, want >= 0)
+        np.testing.assert_allclose(score[got >= 0], want_score[want >= 0], atol=1e-5)
+        ties = np.isclose(score, want_score, atol=1e-5)  # exact partners, up to float ties between methods
+        assert np.array_equal(got[ties], want[ties])
