@@ -306,25 +306,57 @@ def _quantization(base: FactoryConfig, root: Path, args: argparse.Namespace, tas
     return results
 
 
+# Defaults per mode: the full bench | --quick on CUDA | --quick --device cpu (tiny models).
+_DEFAULTS = {
+    "config": ("data/gpu.toml", "data/gpu.toml", "data/demo.toml"),
+    "skus": (160, 96, 12),
+    "compile": ("regional", "full", "none"),
+    "quant_images": (64, 32, 8),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="data/gpu.toml", help="buckets, batch size, device (512², 4 steps, 16)")
+    p.add_argument("--quick", action="store_true", help="the one-command device proof (make bench-gpu): gpu_proof.py")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="--quick: cpu = the tiny models at 64²")
+    p.add_argument("--budget-s", type=float, default=420.0, help="--quick: no stage starts that would end after this")
+    p.add_argument("--config", default=None, help="buckets, batch size, device (512², 4 steps, 16)")
     p.add_argument("--models", default="/tmp/adfactory-gpu-models", help="where the random models are built")
     p.add_argument("--clip-model", default="ViT-L-14", help="open_clip architecture of the (random) scorer")
-    p.add_argument("--skus", type=int, default=160, help="SKUs in the generated day")
-    p.add_argument("--compile", default="regional", help="compile mode of the C and D stages")
+    p.add_argument("--skus", type=int, default=None, help="SKUs in the generated day (160; --quick 96, cpu 12)")
+    p.add_argument("--compile", default=None, help="compile mode (regional; --quick: full, cpu: none)")
     p.add_argument("--quant", default="int8-weight,fp8", help="modes compared with float (comma-separated)")
-    p.add_argument("--quant-images", type=int, default=64, help="images per quantization mode")
+    p.add_argument("--quant-images", type=int, default=None, help="images per quantization mode (64; --quick 32)")
     p.add_argument("--naive-images", type=int, default=32, help="images of the naive loop (A)")
     p.add_argument("--stages", default="main,quant,breakdown", help="main (load, C, D), quant, breakdown")
     p.add_argument("--breakdown-batches", default="16,32,64", help="batch sizes of the breakdown stage")
-    p.add_argument("--json", default="data/output/bench-gpu.json")
+    p.add_argument("--json", default=None, help="data/output/bench-gpu.json; --quick: docs/bench-gpu-<device>.json")
     args = p.parse_args(argv)
+    mode = 0 if not args.quick else 2 if args.device == "cpu" else 1
+    for key, values in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, values[mode])
     args.quant = [m for m in args.quant.split(",") if m]
     args.stages = set(args.stages.split(","))
     args.breakdown_batches = [int(n) for n in args.breakdown_batches.split(",")]
+    if args.quick:
+        from factory.tools.benchmarks import gpu_proof
+
+        args.json = args.json or gpu_proof.default_json(gpu_proof.device_slug(_device_name(args.device)))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        data = gpu_proof.measure_quick(args)
+        print(json.dumps(data.get("summary", {}), indent=2))
+        print(f"written: {args.json}")
+        return
+    args.json = args.json or "data/output/bench-gpu.json"
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     measure(args)
+
+
+def _device_name(device: str) -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":
