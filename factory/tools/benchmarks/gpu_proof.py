@@ -39,7 +39,7 @@ from factory.config import FactoryConfig, load_config
 from factory.errors import ConfigError
 from factory.inputs.bucketing import make_batches
 from factory.job.night_plan import batch_buckets
-from factory.tools.benchmarks.bench_gpu import Report, _free, _machine, _timed, build_models, gpu_config
+from factory.tools.benchmarks.gpu_models import Report, _free, _machine, _timed, build_models, gpu_config
 from factory.tools.benchmarks.sim_device import DEMO_REPAIR_SHARE
 
 # SD1.5 at 512², 4 LCM steps, per image (issue 19): UNet 0.80 TFLOP per step, VAE decoder 2.51 TFLOP, CLIP
@@ -385,5 +385,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def default_json(device: str) -> str:
-    return f"docs/bench-gpu-{device}.json"
+def default_json(device: str, docs: Path = Path("docs")) -> str:
+    """`docs/bench-gpu-<device>.json`; where that file holds another bench's results (docs/bench-gpu-h200.json: the
+    full bench the docs cite), `docs/bench-gpu-<device>-quick.json` instead, so no measured result is lost."""
+    path = docs / f"bench-gpu-{device}.json"
+    if path.is_file() and "summary" not in json.loads(path.read_text() or "{}"):
+        path = docs / f"bench-gpu-{device}-quick.json"
+    return str(path)

@@ -53,3 +53,11 @@ def test_a_stage_past_the_budget_is_skipped_and_written(tmp_path):
     report.stage("too_long", lambda: {"x": 2}, need_s=60)
     data = json.loads(Path(tmp_path / "r.json").read_text())
     assert data["fits"]["x"] == 1 and "wall budget" in data["too_long"]["skipped"]
+
+
+def test_the_default_json_never_replaces_another_bench_s_results(tmp_path):
+    assert gpu_proof.default_json("l4", tmp_path) == str(tmp_path / "bench-gpu-l4.json")
+    (tmp_path / "bench-gpu-h200.json").write_text('{"final_run_compile_full": {}}')
+    assert gpu_proof.default_json("h200", tmp_path) == str(tmp_path / "bench-gpu-h200-quick.json")
+    (tmp_path / "bench-gpu-l4.json").write_text('{"summary": {}}')  # an earlier quick proof: rewritten
+    assert gpu_proof.default_json("l4", tmp_path) == str(tmp_path / "bench-gpu-l4.json")
