@@ -6,7 +6,7 @@ DATE ?= $(shell date +%F)
 MODELS := data/models
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all bench bench-e2e lint format models validate clean chromium fonts docs prometheus
+.PHONY: demo test test-all bench bench-e2e bench-gpu lint format models validate clean chromium fonts docs prometheus
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: models
 # The whole night (adfactory run --executor local) vs a plain diffusers loop, as processes, at 48 and 200 images.
 bench-e2e: models
 	$(BIN)/adfactory dev bench --e2e --config data/demo.toml --images 48,200 --json data/output/bench_e2e.json
+
+# The one-command device proof on a GPU machine (docs/performance-gpu-night.md, "The device proof"): set-up, then
+# the random full-size SD1.5 + ViT-L-14 built, C, the night with repair off and on, quantization modes with compile,
+# within a wall budget; one JSON, docs/bench-gpu-<device>.json. BENCH_GPU_ARGS="--device cpu": the tiny models on a CPU.
+bench-gpu: fonts models
+	$(BIN)/python -m factory.tools.benchmarks.bench_gpu --quick $(BENCH_GPU_ARGS)
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor, or a page missing from
 # the nav, fails the build (CI runs this too).

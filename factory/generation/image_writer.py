@@ -3,6 +3,7 @@ pool, so encoding and uploads overlap repair and each other instead of holding u
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -29,12 +30,14 @@ class ImageWriter:
         self.store, self.date, self.stamper = store, date, stamper
         self.threads = writer_threads(store, threads)
         self._pool: ThreadPoolExecutor | None = None  # started on the first write
+        self._start = threading.Lock()  # two batches may submit at once (a repair outside the host stage)
 
     def submit(self, task: Task, image: Any, generated: bool = False) -> Future:
         """Write one image in the background; the future's result is (image key, produce_id). `generated`: the
         pipeline's pixels as they are (the PNG then carries the cache key a rerun adopts it by)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="png-writer")
+        with self._start:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="png-writer")
         return self._pool.submit(self._write, task, image, generated)
 
     def _write(self, task: Task, image: Any, generated: bool = False) -> tuple[str, str]:

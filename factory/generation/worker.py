@@ -11,8 +11,10 @@ per-category thresholds) arrives resolved: a `Runtime` and the plan's thresholds
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,12 @@ class BatchResult:
 
 
 class Worker:
+    # Where repair takes the stage locks: "between-calls" (the whole repair inside the host stage, under the device
+    # stage: between two generation calls) or "split" (each inpaint under the device stage, each re-scoring under the
+    # host stage, neither held while waiting for the other). Compared by the simulated-device bench
+    # (docs/performance-gpu-night.md, "Repair placement"); not a config key.
+    repair_placement = "between-calls"
+
     def __init__(self, cfg: FactoryConfig, runtime: Runtime, thresholds: dict[str, QualityConfig], date: str):
         """`date`: the night whose images this worker writes (`<paths.output>/<date>/images/...`)."""
         t0 = time.perf_counter()
@@ -100,8 +108,14 @@ class Worker:
         t0 = time.perf_counter()
         invariant = self.runtime.batch_invariant
         self.gate = Gate(self.clip, thresholds, invariant)
-        self.retry = RepairRetry.build(self.pipe, self.gate, self.cfg.repair, self.cfg.model.guidance_scale, invariant)
+        repair, guidance = self.cfg.repair, self.cfg.model.guidance_scale
+        self.retry = RepairRetry.build(self.pipe, self.gate, repair, guidance, invariant, self._repairer())
         self.startup["repair_build_s"] = time.perf_counter() - t0
+
+    def _repairer(self) -> Any:
+        """What inpaints for repair: None = a `Repairer` over the pipeline's modules (the simulated device's
+        worker returns its own)."""
+        return None
 
     def target(self, cfg: FactoryConfig, date: str) -> None:
         """Write the images of `date` under `cfg.paths.output` from now on (a preloaded worker reused by a run)."""
@@ -187,8 +201,11 @@ class Worker:
         scored while this one's PNGs are still encoding (factory.generation.stages); the result is the same."""
         with self.stages.device:
             frames, timings = self._generate_timed(batch)
-        with self.stages.host:
-            pending = self._finish(batch, frames, timings)
+        if self.repair_placement == "split":  # a benchmark variant (sim_device): each step takes its own lock
+            pending = self._finish(batch, frames, timings, locked=False)
+        else:
+            with self.stages.host:
+                pending = self._finish(batch, frames, timings)
         return pending.result()  # the records only after this batch's own writes
 
     def _generate_timed(self, batch: Batch) -> tuple[Frames, dict[str, float]]:
@@ -204,24 +221,27 @@ class Worker:
         timings["pixels_needed"] = sum(t.render_pixels for t in batch.tasks)
         return frames, timings
 
-    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float]) -> _PendingWrites:
+    def _finish(self, batch: Batch, frames: Frames, timings: dict[str, float], locked: bool = True) -> _PendingWrites:
+        """Score, repair, submit the writes. `locked`: the caller holds the host stage (repair then takes the device
+        stage inside it); else scoring takes the host stage here and repair takes each stage per step."""
         tasks, images = batch.tasks, frames.images
         # 1. score every check on the device tensor (one CLIP image forward per batch, or per image in
-        # batch-invariant mode)
-        t0 = time.perf_counter()
-        assessments = self.gate.assess(images, [t.prompt for t in tasks], [t.category for t in tasks], frames.pixels)
-        timings["score_s"] = time.perf_counter() - t0
+        # batch-invariant mode); images that need no repair are already being encoded and written meanwhile
+        with contextlib.nullcontext() if locked else self.stages.host:
+            t0 = time.perf_counter()
+            prompts, categories = [t.prompt for t in tasks], [t.category for t in tasks]
+            assessments = self.gate.assess(images, prompts, categories, frames.pixels)
+            timings["score_s"] = time.perf_counter() - t0
+            writes = {
+                i: self.writer.submit(tasks[i], images[i], generated=True)
+                for i, a in enumerate(assessments)
+                if not self._needs_repair(a)
+            }
 
-        # 2. repair what is repairable (inpaint the worst region, re-score, keep the better image); images that
-        # need no repair are already being encoded and written on the writer pool meanwhile
+        # 2. repair what is repairable (inpaint the worst region, re-score, keep the better image)
         t0 = time.perf_counter()
-        writes = {
-            i: self.writer.submit(tasks[i], images[i], generated=True)
-            for i, a in enumerate(assessments)
-            if not self._needs_repair(a)
-        }
         try:
-            outcomes = self.repair(tasks, images, assessments, batch.adapters)
+            outcomes = self.repair(tasks, images, assessments, batch.adapters, split=not locked)
             for i, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 if i not in writes:
                     writes[i] = self.writer.submit(task, outcome.image, generated=outcome.image is images[i])
@@ -236,15 +256,30 @@ class Worker:
         return self.retry is not None and bool(a.reasons) and is_repairable(a.reasons)
 
     def repair(
-        self, tasks: tuple[Task, ...], images: list[Any], assessments: list[Assessment], adapters: tuple = ()
+        self,
+        tasks: tuple[Task, ...],
+        images: list[Any],
+        assessments: list[Assessment],
+        adapters: tuple = (),
+        split: bool = False,
     ) -> list[RepairOutcome]:
         """Inpaint on the device between generation calls, with the batch's own adapters (the next batch's
-        generation may have switched them meanwhile)."""
+        generation may have switched them meanwhile). `split` (the caller holds no stage): each attempt's inpaint
+        takes the device stage and its re-scoring the host stage, one at a time; else the caller holds the host
+        stage and the whole repair runs under the device stage too."""
         if self.retry is None or not any(self._needs_repair(a) for a in assessments):
             return [no_repair(im, a) for im, a in zip(images, assessments)]
+        if split:
+            device = functools.partial(self._on_device, adapters)
+            return self.retry.run(list(tasks), images, assessments, device=device, host=lambda: self.stages.host)
+        with self._on_device(adapters):
+            return self.retry.run(list(tasks), images, assessments)
+
+    @contextlib.contextmanager
+    def _on_device(self, adapters: tuple) -> Iterator[None]:
         with self.stages.device:
             self.adapters.activate(adapters)
-            return self.retry.run(list(tasks), images, assessments)
+            yield
 
 
 def _check_device(runtime: Runtime) -> None:

@@ -114,3 +114,24 @@ def test_same_bytes_and_manifests_with_one_or_two_batches_in_flight(cfg, tmp_pat
         assert manifest_rows(outs[1], name) == manifest_rows(outs[2], name)
     rows = manifest_rows(outs[2], "approved") + manifest_rows(outs[2], "review")
     assert any(r["attempts"] for r in rows)  # repair ran
+
+
+class _SplitRepair(Worker):
+    repair_placement = "split"  # each inpaint under the device stage, each re-scoring under the host stage
+
+
+def test_same_bytes_when_repair_takes_each_stage_per_step(cfg, tmp_path):
+    """The benchmark's alternative placement (sim_device) changes which locks repair holds, never the bytes."""
+    write_skus(Path(cfg.paths.skus) / f"{DATE}.parquet", sample_rows(), SAMPLE_SCHEMA)
+    cfg = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, blur_laplacian_var=1e12))  # all blurry
+    outs = {}
+    for cls, depth in ((Worker, 1), (_SplitRepair, 2)):
+        c = with_run(cfg, executor="local", batch_size=2, batches_in_flight=depth)
+        c = dataclasses.replace(c, paths=dataclasses.replace(c.paths, output=str(tmp_path / cls.__name__)))
+        worker = local_worker(c, c.paths.output, DATE, cls=cls)
+        outs[cls] = run(c, DATE, worker=worker).output
+    assert image_digests(Path(outs[Worker]) / DATE) == image_digests(Path(outs[_SplitRepair]) / DATE)
+    for name in MANIFEST_SCHEMAS:
+        assert manifest_rows(outs[Worker], name) == manifest_rows(outs[_SplitRepair], name)
+    rows = manifest_rows(outs[_SplitRepair], "approved") + manifest_rows(outs[_SplitRepair], "review")
+    assert sum(r["attempts"] for r in rows) > 1  # repair ran, more than once

@@ -27,101 +27,7 @@ from typing import Any
 from factory.config import FactoryConfig, load_config
 from factory.inputs.bucketing import make_batches
 from factory.job.night_plan import batch_buckets
-
-
-def build_models(root: Path, clip_model: str) -> dict[str, float]:
-    """The random SD1.5 pipeline and open_clip checkpoint under `root` (skipped when present)."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    from factory.tools.builders.tiny_models import build_random_sd15
-
-    seconds: dict[str, float] = {}
-    if not (root / "sd15" / "model_index.json").is_file():
-        t0 = time.perf_counter()
-        build_random_sd15(torch.float16).save_pretrained(root / "sd15", safe_serialization=True)
-        seconds["build_sd15_s"] = time.perf_counter() - t0
-    ckpt = root / f"{clip_model}.safetensors"
-    if not ckpt.is_file():
-        t0 = time.perf_counter()
-        model = open_clip.create_model(clip_model)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-        seconds["build_clip_s"] = time.perf_counter() - t0
-    return seconds
-
-
-def gpu_config(base: FactoryConfig, root: Path, clip_model: str, **model: Any) -> FactoryConfig:
-    """`base` with the random full-size models, compile and quantization as given, repair off, local executor."""
-    m = {
-        "pipeline": str(root / "sd15"),
-        "clip_model": clip_model,
-        "clip_pretrained": str(root / f"{clip_model}.safetensors"),
-        "clip_config_dir": "",
-        **model,
-    }
-    return dataclasses.replace(
-        base,
-        model=dataclasses.replace(base.model, **m),
-        repair=dataclasses.replace(base.repair, mode="off"),
-        run=dataclasses.replace(base.run, executor="local"),
-    )
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _mem() -> dict[str, float]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {}
-    gib = 2**30
-    out = {
-        "max_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2),
-        "max_reserved_gib": round(torch.cuda.max_memory_reserved() / gib, 2),
-    }
-    torch.cuda.reset_peak_memory_stats()
-    return out
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t0, out
-
-
-def _free(worker: Any) -> None:
-    import gc
-
-    import torch
-
-    del worker
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class Report:
-    """The results so far, rewritten to `path` after every stage."""
-
-    def __init__(self, path: Path):
-        self.path, self.data = path, {}
-
-    def stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.data[name] = {**fn(), "stage_s": round(time.perf_counter() - t0, 1)}
-        except Exception as exc:  # a failed stage is reported, and the next stages still run
-            self.data[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
-        print(name, json.dumps(self.data[name])[:1500], flush=True)
+from factory.tools.benchmarks.gpu_models import Report, _free, _machine, _mem, _timed, build_models, gpu_config
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,18 +144,6 @@ def _breakdown_one(pipe: Any, b: Any, n: int) -> dict[str, Any]:
     return r
 
 
-def _machine(torch: Any) -> dict[str, Any]:
-    import diffusers
-
-    cuda = torch.cuda.is_available()
-    return {
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-    }
-
-
 def _generation(worker: Any, tasks: list, cfg: FactoryConfig) -> dict[str, Any]:
     batches = make_batches(tasks, cfg.run.batch_size, batch_buckets(cfg), worker.runtime.padding)
     worker.generate(batches[0])  # untimed: the last lazy allocations after warm-up
@@ -306,25 +200,57 @@ def _quantization(base: FactoryConfig, root: Path, args: argparse.Namespace, tas
     return results
 
 
+# Defaults per mode: the full bench | --quick on CUDA | --quick --device cpu (tiny models).
+_DEFAULTS = {
+    "config": ("data/gpu.toml", "data/gpu.toml", "data/demo.toml"),
+    "skus": (160, 96, 12),
+    "compile": ("regional", "full", "none"),
+    "quant_images": (64, 32, 8),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="data/gpu.toml", help="buckets, batch size, device (512², 4 steps, 16)")
+    p.add_argument("--quick", action="store_true", help="the one-command device proof (make bench-gpu): gpu_proof.py")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="--quick: cpu = the tiny models at 64²")
+    p.add_argument("--budget-s", type=float, default=420.0, help="--quick: no stage starts that would end after this")
+    p.add_argument("--config", default=None, help="buckets, batch size, device (512², 4 steps, 16)")
     p.add_argument("--models", default="/tmp/adfactory-gpu-models", help="where the random models are built")
     p.add_argument("--clip-model", default="ViT-L-14", help="open_clip architecture of the (random) scorer")
-    p.add_argument("--skus", type=int, default=160, help="SKUs in the generated day")
-    p.add_argument("--compile", default="regional", help="compile mode of the C and D stages")
+    p.add_argument("--skus", type=int, default=None, help="SKUs in the generated day (160; --quick 96, cpu 12)")
+    p.add_argument("--compile", default=None, help="compile mode (regional; --quick: full, cpu: none)")
     p.add_argument("--quant", default="int8-weight,fp8", help="modes compared with float (comma-separated)")
-    p.add_argument("--quant-images", type=int, default=64, help="images per quantization mode")
+    p.add_argument("--quant-images", type=int, default=None, help="images per quantization mode (64; --quick 32)")
     p.add_argument("--naive-images", type=int, default=32, help="images of the naive loop (A)")
     p.add_argument("--stages", default="main,quant,breakdown", help="main (load, C, D), quant, breakdown")
     p.add_argument("--breakdown-batches", default="16,32,64", help="batch sizes of the breakdown stage")
-    p.add_argument("--json", default="data/output/bench-gpu.json")
+    p.add_argument("--json", default=None, help="data/output/bench-gpu.json; --quick: docs/bench-gpu-<device>.json")
     args = p.parse_args(argv)
+    mode = 0 if not args.quick else 2 if args.device == "cpu" else 1
+    for key, values in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, values[mode])
     args.quant = [m for m in args.quant.split(",") if m]
     args.stages = set(args.stages.split(","))
     args.breakdown_batches = [int(n) for n in args.breakdown_batches.split(",")]
+    if args.quick:
+        from factory.tools.benchmarks import gpu_proof
+
+        args.json = args.json or gpu_proof.default_json(gpu_proof.device_slug(_device_name(args.device)))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        data = gpu_proof.measure_quick(args)
+        print(json.dumps(data.get("summary", {}), indent=2))
+        print(f"written: {args.json}")
+        return
+    args.json = args.json or "data/output/bench-gpu.json"
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     measure(args)
+
+
+def _device_name(device: str) -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":

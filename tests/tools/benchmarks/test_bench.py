@@ -46,6 +46,10 @@ def test_bench_quick_reports_every_field(cfg):
     for night in (sim["batches_in_flight_1"], sim["batches_in_flight_2"]):
         assert 0 < night["device_busy_fraction"] <= 1 and 0 < night["night_over_generator"] <= 1.2
         assert set(night["host_ms_per_image"]) == {"score", "repair", "encode_write_wait"}
+    assert set(sim["repair_on"]) == {"between-calls", "split"}
+    for night in sim["repair_on"].values():
+        assert 0 < night["night_over_generator"] <= 1.2 and night["rounds"] == [night["night_over_generator"]]
+        assert night["repair"]["images"] == night["repair"]["attempts"] >= 0
     assert "C/A" in format_table(r) and "simulated device" in format_table(r)
 
 
