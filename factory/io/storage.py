@@ -217,6 +217,16 @@ class Store:
             i.path[start:]: i.size for i in infos if i.type == pafs.FileType.File and not _TEMP_NAME.match(i.base_name)
         }
 
+    def children(self, prefix: str = "") -> list[str]:
+        """The directories (or common prefixes) directly under `prefix`, as sorted paths relative to the root."""
+        selector = pafs.FileSelector(self.path(prefix), recursive=False, allow_not_found=True)
+        try:
+            infos = self._call("list", prefix, lambda: self.fs.get_file_info(selector))
+        except NotADirectoryError:
+            return []
+        start = len(self.root) + 1
+        return sorted(i.path[start:] for i in infos if i.type == pafs.FileType.Directory)
+
     # -- writes ----------------------------------------------------------------------------------------------
     def put_bytes(self, relpath: str, data: bytes, durability: str = "fsync") -> None:
         """Write `data` atomically. durability: "fsync" (manifests, markers) | "none" (images: regenerated if a

@@ -303,9 +303,15 @@ class Done:
 
 
 def _listing(store: Store, date: str) -> pa.Table:
-    """The date's images (path relative to the output root, size) as Arrow: one listing, no dict kept."""
-    sizes = store.sizes(f"{date}/{layout.IMAGES}")
-    return pa.table({"path": pa.array(list(sizes), pa.string()), "size": pa.array(list(sizes.values()), pa.int64())})
+    """The date's images (path relative to the output root, size) as Arrow, listed one category directory at a
+    time (the listing's Python objects are one category's, never the night's)."""
+    tables = [pa.table({"path": pa.array([], pa.string()), "size": pa.array([], pa.int64())})]
+    images = f"{date}/{layout.IMAGES}"
+    for prefix in store.children(images):  # images/<category>/...: every image lies in a category directory
+        sizes = store.sizes(prefix)
+        paths, counts = pa.array(list(sizes), pa.string()), pa.array(list(sizes.values()), pa.int64())
+        tables.append(pa.table({"path": paths, "size": counts}))
+    return pa.concat_tables(tables).combine_chunks()
 
 
 def _resume(night: Night, todo: Todo, images: pa.Table) -> tuple[Done, pa.Array]:
