@@ -172,7 +172,7 @@ _INDEX_COLUMNS = [*IMAGE_KEY, "task_key", "image_path", "error"]
 
 def finished_index(store: Store, date: str, images: pa.Table) -> tuple[pa.Table, list[str]]:
     """The part rows that still count on resume if their task is unchanged (see `match_plan`), as a narrow table
-    (sku_id, variant, placement, task_key, image_path, _f: part file index, _r: row in it), and the part files.
+    (sku_id, variant, placement, task_key, _f: part file index, _r: row in it), and the part files.
     A row counts when it is the image's last (later files win), has no generation error, and its image exists
     (`images`: the date's listing, path and size; an image lost to a power cut, size 0, is regenerated) or none is
     expected. Key columns only: the wide rows stay in the files until finalize reads them."""
@@ -182,12 +182,12 @@ def finished_index(store: Store, date: str, images: pa.Table) -> tuple[pa.Table,
         image_ok = pc.or_(pc.is_null(table["image_path"]), pc.greater(size, 0))
         ok = pc.and_(pc.invert(has_error(table)), image_ok)
         n = table.num_rows
-        table = table.drop_columns(["error"]).append_column("_ok", ok)
+        table = table.drop_columns(["error", "image_path"]).append_column("_ok", ok)
         table = table.append_column("_f", pa.repeat(pa.scalar(len(files), pa.int32()), n))
         tables.append(table.append_column("_r", pa.array(np.arange(n, dtype=np.int32))))
         files.append(f)
     if not tables:
-        return pa.table({c: [] for c in [*_INDEX_COLUMNS[:-1], "_f", "_r"]}), files
+        return pa.table({c: [] for c in [*IMAGE_KEY, "task_key", "_f", "_r"]}), files
     rows = pa.concat_tables(tables)
     rows = rows.take(_last_per_image(rows))
     return rows.filter(rows["_ok"]).drop_columns(["_ok"]), files

@@ -210,10 +210,10 @@ def _run(
             # 4. resume, 5. cross-day cache (each clears the rows it finds done), 6. generate the rest
             todo = Todo.everything(p.groups)
             images = _listing(store, p.date)  # one listing: resume checks it, adoption tries what is left of it
-            finished, finished_paths = _resume(night, todo, images)
+            finished = _resume(night, todo, images)
             cached = _cache(night, todo)
-            written = _written(p.date, images, finished_paths)
-            del images, finished_paths
+            written = _written(night, todo, images)
+            del images
             generated, execution = _execute(night, executor, todo, written, (finished.rows, cached.rows))
         # 7. manifests, run.json, _SUCCESS (last, only for a night that succeeded, and only while the lock holds)
         execution.startup = _startup(process_age, started, execution.executor)
@@ -314,20 +314,19 @@ def _listing(store: Store, date: str) -> pa.Table:
     return pa.concat_tables(tables).combine_chunks()
 
 
-def _resume(night: Night, todo: Todo, images: pa.Table) -> tuple[Done, pa.Array]:
+def _resume(night: Night, todo: Todo, images: pa.Table) -> Done:
     """The part rows an earlier attempt finished for this plan (a join of their key columns with the plan's, chunk
-    by chunk), as part-file selections; their plan rows are cleared from `todo`. Also their image paths (what
-    adoption need not look at)."""
+    by chunk), as part-file selections; their plan rows are cleared from `todo`."""
     index, files = parts.finished_index(night.store, night.plan.date, images)
     if not index.num_rows:
-        return Done(), pa.array([], pa.string())
+        return Done()
     found = [np.zeros(0, np.int64)]
     for gi, pos, chunk in todo.chunks(night.store, KEY_COLUMNS, RESUME_CHUNK):
         at, idx = parts.match_plan(index, chunk)
         todo.clear(gi, pos[at])
         found.append(idx)
     kept = index.take(np.sort(np.concatenate(found)))
-    return Done(parts.selected_files(kept, files), kept.num_rows), kept["image_path"].combine_chunks()
+    return Done(parts.selected_files(kept, files), kept.num_rows)
 
 
 def _cache(night: Night, todo: Todo) -> Done:
@@ -437,15 +436,18 @@ def _execute(
     return Done.of(roller), Execution(n_batches, stage, time.perf_counter() - t0, info)
 
 
-def _written(date: str, images: pa.Table, finished: pa.Array) -> frozenset[str]:
-    """Image paths (relative to the date) an interrupted attempt wrote after its last part: their worker adopts a
-    file whose embedded cache key matches and re-scores it instead of regenerating it. Images of finished rows are
-    left out (a resumed night's set is the last part window's, not the night's). Empty on a first night."""
-    if not images.num_rows:
+def _written(night: Night, todo: Todo, images: pa.Table) -> frozenset[str]:
+    """Image paths (relative to the date) of rows still to do that an interrupted attempt already wrote (after its
+    last part): their worker adopts a file whose embedded cache key matches and re-scores it instead of regenerating
+    it. A join of the todo rows' paths with the listing, chunk by chunk; empty on a first night."""
+    prefix = f"{night.plan.date}/"
+    on_disk = pc.utf8_slice_codeunits(images["path"].filter(pc.greater(images["size"], 0)), len(prefix))
+    if not len(on_disk):
         return frozenset()
-    keep = pc.and_(pc.greater(images["size"], 0), pc.invert(pc.is_in(images["path"], value_set=finished)))
-    prefix = f"{date}/"
-    return frozenset(p.removeprefix(prefix) for p in images["path"].filter(keep).to_pylist())
+    written: set[str] = set()
+    for _, _, chunk in todo.chunks(night.store, ["image_path"], RESUME_CHUNK, todo_only=True):
+        written.update(chunk["image_path"].filter(pc.is_in(chunk["image_path"], value_set=on_disk)).to_pylist())
+    return frozenset(written)
 
 
 def _finalize(night: Night, rows: Rows, ex: Execution, lock: Any) -> RunSummary:
