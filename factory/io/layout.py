@@ -131,7 +131,7 @@ class ManifestWriters:
             if table.num_rows:
                 self._writers[name].write_table(table)
         if embeddings.num_rows:
-            self._writers["embeddings"].write_table(embeddings.cast(EMBEDDING_SCHEMA).combine_chunks())
+            self._writers["embeddings"].write_table(embeddings.cast(EMBEDDING_SCHEMA))
 
     def write_rejected(self, rejected: list[RejectedRow]) -> None:
         write_manifest(self.store, "rejected", self.date, [r.to_row() for r in rejected])

@@ -201,9 +201,8 @@ def read_embeddings(store: Store, date: str) -> pa.Table:
 def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """A SKU is approved only if all its images (variants, placements) pass; otherwise all go to review together.
 
-    Returns the approved and review rows (in (sku_id, variant, placement) order), review with `reason` and
-    `detail`."""
-    table = sort_rows(table)
+    `table`: rows in (sku_id, variant, placement) order (`sort_rows`; finalize's ranges are); returns the approved
+    and review rows in that order, review with `reason` and `detail`."""
     failing = pc.unique(table["sku_id"].filter(pc.greater(pc.list_value_length(table["reasons"]), 0)))
     in_review = pc.is_in(table["sku_id"], value_set=failing)
     approved, review = table.filter(pc.invert(in_review)), table.filter(in_review)
@@ -332,8 +331,10 @@ def finalize_night(
                 table = apply_matches(
                     table.drop_columns([RANK]), ranks, usable_rows(table)[0], matches, rows.keys["sku_id"], refs
                 )
-                approved, review = split_outcomes(table)
-                writers.write(approved, review, _embedding_rows(table))
+                embeddings = _embedding_rows(table)
+                approved, review = split_outcomes(table.drop_columns(["clip_embedding"]))  # not a manifest column
+                del table
+                writers.write(approved, review, embeddings)
                 out.add(approved, review)
             writers.write_rejected(rejected)
     return out

@@ -22,7 +22,10 @@ from factory.io.records import IMAGE_KEY, PART_SCHEMA
 from factory.io.storage import Store
 from factory.job.parts import RowFile
 
-RANGE_ROWS = 32_768  # wide rows held at once by finalize (a SKU larger than this is one range of its own)
+# Wide rows held at once by finalize (with a 768-d embedding ~4 KB a row); nights of more than MAX_RANGES ranges
+# get longer ones (a spill file is open per range while spilling). A SKU larger than a range is a range of its own.
+RANGE_ROWS = 8192
+MAX_RANGES = 256
 RANK = "_rank"
 _SPILL_SCHEMA = PART_SCHEMA.append(pa.field(RANK, pa.int64()))
 _IPC = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -62,8 +65,8 @@ def sku_codes(sku: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def sort_night(store: Store, files: list[RowFile], directory: Path, range_rows: int | None = None) -> SortedRows:
     """Index, sort and spill the rows of `files` (each read twice: its key columns, then whole) into ranges of
     `range_rows` (default RANGE_ROWS)."""
-    range_rows = range_rows or RANGE_ROWS
     keys, offsets = _index(store, files)
+    range_rows = range_rows or max(RANGE_ROWS, -(-keys.num_rows // MAX_RANGES))
     order = pc.sort_indices(keys, [(c, "ascending") for c in IMAGE_KEY]).to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
