@@ -75,7 +75,7 @@ def bench(
 
 @dev_app.command("scale-bench")
 def scale_bench(
-    mode: Annotated[str, typer.Argument(help="validate | null-night | resume | cache-night")],
+    mode: Annotated[str, typer.Argument(help="validate | null-night | resume | cache-night | finalize")],
     rows: Annotated[int, typer.Option("--rows", help="SKU rows in the synthetic day.")] = 1_000_000,
     config: ConfigOpt = None,
     output: OutputOpt = None,

@@ -9,6 +9,8 @@
                by this process with the cross-day cache on (what is measured): every plan row finds its cache key
                and its source row is read; the null gate's images are unscored, so none passes today's thresholds
                and every image is generated again (the lookup at full size, not the copies)
+  finalize     finalize alone over N images with 512-d clustered CLIP-like embeddings in ten categories (written as
+               part files by a child process first): the range sort, the spilled similarity search, the manifests
 
 The synthetic day is written once per (rows, seed) as one parquet file: ten categories, attribute columns plus a
 JSON `attrs` column, a few variants, and ~0.5 % bad rows (duplicates, unknown categories, missing attributes).
@@ -34,7 +36,7 @@ from factory.config import FactoryConfig
 from factory.errors import ConfigError
 from factory.modes import NULL_PIPELINE
 
-SCALE_MODES = ("validate", "null-night", "resume", "cache-night")
+SCALE_MODES = ("validate", "null-night", "resume", "cache-night", "finalize")
 BENCH_DATE = "2026-01-01"
 
 # (category, JSON attrs) pairs that satisfy each shipped template's required attributes.
@@ -118,8 +120,10 @@ def scale_bench(
         raise ConfigError(f"scale-bench mode must be one of {', '.join(SCALE_MODES)}; got {mode!r}")
     if rows < 1:
         raise ConfigError(f"--rows must be at least 1, got {rows}")
-    skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
     output = output or str(workdir / "out")
+    if mode == "finalize":
+        return _timed(mode, rows, lambda: _finalize_only(cfg, rows, output, date))
+    skus = _make_day(workdir / f"skus-{rows}" / f"{date}.parquet", rows)
     if mode != "validate":
         cfg = _null_config(cfg, output, cache=mode == "cache-night")
         _clear_night(cfg, output, date)
@@ -129,11 +133,14 @@ def scale_bench(
         _child_night(cfg, skus, date)
         date = _next_day(date)
         _clear_night(cfg, output, date)
-    cpu0, t0 = _cpu_s(), time.perf_counter()
     if mode == "validate":
-        result = _validate(cfg, skus, date)
-    else:
-        result = _null_night(cfg, skus, date, force=mode != "resume")
+        return _timed(mode, rows, lambda: _validate(cfg, skus, date))
+    return _timed(mode, rows, lambda: _null_night(cfg, skus, date, force=mode != "resume"))
+
+
+def _timed(mode: str, rows: int, fn: Any) -> dict[str, Any]:
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    result = fn()
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     images = result["images"]
     return {
@@ -262,6 +269,62 @@ def _null_night(cfg: FactoryConfig, skus: Path, date: str, force: bool = True) -
         "workers": cfg.run.workers,
         "batch_size": cfg.run.batch_size,
         "timings": {k: round(v, 2) for k, v in s.timings.items()},
+    }
+
+
+_EMB_DIM, _CATEGORIES = 512, 10
+
+
+def _part_files(output: str, rows: int, date: str) -> None:
+    """`rows` part rows with clustered, normalised 512-d embeddings, 2 000 a file (run in a child process)."""
+    import datetime as dt
+
+    from factory.io.records import PART_SCHEMA, ImageRecord
+    from factory.io.storage import open_store
+    from factory.job import parts
+
+    store, rng, defaults = open_store(output), np.random.default_rng(0), ImageRecord().to_row()
+    centres = rng.standard_normal((200, _EMB_DIM)).astype(np.float32)
+    for start in range(0, rows, 2000):
+        k = min(2000, rows - start)
+        emb = centres[rng.integers(0, 200, k)] + 0.3 * rng.standard_normal((k, _EMB_DIM)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        ids = rng.permutation(np.arange(start, start + k))
+        cols = {
+            "run_date": pa.array([dt.date.fromisoformat(date)] * k, pa.date32()),
+            "sku_id": pa.array([f"SKU-{i:08d}" for i in ids]),
+            "category": pa.array([f"c{i % _CATEGORIES}" for i in ids]),
+            "image_path": pa.array([f"{date}/images/c/{i}.png" for i in ids]),
+            "clip_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), _EMB_DIM).cast(
+                pa.list_(pa.float32())
+            ),
+        }
+        table = pa.table(
+            {f.name: cols.get(f.name, pa.array([defaults[f.name]] * k, f.type)) for f in PART_SCHEMA},
+            schema=PART_SCHEMA,
+        )
+        parts.write_part(store, date, f"bench-p{start // 2000:05d}", table)
+
+
+def _finalize_only(cfg: FactoryConfig, rows: int, output: str, date: str) -> dict[str, Any]:
+    from factory.config import QualityConfig
+    from factory.io.storage import open_store
+    from factory.job import finalize, parts
+
+    store = open_store(output, cfg.storage)
+    store.delete_tree(date)
+    proc = multiprocessing.get_context("spawn").Process(target=_part_files, args=(output, rows, date))
+    proc.start()
+    proc.join()
+    files = [parts.RowFile(f) for f in parts.part_files(store, date)]
+    thresholds = {f"c{i}": QualityConfig(near_duplicate=0.9) for i in range(_CATEGORIES)}
+    out = finalize.finalize_night(store, date, files, thresholds, None, [])
+    return {
+        "images": rows,
+        "rejected_rows": 0,
+        "near_duplicates": out.similarity["near_duplicates"],
+        "method": out.similarity["method"],
+        "similarity_s": round(out.similarity_s, 2),
     }
 
 
