@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,34 +38,84 @@ from factory.quality.gate import failing_checks
 log = logging.getLogger(__name__)
 
 
-def load_previous(store: Store, date: str, lookback_days: int) -> tuple[list[str], pa.Table]:
-    """The earlier completed dates (newest first) and a narrow index of their approved rows, one per cache key:
-    (cache_key, _d: the date's index, _r: the row in its partition); the newest date's (then the first in its
-    file) wins. Only the key column is read: the wide rows are read for hits only."""
+@dataclass
+class KeyIndex:
+    """The earlier nights' approved cache keys, sorted, as fixed-width bytes (a cache key is a 32-hex-digit digest:
+    ~50 bytes an image with its night and row), looked up by binary search: no hash table per lookup, no Python
+    object per key."""
+
+    keys: np.ndarray  # sorted, one per cache key (bytes)
+    day: np.ndarray  # index into the days list
+    row: np.ndarray  # row in that night's approved partition
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, keys: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions in `keys` found, their night, their row)."""
+        q = fixed_bytes(keys)
+        if not len(self.keys) or not len(q):
+            return np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0, np.int64)
+        q = q.astype(self.keys.dtype) if q.dtype.itemsize <= self.keys.dtype.itemsize else q
+        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        pos = np.flatnonzero(self.keys[at] == q)
+        return pos, self.day[at[pos]], self.row[at[pos]]
+
+
+def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Strings as a numpy fixed-width bytes array, copied straight from the Arrow buffer when all have one length
+    (cache keys do); nulls as empty."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n and arr.null_count == 0:
+        lo, hi = (v.as_py() for v in pc.min_max(pc.binary_length(arr)).values())
+        if lo == hi and lo > 0:
+            start = int(np.frombuffer(arr.buffers()[1], np.int32, 1, arr.offset * 4)[0])
+            return np.frombuffer(arr.buffers()[2], f"S{lo}", n, start).copy()
+    return np.array([v.encode() if v else b"" for v in arr.to_pylist()], dtype="S") if n else np.zeros(0, "S1")
+
+
+def _keys_of(store: Store, path: str) -> np.ndarray:
+    """A partition's cache keys as fixed-width bytes, read one row group at a time (never the whole column)."""
+    with store.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        parts = [
+            fixed_bytes(pf.read_row_group(i, columns=["cache_key"])["cache_key"]) for i in range(pf.num_row_groups)
+        ]
+    if not parts:
+        return np.zeros(0, "S1")
+    width = max(k.dtype.itemsize for k in parts)
+    return np.concatenate([k.astype(f"S{width}", copy=False) for k in parts])
+
+
+def load_previous(store: Store, date: str, lookback_days: int) -> tuple[list[str], KeyIndex]:
+    """The earlier completed dates (newest first) and the index of their approved rows' cache keys, one per key: the
+    newest date's (then the first in its file) wins. Only the key column is read: the wide rows are read for hits
+    only."""
     today = dt.date.fromisoformat(date)
-    days, tables = [], []
+    days, keys, day, row = [], [], [], []
     for back in range(1, lookback_days + 1):
-        day = (today - dt.timedelta(days=back)).isoformat()
-        if read_success(store, day) is None:
+        name = (today - dt.timedelta(days=back)).isoformat()
+        if read_success(store, name) is None:
             continue
         try:
-            with store.open_input_file(layout.partition_path("approved", day)) as f:
-                keys = pq.read_table(f, columns=["cache_key"])
+            k = _keys_of(store, layout.partition_path("approved", name))
         except (pa.ArrowException, OSError, KeyError):  # missing, unreadable, or written by another version
             continue
-        n = keys.num_rows
-        keys = keys.append_column("_d", pa.repeat(pa.scalar(len(days), pa.int16()), n))
-        tables.append(keys.append_column("_r", pa.array(np.arange(n, dtype=np.int64))))
-        days.append(day)
-    if not tables:
-        return [], _INDEX.empty_table()
-    rows = pa.concat_tables(tables).cast(_INDEX)
-    order = rows.append_column("_i", pa.array(np.arange(rows.num_rows)))
-    first = order.group_by("cache_key", use_threads=False).aggregate([("_i", "min")])
-    return days, rows.take(np.sort(first.column("_i_min").to_numpy()))
-
-
-_INDEX = pa.schema([("cache_key", pa.string()), ("_d", pa.int16()), ("_r", pa.int64())])
+        keys.append(k)
+        day.append(np.full(len(k), len(days), np.int16))
+        row.append(np.arange(len(k), dtype=np.int64))
+        days.append(name)
+    if not keys:
+        return [], KeyIndex(np.zeros(0, "S1"), np.zeros(0, np.int16), np.zeros(0, np.int64))
+    width = max(k.dtype.itemsize for k in keys)
+    all_keys = np.concatenate([k.astype(f"S{width}") for k in keys])
+    order = np.argsort(all_keys, kind="stable")  # equal keys keep night order, then file order: the first wins
+    sorted_keys = all_keys[order]
+    del all_keys
+    first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+    index = KeyIndex(sorted_keys[first], np.concatenate(day)[order][first], np.concatenate(row)[order][first])
+    return days, index
 
 
 _SCORES = ("clip_score", "iqa_mean", "unsafe_score", "pixel_std")
@@ -81,9 +132,7 @@ class Previous:
 
     def __init__(self, store: Store, date: str, lookback_days: int):
         self.store, self.date = store, date
-        self.days, self.rows = (
-            load_previous(store, date, lookback_days) if lookback_days > 0 else ([], _INDEX.empty_table())
-        )
+        self.days, self.index = load_previous(store, date, max(lookback_days, 0))
         self.found = 0  # plan rows whose cache key an earlier night approved (hits or not)
 
     def hits(
@@ -93,13 +142,10 @@ class Previous:
         image an earlier day already approved; each image is copied into today's images. The records carry the
         source's scores and repair history (not the embedding: a column, kept out of Python objects); the caller
         stamps today's run fields. Sources are read in file order, _HITS_AT_ONCE rows at a time."""
-        if not self.rows.num_rows or not plan.num_rows:
+        if not len(self.index) or not plan.num_rows:
             return np.zeros(0, np.int64), [], pa.chunked_array([], _EMBEDDING)
-        idx = pc.index_in(plan["cache_key"], value_set=self.rows["cache_key"])
-        pos = np.flatnonzero(pc.is_valid(idx).to_numpy(zero_copy_only=False))
+        pos, day, row = self.index.lookup(plan["cache_key"])
         self.found += len(pos)
-        found = self.rows.take(idx.take(pa.array(pos)))
-        day, row = found["_d"].to_numpy(), found["_r"].to_numpy()
         order = np.lexsort((row, day))
         pos, day, row = pos[order], day[order], row[order]
         hit_pos, hits, embeddings = [np.zeros(0, np.int64)], [], [pa.array([], _EMBEDDING)]
@@ -178,7 +224,7 @@ def _emb_keys(table: pa.Table) -> pa.Array:
 
 
 _EMBEDDING = pa.list_(pa.float32())
-_HITS_AT_ONCE = 16_384  # rows as Python objects at a time (an embedding is never one)
+_HITS_AT_ONCE = 4096  # source rows as Python objects at a time (an embedding is never one)
 
 
 def cache_hits(

@@ -286,6 +286,7 @@ def _night(
 
 
 RESUME_CHUNK = 16 * ROW_GROUP  # plan rows per join against the finished part rows
+CACHE_CHUNK = 4 * ROW_GROUP  # wide plan rows per cache lookup (their hits' source rows are read in file order)
 
 
 @dataclass
@@ -338,7 +339,9 @@ def _cache(night: Night, todo: Todo) -> Done:
     previous = cache.Previous(night.store, night.plan.date, c.lookback_days)
     roller = parts.PartRoller(night.store, night.plan.date, night.run_id, ROW_GROUP, float("inf"), name="cache-p")
     with roller:
-        for gi, pos, chunk in todo.chunks(night.store, None, RESUME_CHUNK, todo_only=True) if previous.rows else []:
+        for gi, pos, chunk in (
+            todo.chunks(night.store, None, CACHE_CHUNK, todo_only=True) if len(previous.index) else []
+        ):
             at, hits, embeddings = previous.hits(chunk, night.plan.thresholds)
             if not hits:
                 continue
@@ -346,11 +349,11 @@ def _cache(night: Night, todo: Todo) -> Done:
             i = table.schema.get_field_index("clip_embedding")
             roller.add(table.set_column(i, "clip_embedding", embeddings))
             todo.clear(gi, pos[at])
-    if previous.rows:
+    if len(previous.index):
         log.info(
             "cache: %d of %d earlier approved images match a plan row; %d reused",
             previous.found,
-            previous.rows.num_rows,
+            len(previous.index),
             roller.rows,
         )
     return Done.of(roller)

@@ -59,3 +59,19 @@ def test_s3_cache_hits_copy_server_side_and_skip_unfinished_nights(s3_uri, s3_se
     assert not cache.cache_hits(store, "2026-11-21", tasks, keys, {"toys": QualityConfig()}, lookback_days=1)
     strict = dataclasses.replace(QualityConfig(), clip_threshold=0.95)
     assert not cache.cache_hits(store, "2026-11-21", tasks, keys, {"toys": strict}, lookback_days=3)
+
+
+def test_the_key_index_finds_exactly_the_earlier_keys_newest_night_first():
+    import numpy as np
+    import pyarrow as pa
+
+    new, old = cache.fixed_bytes(pa.array(["b" * 32, "a" * 32])), cache.fixed_bytes(pa.array(["a" * 32, "c" * 32]))
+    keys = np.concatenate([new, old])
+    order = np.argsort(keys, kind="stable")
+    first = np.concatenate([[True], keys[order][1:] != keys[order][:-1]])
+    index = cache.KeyIndex(
+        keys[order][first], np.array([0, 0, 1, 1])[order][first], np.array([0, 1, 0, 1])[order][first]
+    )
+    pos, day, row = index.lookup(pa.chunked_array([pa.array(["c" * 32, "x" * 32]), pa.array(["a" * 32])]))
+    assert pos.tolist() == [0, 2] and day.tolist() == [1, 0] and row.tolist() == [1, 1]  # "a": the newer night's
+    assert cache.fixed_bytes(pa.array(["ab", None, "abc"])).tolist() == [b"ab", b"", b"abc"]  # no fixed width
