@@ -30,7 +30,7 @@ from factory.errors import StorageError
 from factory.inputs.bucketing import Task
 from factory.io import layout
 from factory.io.layout import read_success
-from factory.io.records import ADDED_COLUMNS, APPROVED_SCHEMA, IMAGE_KEY, ImageRecord
+from factory.io.records import APPROVED_SCHEMA, ImageRecord
 from factory.io.storage import Store
 from factory.job.plan_table import table_tasks, tasks_table
 from factory.quality.gate import failing_checks
@@ -47,6 +47,22 @@ class KeyIndex:
     keys: np.ndarray  # sorted, one per cache key (bytes)
     day: np.ndarray  # index into the days list
     row: np.ndarray  # row in that night's approved partition
+
+    @classmethod
+    def build(cls, keys: list[np.ndarray]) -> KeyIndex:
+        """One index over `keys` (one array per night, newest first, rows in file order): on equal keys the earlier
+        night, then the earlier row, wins."""
+        if not keys:
+            return cls(np.zeros(0, "S1"), np.zeros(0, np.int16), np.zeros(0, np.int64))
+        width = max(k.dtype.itemsize for k in keys)
+        all_keys = np.concatenate([k.astype(f"S{width}") for k in keys])
+        order = np.argsort(all_keys, kind="stable")  # equal keys keep night order, then file order
+        sorted_keys = all_keys[order]
+        del all_keys
+        first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+        day = np.concatenate([np.full(len(k), d, np.int16) for d, k in enumerate(keys)])[order][first]
+        row = np.concatenate([np.arange(len(k), dtype=np.int64) for k in keys])[order][first]
+        return cls(sorted_keys[first], day, row)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -93,29 +109,17 @@ def load_previous(store: Store, date: str, lookback_days: int) -> tuple[list[str
     newest date's (then the first in its file) wins. Only the key column is read: the wide rows are read for hits
     only."""
     today = dt.date.fromisoformat(date)
-    days, keys, day, row = [], [], [], []
+    days, keys = [], []
     for back in range(1, lookback_days + 1):
         name = (today - dt.timedelta(days=back)).isoformat()
         if read_success(store, name) is None:
             continue
         try:
-            k = _keys_of(store, layout.partition_path("approved", name))
+            keys.append(_keys_of(store, layout.partition_path("approved", name)))
         except (pa.ArrowException, OSError, KeyError):  # missing, unreadable, or written by another version
             continue
-        keys.append(k)
-        day.append(np.full(len(k), len(days), np.int16))
-        row.append(np.arange(len(k), dtype=np.int64))
         days.append(name)
-    if not keys:
-        return [], KeyIndex(np.zeros(0, "S1"), np.zeros(0, np.int16), np.zeros(0, np.int64))
-    width = max(k.dtype.itemsize for k in keys)
-    all_keys = np.concatenate([k.astype(f"S{width}") for k in keys])
-    order = np.argsort(all_keys, kind="stable")  # equal keys keep night order, then file order: the first wins
-    sorted_keys = all_keys[order]
-    del all_keys
-    first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
-    index = KeyIndex(sorted_keys[first], np.concatenate(day)[order][first], np.concatenate(row)[order][first])
-    return days, index
+    return days, KeyIndex.build(keys)
 
 
 _SCORES = ("clip_score", "iqa_mean", "unsafe_score", "pixel_std")
@@ -134,6 +138,7 @@ class Previous:
         self.store, self.date = store, date
         self.days, self.index = load_previous(store, date, max(lookback_days, 0))
         self.found = 0  # plan rows whose cache key an earlier night approved (hits or not)
+        self.embedded: dict[str, KeyIndex] = {}  # per source night: its embeddings file's cache keys
 
     def hits(
         self, plan: pa.Table, thresholds: dict[str, QualityConfig]
@@ -189,38 +194,26 @@ class Previous:
         found, days = [pa.array([], _EMBEDDING)], sources["run_date"]
         for day in pc.unique(days).to_pylist():
             mine = sources.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-            found.append(_stored_embeddings(self.store, day.isoformat(), mine))
+            found.append(self._stored_embeddings(day.isoformat(), mine["cache_key"]))
         return pa.concat_arrays(found)
 
-
-def _stored_embeddings(store: Store, day: str, rows: pa.Table) -> pa.Array:
-    """The embeddings `day` stored for `rows` (one source day's), in their order (null where none): the file's key
-    columns are read, then only the matching rows' embeddings."""
-    path = f"{day}/{layout.EMBEDDINGS_FILE}"
-    try:
-        with store.open_input_file(path) as f:
-            keys = pq.read_table(f, columns=IMAGE_KEY)
-    except (pa.ArrowException, OSError):
-        return pa.nulls(rows.num_rows, _EMBEDDING)
-    keys = layout.with_added_columns(keys, ADDED_COLUMNS)
-    idx = pc.index_in(_emb_keys(rows), value_set=_emb_keys(keys))
-    valid = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-    if not valid.any():
-        return pa.nulls(rows.num_rows, _EMBEDDING)
-    where = idx.filter(pa.array(valid)).to_numpy()
-    order = np.argsort(where, kind="stable")
-    stored = layout.read_rows(store, path, where[order], ["clip_embedding"])["clip_embedding"].combine_chunks()
-    back = np.empty(len(order), np.int64)
-    back[order] = np.arange(len(order))
-    at = np.full(rows.num_rows, -1, np.int64)
-    at[np.flatnonzero(valid)] = back
-    return stored.cast(_EMBEDDING).take(pa.array(np.where(at < 0, 0, at), mask=at < 0))
-
-
-def _emb_keys(table: pa.Table) -> pa.Array:
-    """`sku_id\0variant\0placement`: one string key per row for a hashed lookup."""
-    parts = [table["sku_id"], pc.cast(table["variant"], pa.string()), table["placement"]]
-    return pc.binary_join_element_wise(*parts, "\x00")
+    def _stored_embeddings(self, day: str, keys: pa.ChunkedArray) -> pa.Array:
+        """The embeddings `day` stored for these cache keys, in their order (null where none): the file's cache
+        keys are indexed once per night, then only the matching rows' embeddings are read."""
+        path = f"{day}/{layout.EMBEDDINGS_FILE}"
+        if day not in self.embedded:
+            try:
+                self.embedded[day] = KeyIndex.build([_keys_of(self.store, path)])
+            except (pa.ArrowException, OSError, KeyError):  # a night that kept no embeddings
+                self.embedded[day] = KeyIndex.build([])
+        pos, _, row = self.embedded[day].lookup(keys)
+        if not len(pos):
+            return pa.nulls(len(keys), _EMBEDDING)
+        order = np.argsort(row, kind="stable")
+        stored = layout.read_rows(self.store, path, row[order], ["clip_embedding"])["clip_embedding"]
+        at = np.full(len(keys), -1, np.int64)
+        at[pos[order]] = np.arange(len(order))
+        return stored.combine_chunks().cast(_EMBEDDING).take(pa.array(np.where(at < 0, 0, at), mask=at < 0))
 
 
 _EMBEDDING = pa.list_(pa.float32())

@@ -31,8 +31,6 @@ from factory.job.night_sort import RANK, SortedRows, sku_codes, sort_night
 from factory.quality import duplicates
 from factory.quality.reasons import NEAR_DUPLICATE, REFERENCE_MATCH, sort_reasons
 
-EMBEDDINGS_FILE = layout.EMBEDDINGS_FILE
-
 
 def sort_rows(table: pa.Table) -> pa.Table:
     """Rows in (sku_id, variant, placement) order: the order of every manifest and of the similarity search (a
@@ -74,7 +72,7 @@ def flag_similar_table(
 def usable_rows(table: pa.Table) -> tuple[np.ndarray, int]:
     """Rows that take part in the similarity search (an embedding, no generation error), and how many rows without
     an error have no embedding (images from before embeddings were kept)."""
-    no_error = pc.invert(has_error(table)).to_numpy(zero_copy_only=False)
+    no_error = pc.invert(parts.has_error(table)).to_numpy(zero_copy_only=False)
     has_emb = pc.is_valid(table["clip_embedding"]).to_numpy(zero_copy_only=False)
     return has_emb & no_error, int((~has_emb & no_error).sum())
 
@@ -84,9 +82,6 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     n = len(column)
     flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
-
-
-has_error = parts.has_error
 
 
 @dataclass
@@ -191,7 +186,7 @@ def read_embeddings(store: Store, date: str) -> pa.Table:
     near-duplicate and reference checks; no rows for dates from before embeddings were kept."""
     schema = pa.schema([EMBEDDING_SCHEMA.field(c) for c in (*IMAGE_KEY, "clip_embedding")])
     try:
-        with store.open_input_file(f"{date}/{EMBEDDINGS_FILE}") as f:
+        with store.open_input_file(f"{date}/{layout.EMBEDDINGS_FILE}") as f:
             table = pq.read_table(f)
     except (pa.ArrowException, OSError):
         return schema.empty_table()
@@ -289,7 +284,7 @@ class Outcome:
         self.review_images += review.num_rows
         self.approved_skus += pc.count_distinct(approved["sku_id"]).as_py()  # ranges never split a SKU
         self.review_skus += pc.count_distinct(review["sku_id"]).as_py()
-        self.generation_errors += _count_true(has_error(review))
+        self.generation_errors += _count_true(parts.has_error(review))
         self.prompts_truncated += _count_true(approved["prompt_truncated"]) + _count_true(review["prompt_truncated"])
         for cat, fates in records.by_category(approved, review, []).items():
             mine = self.by_category.setdefault(cat, {"approved": 0, "review": 0, "rejected": 0})

@@ -45,10 +45,7 @@ class SortedRows:
 
     def ranges(self) -> Iterator[pa.Table]:
         """Each range's rows (part schema plus `_rank`), in rank order, one range at a time."""
-        for path in self.paths:
-            if not path.is_file():  # a range every row of which came from no file: cannot happen, but empty
-                yield _SPILL_SCHEMA.empty_table()
-                continue
+        for path in self.paths:  # every range has rows, so every range was spilled
             with pa.OSFile(str(path), "rb") as f:
                 table = pa.ipc.open_stream(f).read_all()
             yield table.take(pc.sort_indices(table[RANK]))
